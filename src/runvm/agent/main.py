@@ -1,0 +1,45 @@
+"""Agent entry point: the PID 1 recipe, then serve the host link until power-off.
+
+Any exception escaping :func:`main` ends PID 1, which panics the guest kernel; with
+``panic=-1`` and QEMU's ``-no-reboot`` that ends the VM, so a broken agent never lingers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from runvm.agent import channel, service, sysinit
+from runvm.agent.reaper import Reaper
+from runvm.ttrpc import Server
+
+log = logging.getLogger("runvm.agent")
+
+
+async def serve(params: dict[str, str]) -> None:
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install(loop)
+    state = service.AgentState()
+    server = Server()
+    service.register(server, state, reaper)
+    if params.get("channel") == "vsock":
+        await channel.serve_vsock(server)
+    else:
+        port = channel.find_port(params.get("port", "runvm.agent"))
+        log.info("agent %s serving on %s", state.instance_id, port)
+        await channel.serve_virtio_serial(server, port)
+
+
+def main() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="runvm-agent: %(levelname)s %(message)s"
+    )
+    if os.getpid() == 1:
+        sysinit.run()
+    params = sysinit.kernel_params() if os.path.exists("/proc/cmdline") else {}
+    if params.get("debug"):
+        logging.getLogger().setLevel(logging.DEBUG)
+    asyncio.run(serve(params))

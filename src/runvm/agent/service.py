@@ -1,0 +1,111 @@
+"""Health and sandbox-level handlers of the agent API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runvm import __version__
+from runvm.agent import syscalls as sc
+from runvm.agent.reaper import Reaper
+from runvm.agent.rpc import unary
+from runvm.errors import RpcError
+from runvm.protocol import AGENT_SERVICE, HEALTH_SERVICE, PROTOCOL_VERSION
+from runvm.protocol import agent_pb2 as pb
+from runvm.ttrpc import Code, Server
+
+log = logging.getLogger("runvm.agent")
+
+STORAGE_HANDLERS = ("virtio-fs", "tmpfs", "local")
+POWEROFF_DELAY = 0.2
+
+
+def _meminfo_total() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class AgentState:
+    """What the agent knows about itself; one per guest boot (or clone)."""
+
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    sandbox_id: str = ""
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class HealthService:
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+
+    async def check(self, _: pb.CheckRequest) -> pb.HealthCheckResponse:
+        return pb.HealthCheckResponse(status=pb.HealthCheckResponse.SERVING)
+
+    async def version(self, request: pb.VersionRequest) -> pb.VersionResponse:
+        if request.host_protocol and request.host_protocol != PROTOCOL_VERSION:
+            log.warning("host speaks protocol %d, agent %d", request.host_protocol,
+                        PROTOCOL_VERSION)  # fmt: skip
+        return pb.VersionResponse(agent_version=__version__, protocol=PROTOCOL_VERSION)
+
+
+class SandboxService:
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+
+    async def guest_details(self, _: pb.GuestDetailsRequest) -> pb.GuestDetailsResponse:
+        return pb.GuestDetailsResponse(
+            kernel_release=os.uname().release,
+            mem_total_bytes=_meminfo_total(),
+            cpus=os.cpu_count() or 1,
+            instance_id=self.state.instance_id,
+            boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            agent_version=__version__,
+            storage_handlers=list(STORAGE_HANDLERS),
+            supports_seccomp=True,
+            agent_uptime_ms=int((time.monotonic() - self.state.started) * 1000),
+        )
+
+    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Empty:
+        if self.state.sandbox_id:
+            raise RpcError(Code.ALREADY_EXISTS, f"sandbox {self.state.sandbox_id} exists")
+        if request.host_time_ns > 0:
+            time.clock_settime_ns(time.CLOCK_REALTIME, request.host_time_ns)
+        if request.hostname:
+            sc.sethostname(request.hostname[:64])
+        self.state.sandbox_id = request.sandbox_id or "sandbox"
+        return pb.Empty()
+
+    async def destroy_sandbox(self, _: pb.DestroySandboxRequest) -> pb.Empty:
+        self.state.shutting_down.set()
+        asyncio.get_running_loop().call_later(POWEROFF_DELAY, power_off)
+        return pb.Empty()
+
+
+def power_off() -> None:
+    """Flush and power the VM off; QEMU exits."""
+    os.sync()
+    sc.reboot(sc.LINUX_REBOOT_CMD_POWER_OFF)
+
+
+def register(server: Server, state: AgentState, reaper: Reaper) -> None:
+    """Register every agent handler on ``server``."""
+    health = HealthService(state)
+    server.register(HEALTH_SERVICE, {
+        "Check": unary(pb.CheckRequest, health.check),
+        "Version": unary(pb.VersionRequest, health.version),
+    })  # fmt: skip
+    sandbox = SandboxService(state)
+    methods = {
+        "GuestDetails": unary(pb.GuestDetailsRequest, sandbox.guest_details),
+        "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
+        "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
+    }
+    server.register(AGENT_SERVICE, methods)

@@ -1,0 +1,126 @@
+"""runvm configuration: a TOML file read into frozen dataclasses.
+
+Contract: :func:`load` returns a :class:`RunvmConfig`; an unknown table or key, a value of
+the wrong type or out of range raises :class:`ConfigError` naming the key. A missing file
+yields the defaults documented on each field. The file is ``$RUNVM_CONFIG`` if set, else
+``/etc/runvm/config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from runvm.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/runvm/config.toml")
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
+    accelerator: str = "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
+    machine: str = "pc"
+    vcpus: int = 1
+    memory_mib: int = 256
+    tcg_tb_size_mib: int = 64  # translation cache under TCG
+    kernel_params: str = ""  # appended to the guest kernel command line
+    boot_timeout: float = 90.0  # seconds from QEMU start until the agent must answer
+    console_log_max_kib: int = 512  # per-sandbox console log cap (two files of this size)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    dir: str = ""  # guest image cache; "" = $RUNVM_IMAGE_DIR or /var/lib/runvm/images
+    kernel: str = ""  # explicit kernel path instead of the built image
+    initrd: str = ""  # explicit initrd path instead of the built image
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    channel: str = "auto"  # auto (vsock where /dev/vhost-vsock exists) | virtio-serial | vsock
+    timeout: float = 60.0  # default deadline of one agent request, seconds
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    state_root: str = "/run/runvm"  # per-sandbox run directories (sockets, logs)
+    cache_dir: str = "/var/cache/runvm"  # accelerator probe results
+
+
+@dataclass(frozen=True)
+class RunvmConfig:
+    hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+_CHOICES = {
+    ("hypervisor", "accelerator"): ("auto", "kvm", "tcg"),
+    ("hypervisor", "machine"): ("pc", "q35", "microvm"),
+    ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
+}
+_RANGES = {
+    ("hypervisor", "vcpus"): (1, 256),
+    ("hypervisor", "memory_mib"): (64, 1 << 20),
+    ("hypervisor", "tcg_tb_size_mib"): (1, 2048),
+    ("hypervisor", "boot_timeout"): (1, 3600),
+    ("hypervisor", "console_log_max_kib"): (4, 1 << 20),
+    ("agent", "timeout"): (1, 3600),
+}
+
+
+def _section(cls: type[Any], name: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: [{name}] must be a table")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"config: unknown key {name}.{key}")
+        want = hints[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"config: {name}.{key} must be {want.__name__}, got {value!r}")
+        choices = _CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(f"config: {name}.{key} must be one of {', '.join(choices)}")
+        bounds = _RANGES.get((name, key))
+        if bounds and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(f"config: {name}.{key}={value} is outside {bounds[0]}..{bounds[1]}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse(data: dict[str, Any]) -> RunvmConfig:
+    """Build a config from a parsed TOML document."""
+    sections = {f.name: f.type for f in dataclasses.fields(RunvmConfig)}
+    hints = get_type_hints(RunvmConfig)
+    out: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in sections:
+            raise ConfigError(f"config: unknown table [{name}]")
+        out[name] = _section(hints[name], name, raw)
+    return RunvmConfig(**out)
+
+
+def load(path: Path | None = None) -> RunvmConfig:
+    """Read the config file (see module docstring); defaults when it does not exist."""
+    explicit = path is not None or "RUNVM_CONFIG" in os.environ
+    path = path or Path(os.environ.get("RUNVM_CONFIG", DEFAULT_PATH))
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return RunvmConfig()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    return parse(data)

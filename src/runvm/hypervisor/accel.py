@@ -1,0 +1,144 @@
+"""Accelerator detection: KVM when a guest really runs under it, else TCG.
+
+``/dev/kvm`` opening is not enough: on paravirtual (PVM) nested hosts it opens and answers
+ioctls, yet an ordinary guest kernel never gets past its decompressor. So the probe boots the
+guest kernel itself under KVM with no root filesystem: a working KVM reaches the kernel's
+"no root" panic, which with ``panic=-1 -no-reboot`` ends QEMU within a few seconds. The
+verdict is cached per (QEMU binary, host kernel, guest kernel) in ``<cache_dir>/accel.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from runvm.errors import ConfigError, HypervisorError
+from runvm.hypervisor.base import Accel
+from runvm.process import Child, ChildSpec
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+PROBE_TIMEOUT = 8.0
+
+
+@dataclass(frozen=True)
+class AccelReport:
+    """The accelerator chosen and why. ``kvm`` is usable | unusable | absent."""
+
+    accel: Accel
+    kvm: str
+    reason: str
+    cached: bool = False
+
+    def sentence(self) -> str:
+        return f"{self.accel.value} (KVM {self.kvm}: {self.reason})"
+
+
+def kvm_device(path: str = "/dev/kvm") -> tuple[bool, str]:
+    """Can ``path`` be opened read-write and does it speak the KVM API?"""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, f"{path} does not exist"
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror}"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+    except OSError as exc:
+        return False, f"{path}: KVM_GET_API_VERSION failed: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        return False, f"{path}: KVM API version {version}, expected {KVM_API_VERSION}"
+    return True, f"{path} opens"
+
+
+def decide(wanted: str, device: tuple[bool, str], probe: tuple[bool, str] | None) -> AccelReport:
+    """Pure choice from the configured wish, the device check and the guest probe."""
+    if wanted not in ("auto", "kvm", "tcg"):
+        raise ConfigError(f"accelerator must be auto, kvm or tcg, not {wanted!r}")
+    dev_ok, dev_reason = device
+    if wanted == "tcg":
+        return AccelReport(Accel.TCG, "not probed", "software emulation requested by config")
+    if not dev_ok:
+        if wanted == "kvm":
+            raise HypervisorError(f"KVM requested but unavailable: {dev_reason}")
+        return AccelReport(Accel.TCG, "absent", dev_reason)
+    assert probe is not None, "a present KVM device must be probed"
+    ok, why = probe
+    if ok:
+        return AccelReport(Accel.KVM, "usable", why)
+    if wanted == "kvm":
+        raise HypervisorError(f"KVM requested but a guest does not run under it: {why}")
+    return AccelReport(Accel.TCG, "present but unusable", why)
+
+
+async def probe_kvm(binary: str, kernel: Path, work_dir: Path) -> tuple[bool, str]:
+    """Boot ``kernel`` under KVM without a root fs; usable iff QEMU ends by itself in time."""
+    log = work_dir / "kvm-probe.log"
+    log.unlink(missing_ok=True)
+    argv = [
+        binary, "-no-user-config", "-nodefaults", "-display", "none",
+        "-accel", "kvm", "-cpu", "host", "-m", "128",
+        "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 quiet",
+        "-serial", "stdio", "-no-reboot",
+    ]  # fmt: skip
+    child = await Child.launch(ChildSpec(name="kvm-probe", argv=argv, log_path=log))
+    try:
+        code = await asyncio.wait_for(child.wait(), PROBE_TIMEOUT)
+    except TimeoutError:
+        await child.stop(grace=0.5)
+        return False, f"guest kernel did not reach its first panic within {PROBE_TIMEOUT:g} s"
+    finally:
+        await child.stop(grace=0.5)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        log.unlink(missing_ok=True)
+    if code != 0:
+        lines = [ln for ln in text.splitlines() if "qemu" in ln.lower()]
+        return False, (lines[-1] if lines else f"QEMU exited {code}").strip()
+    return True, "a guest kernel ran under KVM"
+
+
+def _cache_key(binary: str, kernel: Path) -> str:
+    qemu = Path(binary).stat()
+    k = kernel.stat()
+    raw = f"{binary}:{qemu.st_size}:{qemu.st_mtime_ns}:{platform.release()}:{kernel}:{k.st_size}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+async def detect(wanted: str, binary: str, kernel: Path, cache_dir: Path) -> AccelReport:
+    """Choose the accelerator (see module docstring), using and filling the cache."""
+    if wanted == "tcg":
+        return decide(wanted, (True, ""), None)
+    device = kvm_device()
+    if not device[0]:
+        return decide(wanted, device, None)
+    resolved = shutil.which(binary) or binary
+    cache = cache_dir / "accel.json"
+    key = _cache_key(resolved, kernel)
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            report = decide(wanted, device, (saved["usable"], saved["reason"]))
+            return AccelReport(report.accel, report.kvm, report.reason, cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    probe = await probe_kvm(resolved, kernel, cache_dir)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "usable": probe[0], "reason": probe[1]}))
+    os.replace(tmp, cache)
+    return decide(wanted, device, probe)
+
+
+def report_json(report: AccelReport) -> dict[str, object]:
+    data = asdict(report)
+    data["accel"] = report.accel.value
+    return data

@@ -1,0 +1,94 @@
+"""What a hypervisor driver receives (typed specs) and what it declares (capabilities).
+
+Network and storage hand the driver device specs; the driver never imports them.
+The sandbox asks ``capabilities`` instead of testing driver types.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class Accel(enum.StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Features a driver supports; the sandbox plans with these."""
+
+    virtio_fs: bool = False
+    vsock: bool = False
+    virtio_serial: bool = False
+    hotplug_net: bool = False
+    hotplug_blk: bool = False
+    templating: bool = False
+
+
+@dataclass(frozen=True)
+class AgentChannelSpec:
+    """The agent link: a virtio-serial port backed by a host unix socket, or vsock."""
+
+    kind: str  # "virtio-serial" | "vsock"
+    socket_path: Path | None = None  # virtio-serial: host unix socket (QEMU listens)
+    port_name: str = "runvm.agent"  # virtio-serial port name the guest looks up
+    guest_cid: int = 0  # vsock: guest context id
+
+
+@dataclass(frozen=True)
+class VirtioFsSpec:
+    """A vhost-user-fs device served by a virtiofsd listening on ``socket_path``."""
+
+    tag: str
+    socket_path: Path
+    queue_size: int = 1024
+
+
+DeviceSpec = AgentChannelSpec | VirtioFsSpec
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything needed to start one VM. A pure value: the argv is a function of it."""
+
+    name: str
+    run_dir: Path  # per-VM directory for sockets and logs (exists, owned by the caller)
+    kernel: Path
+    initrd: Path
+    accel: Accel
+    vcpus: int = 1
+    memory_mib: int = 256
+    machine: str = "pc"
+    kernel_params: Sequence[str] = ()
+    devices: Sequence[DeviceSpec] = field(default_factory=tuple)
+    tcg_tb_size_mib: int = 64
+    console_log_max_kib: int = 512
+
+
+class VM(Protocol):
+    """A running VM as seen by the runtime core."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def accel(self) -> Accel: ...
+
+    def console_tail(self) -> str: ...
+
+    async def wait(self) -> int: ...
+
+    async def stop(self) -> None: ...
+
+
+class Hypervisor(Protocol):
+    """A hypervisor driver: starts VMs from specs."""
+
+    capabilities: Capabilities
+
+    async def launch(self, spec: VMSpec) -> VM: ...

@@ -1,0 +1,174 @@
+"""The QEMU driver: launch from a spec, control over QMP, a capped console log, stop.
+
+Contract of :meth:`QemuHypervisor.launch`: returns a running :class:`QemuVM` whose QMP
+connection is up and whose serial console is being copied into ``<run_dir>/console.log``
+(rotated to ``console.log.1`` at the cap, so at most twice the cap is kept). On any failure
+QEMU is stopped and a :class:`LaunchError` carries argv, exit code and log tail.
+:meth:`QemuVM.stop` asks QMP ``quit``, then SIGTERM, then SIGKILL; it is idempotent and
+removes the VM's sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from runvm.errors import HypervisorError, LaunchError
+from runvm.hypervisor.base import Accel, Capabilities, VMSpec
+from runvm.hypervisor.qemu.argv import build_argv, console_socket, qmp_socket
+from runvm.process import Child, ChildSpec, read_tail
+
+log = logging.getLogger(__name__)
+
+QMP_READY_TIMEOUT = 15.0
+QUIT_GRACE = 3.0
+
+
+class ConsoleLog:
+    """Copies a console byte stream into a file, rotating at ``cap`` bytes."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path = path
+        self.cap = cap
+        self._file = path.open("ab")
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > self.cap:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = self.path.open("ab")
+            self._size = 0
+            data = data[-self.cap :]
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class QemuVM:
+    """A running QEMU process and its QMP connection."""
+
+    def __init__(self, spec: VMSpec, child: Child, qmp: QMPClient) -> None:
+        self.spec = spec
+        self.child = child
+        self.qmp = qmp
+        self._console_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def accel(self) -> Accel:
+        return self.spec.accel
+
+    @property
+    def console_path(self) -> Path:
+        return self.spec.run_dir / "console.log"
+
+    def console_tail(self) -> str:
+        return read_tail(self.console_path)
+
+    async def _copy_console(self) -> None:
+        cap = self.spec.console_log_max_kib * 1024
+        sink = ConsoleLog(self.console_path, cap)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(console_socket(self.spec)))
+            try:
+                while chunk := await reader.read(65536):
+                    sink.write(chunk)
+            finally:
+                writer.close()
+        except OSError as exc:
+            log.debug("console of %s: %s", self.spec.name, exc)
+        finally:
+            sink.close()
+
+    def start_console(self) -> None:
+        self._console_task = asyncio.get_running_loop().create_task(self._copy_console())
+
+    async def execute(self, command: str, args: dict[str, object] | None = None) -> object:
+        """Run one QMP command; a QMP failure is a HypervisorError."""
+        try:
+            return await self.qmp.execute(command, args)
+        except Exception as exc:
+            raise HypervisorError(f"QMP {command} failed: {exc}") from exc
+
+    async def wait(self) -> int:
+        return await self.child.wait()
+
+    async def stop(self) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; always reaps and removes sockets."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.child.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.qmp.execute("quit"), QUIT_GRACE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.child.wait(), QUIT_GRACE)
+        await self.child.stop()
+        with contextlib.suppress(Exception):
+            await self.qmp.disconnect()
+        if self._console_task:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._console_task, 1.0)
+        for sock in (qmp_socket(self.spec), console_socket(self.spec)):
+            sock.unlink(missing_ok=True)
+
+
+class QemuHypervisor:
+    """Starts QEMU guests; see the module docstring."""
+
+    capabilities = Capabilities(virtio_fs=True, vsock=True, virtio_serial=True)
+
+    def __init__(self, binary: str = "qemu-system-x86_64") -> None:
+        self.binary = binary
+
+    def resolve_binary(self) -> str:
+        found = shutil.which(self.binary)
+        if not found:
+            raise HypervisorError(
+                f"QEMU binary {self.binary!r} not found: install qemu-system-x86"
+            )
+        return found
+
+    async def launch(self, spec: VMSpec) -> QemuVM:
+        argv = build_argv(spec, self.resolve_binary())
+        for path in (spec.kernel, spec.initrd):
+            if not path.is_file():
+                raise LaunchError(f"guest file {path} does not exist", argv, None)
+        child = await Child.launch(
+            ChildSpec(name="qemu", argv=argv, log_path=spec.run_dir / "qemu.log")
+        )
+        qmp = QMPClient(f"runvm-{spec.name}")
+
+        async def qmp_up() -> bool:
+            if not qmp_socket(spec).exists():
+                return False
+            try:
+                await qmp.connect(str(qmp_socket(spec)))
+            except Exception:
+                return False
+            return True
+
+        try:
+            await child.wait_ready(qmp_up, QMP_READY_TIMEOUT)
+        except BaseException:
+            await child.stop()
+            for sock in (qmp_socket(spec), console_socket(spec)):
+                sock.unlink(missing_ok=True)
+            raise
+        vm = QemuVM(spec, child, qmp)
+        vm.start_console()
+        return vm

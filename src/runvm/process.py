@@ -1,0 +1,155 @@
+"""The one lifecycle helper for child processes (QEMU, virtiofsd, hooks).
+
+Contract:
+- :meth:`Child.launch` starts ``argv`` with stdout and stderr appended to ``log_path``
+  (or discarded), optionally dying with its parent (``PR_SET_PDEATHSIG``), so that a
+  ``kill -9`` of the owner never leaves the child behind.
+- :meth:`Child.wait_ready` polls a probe until it returns true; if the child exits first or
+  the deadline passes it stops the child and raises :class:`LaunchError` carrying the argv,
+  the exit code and the tail of the log.
+- :meth:`Child.stop` ends the child (SIGTERM, then SIGKILL after ``grace`` seconds) and always
+  reaps it; calling it again is harmless. ``async with`` guarantees it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runvm.errors import LaunchError
+
+_PR_SET_PDEATHSIG = 1
+LOG_TAIL_BYTES = 4096
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def read_tail(path: Path | None, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of a log file as text ("" if there is none)."""
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run. ``pass_fds`` are inherited by the child under the same numbers."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path | None = None
+    pass_fds: Sequence[int] = ()
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    die_with_parent: bool = True
+    new_session: bool = True
+    stdin_devnull: bool = True
+
+
+@dataclass
+class Child:
+    """A running child process; see the module docstring for the contract."""
+
+    spec: ChildSpec
+    proc: asyncio.subprocess.Process
+    _stopped: bool = field(default=False, init=False)
+
+    @classmethod
+    async def launch(cls, spec: ChildSpec) -> Child:
+        log = spec.log_path.open("ab") if spec.log_path else None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.DEVNULL if spec.stdin_devnull else None,
+                stdout=log if log else asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT if log else asyncio.subprocess.DEVNULL,
+                pass_fds=tuple(spec.pass_fds),
+                env=dict(spec.env) if spec.env is not None else None,
+                cwd=spec.cwd,
+                start_new_session=spec.new_session,
+                preexec_fn=_die_with_parent if spec.die_with_parent else None,
+            )
+        except OSError as exc:
+            raise LaunchError(
+                f"{spec.name} could not be started: {exc.strerror}", spec.argv, None
+            ) from exc
+        finally:
+            if log:
+                log.close()
+        return cls(spec, proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def log_tail(self) -> str:
+        return read_tail(self.spec.log_path)
+
+    def failure(self, message: str) -> LaunchError:
+        return LaunchError(
+            f"{self.spec.name} {message}", self.spec.argv, self.proc.returncode, self.log_tail()
+        )
+
+    async def wait_ready(
+        self,
+        probe: Callable[[], Awaitable[bool]] | Callable[[], bool],
+        timeout: float,
+        interval: float = 0.02,
+    ) -> None:
+        """Poll ``probe`` until true; on exit or deadline stop the child and raise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.proc.returncode is not None:
+                raise self.failure("exited before it was ready")
+            result = probe()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            if loop.time() >= deadline:
+                await self.stop()
+                raise self.failure(f"was not ready within {timeout:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), interval)
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    async def stop(self, grace: float = 3.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` s; always reaps. Returns the exit code."""
+        if self.proc.returncode is None and not self._stopped:
+            self._stopped = True
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+        return await self.proc.wait()
+
+    async def __aenter__(self) -> Child:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

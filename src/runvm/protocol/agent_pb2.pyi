@@ -1,0 +1,238 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CheckRequest(_message.Message):
+    __slots__ = ["service"]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class CloseStdinRequest(_message.Message):
+    __slots__ = ["container_id", "exec_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+
+class CreateContainerRequest(_message.Message):
+    __slots__ = ["container_id", "oci_spec_json", "stdin", "storages"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    OCI_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STORAGES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    oci_spec_json: bytes
+    stdin: bool
+    storages: _containers.RepeatedCompositeFieldContainer[Storage]
+    def __init__(self, container_id: _Optional[str] = ..., oci_spec_json: _Optional[bytes] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., stdin: bool = ...) -> None: ...
+
+class CreateContainerResponse(_message.Message):
+    __slots__ = ["pid"]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class CreateSandboxRequest(_message.Message):
+    __slots__ = ["dns", "host_time_ns", "hostname", "sandbox_id", "storages"]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    STORAGES_FIELD_NUMBER: _ClassVar[int]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    host_time_ns: int
+    hostname: str
+    sandbox_id: str
+    storages: _containers.RepeatedCompositeFieldContainer[Storage]
+    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., host_time_ns: _Optional[int] = ...) -> None: ...
+
+class DestroySandboxRequest(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class ExecProcessRequest(_message.Message):
+    __slots__ = ["container_id", "exec_id", "process_json", "stdin"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    process_json: bytes
+    stdin: bool
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., process_json: _Optional[bytes] = ..., stdin: bool = ...) -> None: ...
+
+class ExecProcessResponse(_message.Message):
+    __slots__ = ["pid"]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class GuestDetailsRequest(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class GuestDetailsResponse(_message.Message):
+    __slots__ = ["agent_uptime_ms", "agent_version", "boot_id", "cpus", "instance_id", "kernel_release", "mem_total_bytes", "storage_handlers", "supports_seccomp"]
+    AGENT_UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_HANDLERS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    agent_uptime_ms: int
+    agent_version: str
+    boot_id: str
+    cpus: int
+    instance_id: str
+    kernel_release: str
+    mem_total_bytes: int
+    storage_handlers: _containers.RepeatedScalarFieldContainer[str]
+    supports_seccomp: bool
+    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ...) -> None: ...
+
+class HealthCheckResponse(_message.Message):
+    __slots__ = ["status"]
+    class ServingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = []
+    NOT_SERVING: HealthCheckResponse.ServingStatus
+    SERVING: HealthCheckResponse.ServingStatus
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN: HealthCheckResponse.ServingStatus
+    status: HealthCheckResponse.ServingStatus
+    def __init__(self, status: _Optional[_Union[HealthCheckResponse.ServingStatus, str]] = ...) -> None: ...
+
+class ReadStreamRequest(_message.Message):
+    __slots__ = ["container_id", "exec_id", "len"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    LEN_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    len: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., len: _Optional[int] = ...) -> None: ...
+
+class ReadStreamResponse(_message.Message):
+    __slots__ = ["data"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RemoveContainerRequest(_message.Message):
+    __slots__ = ["container_id", "timeout"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    timeout: int
+    def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
+
+class SignalProcessRequest(_message.Message):
+    __slots__ = ["all", "container_id", "exec_id", "signal"]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    container_id: str
+    exec_id: str
+    signal: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: bool = ...) -> None: ...
+
+class StartContainerRequest(_message.Message):
+    __slots__ = ["container_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class StartContainerResponse(_message.Message):
+    __slots__ = ["pid"]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class Storage(_message.Message):
+    __slots__ = ["driver", "fstype", "mount_point", "options", "source"]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    FSTYPE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_POINT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    driver: str
+    fstype: str
+    mount_point: str
+    options: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    def __init__(self, driver: _Optional[str] = ..., source: _Optional[str] = ..., fstype: _Optional[str] = ..., options: _Optional[_Iterable[str]] = ..., mount_point: _Optional[str] = ...) -> None: ...
+
+class TtyWinResizeRequest(_message.Message):
+    __slots__ = ["column", "container_id", "exec_id", "row"]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    column: int
+    container_id: str
+    exec_id: str
+    row: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., row: _Optional[int] = ..., column: _Optional[int] = ...) -> None: ...
+
+class VersionRequest(_message.Message):
+    __slots__ = ["host_protocol", "host_version"]
+    HOST_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    host_protocol: int
+    host_version: str
+    def __init__(self, host_protocol: _Optional[int] = ..., host_version: _Optional[str] = ...) -> None: ...
+
+class VersionResponse(_message.Message):
+    __slots__ = ["agent_version", "protocol"]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    agent_version: str
+    protocol: int
+    def __init__(self, agent_version: _Optional[str] = ..., protocol: _Optional[int] = ...) -> None: ...
+
+class WaitProcessRequest(_message.Message):
+    __slots__ = ["container_id", "exec_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+
+class WaitProcessResponse(_message.Message):
+    __slots__ = ["exited_at_ns", "status"]
+    EXITED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    exited_at_ns: int
+    status: int
+    def __init__(self, status: _Optional[int] = ..., exited_at_ns: _Optional[int] = ...) -> None: ...
+
+class WriteStreamRequest(_message.Message):
+    __slots__ = ["container_id", "data", "exec_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    data: bytes
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WriteStreamResponse(_message.Message):
+    __slots__ = ["len"]
+    LEN_FIELD_NUMBER: _ClassVar[int]
+    len: int
+    def __init__(self, len: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,145 @@
+"""Typed host-side facade over a ttrpc connection to the agent.
+
+Contract: every method sends one request and returns the decoded response message.
+A deadline that passes raises :class:`AgentTimeout`; a lost or broken connection raises
+:class:`AgentError`; a non-OK status raises :class:`RpcError` with the agent's code.
+Responses are parsed from untrusted bytes; a payload that does not decode is an AgentError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from runvm import __version__
+from runvm.errors import AgentError, AgentTimeout, ProtocolError, VersionMismatch
+from runvm.protocol import AGENT_SERVICE, HEALTH_SERVICE, PROTOCOL_VERSION
+from runvm.protocol import agent_pb2 as pb
+from runvm.ttrpc import Client
+
+M = TypeVar("M", bound=Message)
+
+DEFAULT_TIMEOUT = 60.0
+READ_CHUNK = 64 * 1024
+
+
+class AgentClient:
+    """One agent connection. Owned by exactly one host process (monitor or shim)."""
+
+    def __init__(self, conn: Client, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.conn = conn
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        timeout: float | None | bool = True,
+    ) -> M:
+        """Send ``request``; ``timeout=True`` means the client default, None no deadline."""
+        deadline = self.timeout if timeout is True else (None if timeout is False else timeout)
+        try:
+            raw = await self.conn.call(
+                service, method, request.SerializeToString(), timeout=deadline
+            )
+        except TimeoutError as exc:
+            raise AgentTimeout(f"agent did not answer {method} within {deadline:g} s") from exc
+        except (ConnectionError, ProtocolError, EOFError) as exc:
+            raise AgentError(f"agent connection lost during {method}: {exc}") from exc
+        response = response_type()
+        try:
+            response.ParseFromString(raw)
+        except DecodeError as exc:
+            raise AgentError(f"agent sent an undecodable {method} response") from exc
+        return response
+
+    def _agent(
+        self, method: str, request: Message, rtype: type[M], timeout: float | None | bool = True
+    ) -> Awaitable[M]:
+        return self.call(AGENT_SERVICE, method, request, rtype, timeout)
+
+    # --- health and identity -------------------------------------------------------------
+    async def check(self, timeout: float | None | bool = True) -> pb.HealthCheckResponse:
+        return await self.call(
+            HEALTH_SERVICE, "Check", pb.CheckRequest(), pb.HealthCheckResponse, timeout
+        )
+
+    async def handshake(self, timeout: float | None | bool = True) -> pb.VersionResponse:
+        """Exchange versions; raise VersionMismatch unless the agent speaks ours."""
+        request = pb.VersionRequest(host_protocol=PROTOCOL_VERSION, host_version=__version__)
+        reply = await self.call(HEALTH_SERVICE, "Version", request, pb.VersionResponse, timeout)
+        if reply.protocol != PROTOCOL_VERSION:
+            raise VersionMismatch(
+                f"agent {reply.agent_version!r} speaks protocol {reply.protocol}, host speaks "
+                f"{PROTOCOL_VERSION}: rebuild the guest image with `runvm image build`"
+            )
+        return reply
+
+    async def guest_details(self) -> pb.GuestDetailsResponse:
+        return await self._agent("GuestDetails", pb.GuestDetailsRequest(), pb.GuestDetailsResponse)
+
+    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> None:
+        await self._agent("CreateSandbox", request, pb.Empty)
+
+    async def destroy_sandbox(self, timeout: float = 10.0) -> None:
+        await self._agent("DestroySandbox", pb.DestroySandboxRequest(), pb.Empty, timeout)
+
+    # --- containers and processes ----------------------------------------------------------
+    async def create_container(self, request: pb.CreateContainerRequest) -> int:
+        return (await self._agent("CreateContainer", request, pb.CreateContainerResponse)).pid
+
+    async def start_container(self, container_id: str) -> int:
+        request = pb.StartContainerRequest(container_id=container_id)
+        return (await self._agent("StartContainer", request, pb.StartContainerResponse)).pid
+
+    async def remove_container(self, container_id: str, timeout: int = 0) -> None:
+        request = pb.RemoveContainerRequest(container_id=container_id, timeout=timeout)
+        await self._agent("RemoveContainer", request, pb.Empty)
+
+    async def exec_process(self, request: pb.ExecProcessRequest) -> int:
+        return (await self._agent("ExecProcess", request, pb.ExecProcessResponse)).pid
+
+    async def signal_process(
+        self, container_id: str, exec_id: str, signal: int, all_processes: bool = False
+    ) -> None:
+        request = pb.SignalProcessRequest(
+            container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes
+        )
+        await self._agent("SignalProcess", request, pb.Empty)
+
+    async def wait_process(self, container_id: str, exec_id: str = "") -> pb.WaitProcessResponse:
+        """Block until the process exits (no deadline, like Kata's WaitProcess)."""
+        request = pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id)
+        return await self._agent("WaitProcess", request, pb.WaitProcessResponse, None)
+
+    # --- stdio ---------------------------------------------------------------------------------
+    async def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
+        request = pb.WriteStreamRequest(container_id=container_id, exec_id=exec_id, data=data)
+        return (await self._agent("WriteStdin", request, pb.WriteStreamResponse, None)).len
+
+    async def read_stream(self, stream: str, container_id: str, exec_id: str = "") -> bytes:
+        """Read from ``stdout`` or ``stderr``; ``b""`` means end of stream."""
+        method = {"stdout": "ReadStdout", "stderr": "ReadStderr"}[stream]
+        request = pb.ReadStreamRequest(container_id=container_id, exec_id=exec_id, len=READ_CHUNK)
+        reply = await self._agent(method, request, pb.ReadStreamResponse, None)
+        if len(reply.data) > READ_CHUNK:
+            raise AgentError(f"agent returned {len(reply.data)} bytes for a {READ_CHUNK} read")
+        return reply.data
+
+    async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
+        request = pb.CloseStdinRequest(container_id=container_id, exec_id=exec_id)
+        await self._agent("CloseStdin", request, pb.Empty)
+
+    async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
+        request = pb.TtyWinResizeRequest(
+            container_id=container_id, exec_id=exec_id, row=rows, column=cols
+        )
+        await self._agent("TtyWinResize", request, pb.Empty)
+

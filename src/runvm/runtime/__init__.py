@@ -1,0 +1,1 @@
+"""The runtime core: sandboxes (one VM each), containers and processes."""

@@ -1,0 +1,177 @@
+"""A sandbox: one VM, its helpers and the one agent connection, set up as named steps.
+
+Contract of :meth:`Sandbox.start`: returns a sandbox whose agent answered the version
+handshake and ``CreateSandbox``; ``timings`` holds each step's duration. If any step fails
+(or the caller is cancelled), everything already done is undone: QEMU and helpers stopped,
+sockets and the run directory removed. :meth:`Sandbox.stop` asks the agent to power off,
+then stops QEMU the hard way if needed, and removes everything; it is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runvm.config import RunvmConfig
+from runvm.errors import AgentError, AgentTimeout, ConfigError
+from runvm.hypervisor.accel import AccelReport, detect
+from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VMSpec
+from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
+from runvm.protocol import agent_pb2 as pb
+from runvm.protocol.client import AgentClient
+from runvm.runtime.agentlink import connect_agent
+from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.steps import Steps
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+POWEROFF_WAIT = 5.0
+
+
+def check_id(value: str, what: str = "sandbox") -> str:
+    if not ID_PATTERN.match(value):
+        raise ConfigError(
+            f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'"
+        )
+    return value
+
+
+def channel_kind(wanted: str) -> str:
+    """virtio-serial or vsock: ``auto`` picks vsock where /dev/vhost-vsock exists."""
+    if wanted == "auto":
+        return "vsock" if os.path.exists("/dev/vhost-vsock") else "virtio-serial"
+    return wanted
+
+
+@dataclass
+class SandboxOptions:
+    """Per-sandbox choices beyond the config file."""
+
+    hostname: str = ""
+    extra_devices: list[DeviceSpec] = field(default_factory=list)
+    extra_kernel_params: list[str] = field(default_factory=list)
+    guest_files: GuestFiles | None = None  # overrides the built image (tests, image variants)
+
+
+class Sandbox:
+    """One running VM with its agent; see the module docstring."""
+
+    def __init__(
+        self, sandbox_id: str, config: RunvmConfig, run_dir: Path, steps: Steps
+    ) -> None:
+        self.id = sandbox_id
+        self.config = config
+        self.run_dir = run_dir
+        self.steps = steps
+        self.vm: QemuVM | None = None
+        self.agent: AgentClient | None = None
+        self.accel: AccelReport | None = None
+        self.details: pb.GuestDetailsResponse | None = None
+        self._stopped = False
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.steps.timings
+
+    @classmethod
+    async def start(
+        cls, sandbox_id: str, config: RunvmConfig, options: SandboxOptions | None = None
+    ) -> Sandbox:
+        check_id(sandbox_id)
+        options = options or SandboxOptions()
+        hv_cfg = config.hypervisor
+        steps = Steps()
+        async with steps:
+            files = options.guest_files or resolve_guest_files(config)
+            run_dir = Path(config.runtime.state_root) / "sandboxes" / sandbox_id
+            await steps.run("run-dir", _make_run_dir(run_dir), lambda: _remove_dir(run_dir))
+            sandbox = cls(sandbox_id, config, run_dir, steps)
+            hypervisor = QemuHypervisor(hv_cfg.path)
+            sandbox.accel = await steps.run(
+                "accelerator",
+                detect(
+                    hv_cfg.accelerator, hypervisor.resolve_binary(), files.kernel,
+                    Path(config.runtime.cache_dir),
+                ),
+            )  # fmt: skip
+            kind = channel_kind(config.agent.channel)
+            channel = AgentChannelSpec(
+                kind=kind,
+                socket_path=run_dir / "agent.sock" if kind == "virtio-serial" else None,
+                guest_cid=_guest_cid(sandbox_id) if kind == "vsock" else 0,
+            )
+            params = [f"runvm.channel={kind}", *options.extra_kernel_params]
+            if hv_cfg.kernel_params:
+                params += hv_cfg.kernel_params.split()
+            spec = VMSpec(
+                name=sandbox_id, run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
+                accel=sandbox.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
+                machine=hv_cfg.machine, kernel_params=tuple(params),
+                devices=(channel, *options.extra_devices),
+                tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
+                console_log_max_kib=hv_cfg.console_log_max_kib,
+            )  # fmt: skip
+            booted = time.monotonic()
+            sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
+            steps.add_undo("qemu", vm.stop)
+            sandbox.agent = await steps.run(
+                "agent-ready",
+                sandbox._connect(channel, hv_cfg.boot_timeout - (time.monotonic() - booted)),
+            )
+            steps.add_undo("agent", sandbox.agent.close)
+            sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
+            request = pb.CreateSandboxRequest(
+                sandbox_id=sandbox_id, hostname=options.hostname, host_time_ns=time.time_ns()
+            )
+            await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
+            steps.commit()
+        return sandbox
+
+    async def _connect(self, channel: AgentChannelSpec, timeout: float) -> AgentClient:
+        assert self.vm is not None
+        vm = self.vm
+        try:
+            return await connect_agent(channel, timeout, self.config.agent.timeout, vm.wait)
+        except (AgentError, OSError) as exc:
+            tail = vm.console_tail()[-2000:]
+            raise AgentTimeout(
+                f"sandbox {self.id}: agent not ready: {exc}"
+                + (f"\n--- guest console ---\n{tail}" if tail else "")
+            ) from exc
+
+    async def stop(self) -> None:
+        """Power the guest off through the agent, then make sure QEMU is gone; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.agent and self.vm and self.vm.child.returncode is None:
+            with contextlib.suppress(AgentError, OSError):
+                await self.agent.destroy_sandbox()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.vm.wait(), POWEROFF_WAIT)
+        await self.steps.close()
+
+
+def _guest_cid(sandbox_id: str) -> int:
+    """A guest vsock CID derived from the id (3 .. 2**31)."""
+    return 3 + (int.from_bytes(sandbox_id.encode()[-8:].rjust(8, b"\0"), "big") % (2**31 - 4))
+
+
+async def _make_run_dir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise ConfigError(f"sandbox {path.name} already exists ({path})") from None
+
+
+async def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

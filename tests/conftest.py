@@ -1,0 +1,126 @@
+"""Shared fixtures: requirement gates, the leak checker and strict skip accounting.
+
+Under ``RUNVM_STRICT_SKIPS=1`` (CI) a skip is an error unless its reason starts with
+``hardware:`` — the only things these hosts may lack are KVM, vhost-vsock, vhost-net, VFIO.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runvm import config as cfg
+
+HARDWARE_PREFIX = "hardware:"
+ALLOWED_HARDWARE = ("KVM", "vhost-vsock", "vhost-net", "VFIO")
+LEAK_PATTERNS = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "runvm-monitor")
+
+
+def hardware_skip(what: str, detail: str) -> None:
+    """Skip because these hosts lack ``what`` (one of ALLOWED_HARDWARE)."""
+    assert what in ALLOWED_HARDWARE, what
+    pytest.skip(f"{HARDWARE_PREFIX} {what}: {detail}")
+
+
+_bad_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and os.environ.get("RUNVM_STRICT_SKIPS") == "1":
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not reason.removeprefix("Skipped: ").startswith(HARDWARE_PREFIX):
+            _bad_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _bad_skips:
+        print("\nSkips not allowed in strict mode (CI has every non-hardware requirement):")
+        for line in _bad_skips:
+            print("  " + line)
+        session.exitstatus = 1
+
+
+def _image_ready() -> str | None:
+    try:
+        from runvm import image
+
+        image.current()
+    except Exception as exc:
+        return f"no guest image ({exc}); run `runvm image build`"
+    return None
+
+
+def vm_requirements() -> str | None:
+    """Why VM tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if not shutil.which("qemu-system-x86_64"):
+        return "needs qemu-system-x86_64 (Debian qemu-system-x86)"
+    return _image_ready()
+
+
+@pytest.fixture(scope="session")
+def vm_ready() -> None:
+    reason = vm_requirements()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One accelerator probe per test session."""
+    return tmp_path_factory.mktemp("accel-cache")
+
+
+@pytest.fixture
+def runvm_config(tmp_path: Path, accel_cache: Path) -> cfg.RunvmConfig:
+    """Defaults with private state and cache directories."""
+    return cfg.RunvmConfig(
+        runtime=cfg.RuntimeConfig(state_root=str(tmp_path / "state"), cache_dir=str(accel_cache))
+    )
+
+
+def _procs() -> dict[int, str]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True)
+    found = {}
+    for line in out.stdout.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if any(p in args for p in LEAK_PATTERNS) and int(pid) != os.getpid():
+            found[int(pid)] = args
+    return found
+
+
+def _mounts(marker: str) -> list[str]:
+    return [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if marker in ln]
+
+
+@pytest.fixture
+def leak_check(tmp_path: Path) -> Iterator[None]:
+    """Fail the test if it leaves processes, mounts, sockets or state behind."""
+    before = _procs()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        new = {p: a for p, a in _procs().items() if p not in before}
+        if not new or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    problems = [f"process {p}: {a}" for p, a in new.items()]
+    problems += [f"mount: {m}" for m in _mounts(str(tmp_path))]
+    state = tmp_path / "state"
+    if state.exists():
+        files = [p for p in state.rglob("*") if not p.is_dir()]
+        sandboxes = list((state / "sandboxes").glob("*"))
+        problems += [f"state left: {p}" for p in sorted({*files, *sandboxes})]
+    for pid in new:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not problems, "leaks:\n" + "\n".join(problems)

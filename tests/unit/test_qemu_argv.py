@@ -1,0 +1,61 @@
+"""The QEMU argv is a pure function of the VM spec: compared with reviewed golden files.
+
+Set RUNVM_UPDATE_GOLDEN=1 to rewrite the files after an intended change (then review the diff).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from runvm.hypervisor.base import Accel, AgentChannelSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.qemu.argv import build_argv, kernel_cmdline
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def spec(accel: Accel, **kw: object) -> VMSpec:
+    run = Path("/run/runvm/sandboxes/sb1")
+    base: dict[str, object] = dict(
+        name="sb1", run_dir=run, kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
+        accel=accel, vcpus=2, memory_mib=512, kernel_params=("runvm.channel=virtio-serial",),
+        devices=(
+            AgentChannelSpec(kind="virtio-serial", socket_path=run / "agent.sock"),
+            VirtioFsSpec(tag="runvm-shared", socket_path=run / "virtiofsd.sock"),
+        ),
+    )  # fmt: skip
+    base.update(kw)
+    return VMSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("accel", [Accel.KVM, Accel.TCG])
+def test_argv_matches_golden(accel: Accel) -> None:
+    argv = build_argv(spec(accel), "/usr/bin/qemu-system-x86_64")
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / f"qemu-{accel.value}.argv"
+    if os.environ.get("RUNVM_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_accelerator_selects_cpu_model() -> None:
+    kvm = build_argv(spec(Accel.KVM))
+    tcg = build_argv(spec(Accel.TCG, tcg_tb_size_mib=16))
+    assert kvm[kvm.index("-accel") + 1] == "kvm" and kvm[kvm.index("-cpu") + 1] == "host"
+    assert tcg[tcg.index("-accel") + 1] == "tcg,tb-size=16" and tcg[tcg.index("-cpu") + 1] == "max"
+
+
+def test_vsock_channel_and_memory_backend() -> None:
+    s = spec(Accel.KVM, devices=(AgentChannelSpec(kind="vsock", guest_cid=42),), memory_mib=300)
+    argv = build_argv(s)
+    assert "vhost-vsock-pci,id=vsock0,guest-cid=42" in argv
+    assert "virtserialport" not in " ".join(argv)
+    assert "memory-backend-memfd,id=mem,size=300M,share=on" in argv
+
+
+def test_kernel_cmdline_ends_vm_on_panic() -> None:
+    line = kernel_cmdline(spec(Accel.TCG))
+    assert "panic=-1" in line.split() and line.endswith("runvm.channel=virtio-serial")
+    assert "-no-reboot" in build_argv(spec(Accel.TCG))
