@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runvm import __version__
 from runvm.agent import syscalls as sc
+from runvm.agent.containers import ContainerService
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import unary
 from runvm.errors import RpcError
@@ -80,6 +81,8 @@ class SandboxService:
             time.clock_settime_ns(time.CLOCK_REALTIME, request.host_time_ns)
         if request.hostname:
             sc.sethostname(request.hostname[:64])
+        for storage in request.storages:
+            mount_storage(storage)
         self.state.sandbox_id = request.sandbox_id or "sandbox"
         return pb.Empty()
 
@@ -87,6 +90,24 @@ class SandboxService:
         self.state.shutting_down.set()
         asyncio.get_running_loop().call_later(POWEROFF_DELAY, power_off)
         return pb.Empty()
+
+
+def mount_storage(storage: pb.Storage) -> None:
+    """Mount one storage under /run/runvm; an unknown driver or a path outside is refused."""
+    target = os.path.normpath(storage.mount_point)
+    if not target.startswith("/run/runvm/") or storage.driver not in STORAGE_HANDLERS:
+        raise RpcError(Code.INVALID_ARGUMENT,
+                       f"storage {storage.driver!r} at {storage.mount_point!r} is not allowed")
+    os.makedirs(target, exist_ok=True)
+    if storage.driver == "local":
+        return
+    # Container rootfs shares keep setuid binaries and device nodes working.
+    fstype, flags = ("virtiofs", 0) if storage.driver == "virtio-fs" else (
+        "tmpfs", sc.MS_NOSUID | sc.MS_NODEV)
+    try:
+        sc.mount(storage.source, target, fstype, flags, ",".join(storage.options))
+    except OSError as exc:
+        raise RpcError(Code.INTERNAL, f"mount {storage.source} on {target}: {exc}") from exc
 
 
 def power_off() -> None:
@@ -107,5 +128,6 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "GuestDetails": unary(pb.GuestDetailsRequest, sandbox.guest_details),
         "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
         "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
+        **ContainerService(reaper).handlers(),
     }
     server.register(AGENT_SERVICE, methods)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runvm import __version__
-from runvm.cli import check, demo, image
+from runvm.cli import check, demo, image, run
 from runvm.errors import RunvmError
 
-VERBS = (check, image, demo)
+VERBS = (check, image, demo, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

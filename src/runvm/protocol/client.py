@@ -41,7 +41,7 @@ class AgentClient:
         method: str,
         request: Message,
         response_type: type[M],
-        timeout: float | None | bool = True,
+        timeout: float | bool | None = True,
     ) -> M:
         """Send ``request``; ``timeout=True`` means the client default, None no deadline."""
         deadline = self.timeout if timeout is True else (None if timeout is False else timeout)
@@ -61,17 +61,17 @@ class AgentClient:
         return response
 
     def _agent(
-        self, method: str, request: Message, rtype: type[M], timeout: float | None | bool = True
+        self, method: str, request: Message, rtype: type[M], timeout: float | bool | None = True
     ) -> Awaitable[M]:
         return self.call(AGENT_SERVICE, method, request, rtype, timeout)
 
     # --- health and identity -------------------------------------------------------------
-    async def check(self, timeout: float | None | bool = True) -> pb.HealthCheckResponse:
+    async def check(self, timeout: float | bool | None = True) -> pb.HealthCheckResponse:
         return await self.call(
             HEALTH_SERVICE, "Check", pb.CheckRequest(), pb.HealthCheckResponse, timeout
         )
 
-    async def handshake(self, timeout: float | None | bool = True) -> pb.VersionResponse:
+    async def handshake(self, timeout: float | bool | None = True) -> pb.VersionResponse:
         """Exchange versions; raise VersionMismatch unless the agent speaks ours."""
         request = pb.VersionRequest(host_protocol=PROTOCOL_VERSION, host_version=__version__)
         reply = await self.call(HEALTH_SERVICE, "Version", request, pb.VersionResponse, timeout)

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runvm.config import RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, ConfigError
+from runvm.errors import AgentError, AgentTimeout, ConfigError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
-from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VMSpec
+from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.steps import Steps
+from runvm.storage import virtiofsd
+from runvm.storage.shared import GUEST_ROOT, TAG, SharedDir
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class SandboxOptions:
     extra_devices: list[DeviceSpec] = field(default_factory=list)
     extra_kernel_params: list[str] = field(default_factory=list)
     guest_files: GuestFiles | None = None  # overrides the built image (tests, image variants)
+    share_fs: bool = True  # export a shared directory over virtio-fs (container rootfs)
 
 
 class Sandbox:
@@ -75,6 +78,7 @@ class Sandbox:
         self.agent: AgentClient | None = None
         self.accel: AccelReport | None = None
         self.details: pb.GuestDetailsResponse | None = None
+        self.shared: SharedDir | None = None
         self._stopped = False
 
     @property
@@ -102,6 +106,12 @@ class Sandbox:
                     Path(config.runtime.cache_dir),
                 ),
             )  # fmt: skip
+            devices = list(options.extra_devices)
+            storages = []
+            if options.share_fs:
+                devices.append(await steps.run("virtio-fs", sandbox._share_fs()))
+                storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
+                                           mount_point=GUEST_ROOT))  # fmt: skip
             kind = channel_kind(config.agent.channel)
             channel = AgentChannelSpec(
                 kind=kind,
@@ -115,7 +125,7 @@ class Sandbox:
                 name=sandbox_id, run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
                 accel=sandbox.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
                 machine=hv_cfg.machine, kernel_params=tuple(params),
-                devices=(channel, *options.extra_devices),
+                devices=(channel, *devices),
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
                 console_log_max_kib=hv_cfg.console_log_max_kib,
             )  # fmt: skip
@@ -129,23 +139,36 @@ class Sandbox:
             steps.add_undo("agent", sandbox.agent.close)
             sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
             request = pb.CreateSandboxRequest(
-                sandbox_id=sandbox_id, hostname=options.hostname, host_time_ns=time.time_ns()
+                sandbox_id=sandbox_id, hostname=options.hostname, host_time_ns=time.time_ns(),
+                storages=storages,
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
             steps.commit()
         return sandbox
+
+    async def _share_fs(self) -> VirtioFsSpec:
+        """The shared directory and its virtiofsd (undone in reverse on failure)."""
+        shared = SharedDir(self.run_dir / "shared")
+        self.steps.add_undo("shared-dir", lambda: asyncio.to_thread(shared.teardown))
+        shared.setup()
+        self.shared = shared
+        sock = self.run_dir / "virtiofsd.sock"
+        child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log")
+        self.steps.add_undo("virtiofsd", child.stop)
+        return VirtioFsSpec(tag=TAG, socket_path=sock)
 
     async def _connect(self, channel: AgentChannelSpec, timeout: float) -> AgentClient:
         assert self.vm is not None
         vm = self.vm
         try:
             return await connect_agent(channel, timeout, self.config.agent.timeout, vm.wait)
+        except VersionMismatch:
+            raise
         except (AgentError, OSError) as exc:
             tail = vm.console_tail()[-2000:]
-            raise AgentTimeout(
-                f"sandbox {self.id}: agent not ready: {exc}"
-                + (f"\n--- guest console ---\n{tail}" if tail else "")
-            ) from exc
+            console = f"\n--- guest console ---\n{tail}" if tail else ""
+            kind = AgentTimeout if isinstance(exc, (AgentTimeout, OSError)) else AgentError
+            raise kind(f"sandbox {self.id}: agent not ready: {exc}{console}") from exc
 
     async def stop(self) -> None:
         """Power the guest off through the agent, then make sure QEMU is gone; idempotent."""

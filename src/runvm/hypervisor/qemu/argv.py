@@ -50,12 +50,12 @@ def _device_args(spec: VMSpec) -> list[str]:
             ]  # fmt: skip
         else:
             args += ["-device", f"vhost-vsock-pci,id=vsock{i},guest-cid={dev.guest_cid}"]
-    fs = [d for d in spec.devices if isinstance(d, VirtioFsSpec)]
-    for i, dev in enumerate(fs):
+    shares = [d for d in spec.devices if isinstance(d, VirtioFsSpec)]
+    for i, share in enumerate(shares):
         args += [
-            "-chardev", f"socket,id=fs{i},path={dev.socket_path}",
+            "-chardev", f"socket,id=fs{i},path={share.socket_path}",
             "-device",
-            f"vhost-user-fs-pci,chardev=fs{i},tag={dev.tag},queue-size={dev.queue_size}",
+            f"vhost-user-fs-pci,chardev=fs{i},tag={share.tag},queue-size={share.queue_size}",
         ]  # fmt: skip
     return args
 

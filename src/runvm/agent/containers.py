@@ -1,0 +1,298 @@
+"""Container and process handlers of the agent API (create, start, exec, signal, wait, I/O).
+
+Contract: ids are validated; a container id is unique while it exists; process I/O goes
+through bounded buffers; ``WaitProcess`` returns the exit code or 128+signal; output that a
+process wrote before it exited stays readable until end of stream, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runvm.agent import crun
+from runvm.agent.reaper import Reaper
+from runvm.agent.rpc import Handler, unary
+from runvm.agent.stdio import InputStream, OutputStream, set_winsize
+from runvm.errors import ConfigError, RpcError
+from runvm.oci import parse_process, parse_spec
+from runvm.protocol import agent_pb2 as pb
+from runvm.ttrpc import Code
+
+BUNDLES = Path("/run/runvm/bundles")
+SHARED_ROOT = "/run/runvm/shared/"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_CONTAINERS = 1024
+MAX_EXECS = 1024
+
+
+@dataclass
+class Proc:
+    """One process: a container's init or an exec."""
+
+    exec_id: str
+    pid: int = 0
+    stdin: InputStream | None = None
+    stdout: OutputStream | None = None
+    stderr: OutputStream | None = None
+    pty_master: int | None = None
+    status: int | None = None
+    exited_at_ns: int = 0
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_exit(self, status: int) -> None:
+        self.status = status
+        self.exited_at_ns = time.time_ns()
+        self.exited.set()
+
+    def close(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        if self.pty_master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pty_master)
+            self.pty_master = None
+
+
+@dataclass
+class Container:
+    id: str
+    bundle: Path
+    init: Proc
+    started: bool = False
+    execs: dict[str, Proc] = field(default_factory=dict)
+
+
+def _check_id(value: str, what: str) -> str:
+    if not ID_RE.match(value):
+        raise RpcError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}")
+    return value
+
+
+async def _spawn_with_io(
+    reaper: Reaper, proc: Proc, args: list[str], bundle: Path, terminal: bool, stdin: bool
+) -> None:
+    """Run a crun create/exec with fresh pipes (or a console socket) wired to ``proc``."""
+    log = bundle / "crun.log"
+    child_ends: list[int] = []
+    console: crun.ConsoleSocket | None = None
+    try:
+        if terminal:
+            console = crun.ConsoleSocket(bundle / f"console-{proc.exec_id or 'init'}.sock")
+            master_task = asyncio.ensure_future(console.receive_master())
+            try:
+                await crun.run_crun(reaper, [*args[:1], "--console-socket", str(console.path),
+                                             *args[1:]], log)  # fmt: skip
+                master = await master_task
+            finally:
+                master_task.cancel()
+            proc.pty_master = master
+            proc.stdout = OutputStream(os.dup(master))
+            proc.stdin = InputStream(os.dup(master))
+        else:
+            in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            child_ends = [in_r, out_w, err_w]
+            proc.stdout, proc.stderr = OutputStream(out_r), OutputStream(err_r)
+            if in_w >= 0:
+                proc.stdin = InputStream(in_w)
+            await crun.run_crun(reaper, args, log, stdio=child_ends)
+    except BaseException:
+        proc.close()
+        raise
+    finally:
+        for fd in child_ends:
+            os.close(fd)
+        if console:
+            console.close()
+
+
+class ContainerService:
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.containers: dict[str, Container] = {}
+
+    def _get(self, container_id: str) -> Container:
+        try:
+            return self.containers[container_id]
+        except KeyError:
+            raise RpcError(Code.NOT_FOUND, f"container {container_id!r} not found") from None
+
+    def _proc(self, container_id: str, exec_id: str) -> Proc:
+        container = self._get(container_id)
+        if not exec_id:
+            return container.init
+        try:
+            return container.execs[exec_id]
+        except KeyError:
+            raise RpcError(Code.NOT_FOUND, f"process {exec_id!r} not found") from None
+
+    async def _watch_pid(self, proc: Proc, pid_file: Path) -> None:
+        try:
+            proc.pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise RpcError(Code.INTERNAL, f"crun wrote no pid file: {exc}") from exc
+        self.reaper.watch(proc.pid, proc.on_exit)
+
+    async def create_container(self, req: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+        cid = _check_id(req.container_id, "container id")
+        if cid in self.containers:
+            raise RpcError(Code.ALREADY_EXISTS, f"container {cid} already exists")
+        if len(self.containers) >= MAX_CONTAINERS:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, "too many containers")
+        try:
+            spec = parse_spec(req.oci_spec_json)
+        except ConfigError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        root = os.path.normpath(spec["root"]["path"])
+        if not root.startswith(SHARED_ROOT) or not os.path.isdir(root):
+            raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")
+        bundle = BUNDLES / cid
+        bundle.mkdir(parents=True, exist_ok=False)
+        (bundle / "config.json").write_text(json.dumps(spec))
+        proc = Proc(exec_id="")
+        terminal = bool(spec.get("process", {}).get("terminal"))
+        args = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid]
+        try:
+            await _spawn_with_io(self.reaper, proc, args, bundle, terminal, req.stdin)
+            await self._watch_pid(proc, bundle / "init.pid")
+        except crun.CrunError as exc:
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise RpcError(Code.FAILED_PRECONDITION, f"create {cid}: {exc}") from exc
+        self.containers[cid] = Container(cid, bundle, proc)
+        return pb.CreateContainerResponse(pid=proc.pid)
+
+    async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
+        container = self._get(req.container_id)
+        if container.started:
+            raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} already started")
+        try:
+            await crun.run_crun(self.reaper, ["start", container.id], container.bundle / "crun.log")
+        except crun.CrunError as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, f"start {container.id}: {exc}") from exc
+        container.started = True
+        return pb.StartContainerResponse(pid=container.init.pid)
+
+    async def exec_process(self, req: pb.ExecProcessRequest) -> pb.ExecProcessResponse:
+        container = self._get(req.container_id)
+        eid = _check_id(req.exec_id, "exec id")
+        if eid in container.execs:
+            raise RpcError(Code.ALREADY_EXISTS, f"exec {eid} already exists")
+        if len(container.execs) >= MAX_EXECS:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, "too many execs")
+        if container.init.exited.is_set():
+            raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} is not running")
+        try:
+            process = parse_process(req.process_json)
+        except ConfigError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        spec_file = container.bundle / f"exec-{eid}.json"
+        spec_file.write_text(json.dumps(process))
+        pid_file = container.bundle / f"exec-{eid}.pid"
+        proc = Proc(exec_id=eid)
+        args = ["exec", "--process", str(spec_file), "--detach", "--pid-file", str(pid_file),
+                container.id]  # fmt: skip
+        try:
+            await _spawn_with_io(self.reaper, proc, args, container.bundle,
+                                 bool(process.get("terminal")), req.stdin)  # fmt: skip
+            await self._watch_pid(proc, pid_file)
+        except crun.CrunError as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, f"exec in {container.id}: {exc}") from exc
+        container.execs[eid] = proc
+        return pb.ExecProcessResponse(pid=proc.pid)
+
+    async def signal_process(self, req: pb.SignalProcessRequest) -> pb.Empty:
+        if not 0 < req.signal < signal.NSIG:
+            raise RpcError(Code.INVALID_ARGUMENT, f"invalid signal {req.signal}")
+        container = self._get(req.container_id)
+        if req.all:
+            await crun.run_crun(self.reaper, ["kill", "--all", container.id, str(req.signal)],
+                                container.bundle / "crun.log")  # fmt: skip
+            return pb.Empty()
+        proc = self._proc(req.container_id, req.exec_id)
+        if proc.exited.is_set() or not proc.pid:
+            raise RpcError(Code.NOT_FOUND, "process already finished")
+        os.kill(proc.pid, req.signal)
+        return pb.Empty()
+
+    async def wait_process(self, req: pb.WaitProcessRequest) -> pb.WaitProcessResponse:
+        proc = self._proc(req.container_id, req.exec_id)
+        await proc.exited.wait()
+        assert proc.status is not None
+        return pb.WaitProcessResponse(status=proc.status, exited_at_ns=proc.exited_at_ns)
+
+    async def write_stdin(self, req: pb.WriteStreamRequest) -> pb.WriteStreamResponse:
+        proc = self._proc(req.container_id, req.exec_id)
+        if proc.stdin is None:
+            raise RpcError(Code.FAILED_PRECONDITION, "process has no stdin")
+        try:
+            return pb.WriteStreamResponse(len=await proc.stdin.write(req.data))
+        except OSError as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, f"stdin: {exc.strerror}") from exc
+
+    async def _read(self, req: pb.ReadStreamRequest, which: str) -> pb.ReadStreamResponse:
+        proc = self._proc(req.container_id, req.exec_id)
+        stream = proc.stdout if which == "stdout" else proc.stderr
+        if stream is None:
+            return pb.ReadStreamResponse(data=b"")
+        return pb.ReadStreamResponse(data=await stream.read(max(1, min(req.len, 1 << 20))))
+
+    async def read_stdout(self, req: pb.ReadStreamRequest) -> pb.ReadStreamResponse:
+        return await self._read(req, "stdout")
+
+    async def read_stderr(self, req: pb.ReadStreamRequest) -> pb.ReadStreamResponse:
+        return await self._read(req, "stderr")
+
+    async def close_stdin(self, req: pb.CloseStdinRequest) -> pb.Empty:
+        proc = self._proc(req.container_id, req.exec_id)
+        if proc.stdin is not None and proc.pty_master is None:
+            proc.stdin.close()
+        return pb.Empty()
+
+    async def tty_win_resize(self, req: pb.TtyWinResizeRequest) -> pb.Empty:
+        proc = self._proc(req.container_id, req.exec_id)
+        if proc.pty_master is None:
+            raise RpcError(Code.FAILED_PRECONDITION, "process has no terminal")
+        set_winsize(proc.pty_master, min(req.row, 0xFFFF), min(req.column, 0xFFFF))
+        return pb.Empty()
+
+    async def remove_container(self, req: pb.RemoveContainerRequest) -> pb.Empty:
+        container = self._get(req.container_id)
+        if not container.init.exited.is_set():
+            with contextlib.suppress(OSError):
+                os.kill(container.init.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(container.init.exited.wait(), req.timeout or 10)
+        with contextlib.suppress(crun.CrunError):
+            await crun.run_crun(self.reaper, ["delete", "--force", container.id],
+                                container.bundle / "crun.log")  # fmt: skip
+        for proc in (container.init, *container.execs.values()):
+            proc.close()
+        shutil.rmtree(container.bundle, ignore_errors=True)
+        del self.containers[container.id]
+        return pb.Empty()
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "CreateContainer": unary(pb.CreateContainerRequest, self.create_container),
+            "StartContainer": unary(pb.StartContainerRequest, self.start_container),
+            "ExecProcess": unary(pb.ExecProcessRequest, self.exec_process),
+            "SignalProcess": unary(pb.SignalProcessRequest, self.signal_process),
+            "WaitProcess": unary(pb.WaitProcessRequest, self.wait_process),
+            "WriteStdin": unary(pb.WriteStreamRequest, self.write_stdin),
+            "ReadStdout": unary(pb.ReadStreamRequest, self.read_stdout),
+            "ReadStderr": unary(pb.ReadStreamRequest, self.read_stderr),
+            "CloseStdin": unary(pb.CloseStdinRequest, self.close_stdin),
+            "TtyWinResize": unary(pb.TtyWinResizeRequest, self.tty_win_resize),
+            "RemoveContainer": unary(pb.RemoveContainerRequest, self.remove_container),
+        }

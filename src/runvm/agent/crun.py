@@ -1,0 +1,109 @@
+"""Running crun inside the guest.
+
+The agent creates containers by running crun (a small C OCI runtime shipped in the guest
+image) rather than re-implementing namespaces, mounts, capabilities and seccomp through
+ctypes: it is complete, fast to start (no new Python), and its state stays inside the VM.
+crun is started with ``posix_spawn`` and reaped by the agent's reaper like every child.
+
+Contract of :func:`run_crun`: runs ``crun <global flags> ARGS`` with the given stdio fds,
+waits for it, and raises :class:`CrunError` carrying crun's own error message on a non-zero
+exit. Containers and execs started with ``create``/``exec --detach`` are re-parented to the
+agent (PID 1) when crun exits, so their exit statuses arrive at the reaper.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from runvm.agent.reaper import Reaper
+
+CRUN = "/usr/bin/crun"
+CRUN_ROOT = "/run/crun"
+MAX_LOG = 64 * 1024
+
+
+class CrunError(Exception):
+    """crun exited non-zero; the message is crun's own error text."""
+
+
+def _log_message(log: Path) -> str:
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - MAX_LOG))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    messages = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            messages.append(str(entry.get("msg", line)))
+        except (ValueError, AttributeError):
+            messages.append(line)
+    return "; ".join(m for m in messages[-3:] if m)
+
+
+async def run_crun(
+    reaper: Reaper, args: Sequence[str], log: Path, stdio: Sequence[int] | None = None
+) -> None:
+    """Run crun to completion; see the module docstring."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    fds = list(stdio) if stdio else [devnull, devnull, devnull]
+    argv = [CRUN, "--root", CRUN_ROOT, "--log", f"file:{log}", "--log-format", "json", *args]
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    try:
+        pid = os.posix_spawn(
+            CRUN, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+        )  # fmt: skip
+        reaper.watch(pid, done.set_result)
+    finally:
+        os.close(devnull)
+    status = await done
+    if status != 0:
+        message = _log_message(log) or f"crun {args[0]} exited {status}"
+        raise CrunError(message)
+
+
+class ConsoleSocket:
+    """A listening unix socket for crun's ``--console-socket``: receives the pty master."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(str(path))
+        self.sock.listen(1)
+        self.sock.setblocking(False)
+
+    async def receive_master(self, timeout: float = 30.0) -> int:
+        """The pty master fd crun sends (SCM_RIGHTS); the socket is closed afterwards."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await asyncio.wait_for(loop.sock_accept(self.sock), timeout)
+            with conn:
+                conn.setblocking(True)
+                conn.settimeout(timeout)
+                fds = array.array("i")
+                _, ancdata, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(fds.itemsize))
+                for level, kind, data in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                if not fds:
+                    raise CrunError("crun sent no terminal on the console socket")
+                for extra in fds[1:]:
+                    os.close(extra)
+                return fds[0]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)

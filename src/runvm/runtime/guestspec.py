@@ -1,0 +1,60 @@
+"""Translating a bundle's config.json into the one the agent runs in the guest (pure).
+
+What changes and why:
+- ``root.path`` -> the container's rootfs share as the guest sees it;
+- bind mounts -> their shared copies (the guest cannot see host paths);
+- ``hooks`` are removed: they run on the host, in the runtime's namespace;
+- the ``network`` namespace is dropped: the VM itself is the pod's network sandbox;
+- ``cgroupsPath`` -> ``/runvm/<id>`` in the guest's cgroup v2 tree (the host path names a
+  host cgroup that does not exist in the guest).
+A namespace ``path`` other than network names a host process and cannot be honoured.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from runvm.errors import ConfigError
+
+BIND_TYPES = ("bind", "rbind")
+
+
+def is_bind(mount: dict[str, Any]) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") in BIND_TYPES or "bind" in options or "rbind" in options
+
+
+def guest_spec(
+    spec: dict[str, Any],
+    container_id: str,
+    rootfs_guest: str,
+    share_bind: Callable[[int, str], str],
+) -> dict[str, Any]:
+    """The guest's config.json. ``share_bind(i, host_source)`` shares one bind source and
+    returns its guest path."""
+    out = copy.deepcopy(spec)
+    out["root"]["path"] = rootfs_guest
+    out.pop("hooks", None)
+    for i, mount in enumerate(out.get("mounts", [])):
+        if is_bind(mount):
+            source = mount.get("source")
+            if not source or not source.startswith("/"):
+                raise ConfigError(f"mounts[{i}]: bind mount needs an absolute source")
+            mount["source"] = share_bind(i, source)
+            mount["type"] = "bind"
+    linux = out.setdefault("linux", {})
+    namespaces = []
+    for ns in linux.get("namespaces", []):
+        if ns["type"] == "network":
+            continue
+        if ns.get("path"):
+            raise ConfigError(
+                f"linux.namespaces: joining the host {ns['type']} namespace {ns['path']} "
+                "is not possible from inside a VM"
+            )
+        namespaces.append(ns)
+    linux["namespaces"] = namespaces
+    linux["cgroupsPath"] = f"/runvm/{container_id}"
+    return out

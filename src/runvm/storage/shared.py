@@ -1,0 +1,86 @@
+"""The per-sandbox shared directory that virtiofsd exports to the guest.
+
+Layout: ``<run_dir>/shared`` is a bind mount of itself with its own shared peer group, so
+that bind mounts added under it after virtiofsd started (container rootfs, volumes)
+propagate into virtiofsd's mount namespace. Each container gets ``<cid>/rootfs`` (a recursive
+bind of the bundle's rootfs) and ``<cid>/mounts/<n>`` for the bind-mount sources of its
+config. In the guest the directory appears at ``GUEST_ROOT``.
+
+Contract: every add has a matching removal; :meth:`SharedDir.teardown` detaches whatever is
+left and removes the directory, and is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from runvm.errors import ConfigError
+from runvm.storage import mounts
+
+GUEST_ROOT = "/run/runvm/shared"
+TAG = "runvm"
+
+
+class SharedDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def setup(self) -> None:
+        self.path.mkdir(mode=0o700)
+        p = str(self.path)
+        mounts.mount(p, p, None, mounts.MS_BIND)
+        mounts.mount(None, p, None, mounts.MS_PRIVATE)
+        mounts.mount(None, p, None, mounts.MS_SHARED)
+
+    def guest_path(self, host_path: Path) -> str:
+        return f"{GUEST_ROOT}/{host_path.relative_to(self.path)}"
+
+    def add_rootfs(self, container_id: str, rootfs: Path) -> Path:
+        """Bind ``rootfs`` at ``<cid>/rootfs``; returns the host path of the share."""
+        if not rootfs.is_dir():
+            raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
+        target = self.path / container_id / "rootfs"
+        target.mkdir(parents=True)
+        mounts.mount(str(rootfs), str(target), None, mounts.MS_BIND | mounts.MS_REC)
+        return target
+
+    def add_bind(self, container_id: str, index: int, source: Path) -> Path:
+        """Bind a file or directory at ``<cid>/mounts/<index>``."""
+        if not source.exists():
+            raise ConfigError(f"bind mount source {source} does not exist")
+        target = self.path / container_id / "mounts" / str(index)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            target.mkdir()
+        else:
+            target.touch()
+        mounts.mount(str(source), str(target), None, mounts.MS_BIND | mounts.MS_REC)
+        return target
+
+    def remove_container(self, container_id: str) -> None:
+        """Detach and remove everything shared for one container."""
+        base = self.path / container_id
+        if not base.exists():
+            return
+        for target in sorted(_mounts_under(base), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                mounts.umount(target)
+        shutil.rmtree(base, ignore_errors=True)
+
+    def teardown(self) -> None:
+        if not self.path.exists():
+            return
+        for target in sorted(_mounts_under(self.path), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                mounts.umount(target)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _mounts_under(base: Path) -> list[str]:
+    prefix = str(base)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in set(points) if p == prefix or p.startswith(prefix + os.sep)]

@@ -1,0 +1,198 @@
+"""`runvm run` end to end: a busybox container in its own VM (real QEMU, virtiofsd, crun)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runvm.image.busybox import make_bundle
+from runvm.runtime.container import Container
+from runvm.runtime.sandbox import Sandbox
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, accel_cache: Path) -> dict[str, str]:
+    conf = tmp_path / "runvm.toml"
+    conf.write_text(
+        f'[runtime]\nstate_root = "{tmp_path / "state"}"\ncache_dir = "{accel_cache}"\n'
+    )
+    return {**os.environ, "RUNVM_CONFIG": str(conf)}
+
+
+def bundle(tmp_path: Path, script: str, **process: Any) -> Path:
+    path = tmp_path / "bundle"
+    make_bundle(path, ["sh", "-c", script], **process)
+    return path
+
+
+def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "runvm.cli.main", *args], env=env, capture_output=True,
+        timeout=180, **kw,
+    )  # fmt: skip
+
+
+def edit_spec(path: Path, fn: Any) -> None:
+    spec = json.loads((path / "config.json").read_text())
+    fn(spec)
+    (path / "config.json").write_text(json.dumps(spec))
+
+
+def test_echo_exit_code_and_separate_streams(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    b = bundle(tmp_path, "echo hello from the vm; echo to-stderr >&2; exit 42")
+    r = runvm(cli_env, "run", "--bundle", str(b), "c-echo")
+    assert r.returncode == 42, r.stderr
+    assert r.stdout == b"hello from the vm\n"
+    assert r.stderr == b"to-stderr\n"
+
+
+def test_one_mebibyte_through_cat(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    data = os.urandom(1 << 20)
+    b = bundle(tmp_path, "cat")
+    r = runvm(cli_env, "run", "--bundle", str(b), "c-cat", input=data)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == data
+
+
+def test_identity_and_rootfs_from_config(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    b = bundle(
+        tmp_path,
+        "hostname; echo $GREETING; pwd; id -u; id -g; id -G; cat /data/in.txt; "
+        "echo written-in-guest > /data/out.txt",
+        env=["PATH=/bin:/usr/bin", "GREETING=hi-env"], cwd="/data",
+        user={"uid": 1000, "gid": 1000, "additionalGids": [1000, 2000]},
+    )  # fmt: skip
+
+    def change(spec: dict[str, Any]) -> None:
+        spec["hostname"] = "from-config"
+        spec["root"]["readonly"] = False
+
+    edit_spec(b, change)
+    data = b / "rootfs/data"
+    data.mkdir()
+    (data / "in.txt").write_text("read-from-host\n")
+    os.chown(data, 1000, 1000)
+    r = runvm(cli_env, "run", "--bundle", str(b), "c-ident")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines == ["from-config", "hi-env", "/data", "1000", "1000", "1000 2000",
+                     "read-from-host"]  # fmt: skip
+    assert (data / "out.txt").read_text() == "written-in-guest\n"
+
+
+def test_isolation_inside_the_guest(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    script = (
+        "echo pid=$$; echo procs=$(ls -d /proc/[0-9]* | wc -l); "
+        "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; echo nofile=$(ulimit -n); "
+        "cat /proc/kcore >/dev/null 2>&1 && echo kcore-readable || echo kcore-masked; "
+        "echo x > /proc/sys/kernel/hostname 2>/dev/null && echo sys-writable || echo sys-ro; "
+        "echo memmax=$(cat /sys/fs/cgroup/memory.max); "
+        "ls /dev | grep -c vport; ls / | tr '\\n' ' '; echo; "
+        "grep -c runvm-agent /proc/*/cmdline 2>/dev/null | grep -vc ':0' ; "
+        "unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-blocked"
+    )
+    b = bundle(tmp_path, script)
+
+    def change(spec: dict[str, Any]) -> None:
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 321}]
+        spec["linux"]["resources"]["memory"] = {"limit": 64 << 20}
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/sys/fs/cgroup"]
+        spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup2",
+                               "source": "cgroup", "options": ["nosuid", "noexec", "ro"]})
+        spec["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["unshare"], "action": "SCMP_ACT_ERRNO"}],
+        }  # fmt: skip
+
+    edit_spec(b, change)
+    r = runvm(cli_env, "run", "--bundle", str(b), "c-iso")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    lines = out.splitlines()
+    assert "pid=1" in lines
+    assert "procs=1" in lines  # only the shell itself (its subshells come and go)
+    # Default caps: AUDIT_WRITE(29), KILL(5), NET_BIND_SERVICE(10) = 0x20000420.
+    assert "CapEff:\t0000000020000420" in lines
+    assert "NoNewPrivs:\t1" in lines
+    assert "nofile=321" in lines
+    assert "kcore-masked" in lines and "sys-ro" in lines
+    assert f"memmax={64 << 20}" in lines
+    assert lines[lines.index(f"memmax={64 << 20}") + 1] == "0"  # no /dev/vport* inside
+    root_listing = lines[lines.index(f"memmax={64 << 20}") + 2].split()
+    assert "init" not in root_listing and "bin" in root_listing
+    assert "unshare-blocked" in lines
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 7), (signal.SIGUSR1, 9)])
+def test_signals_are_forwarded_to_init(
+    tmp_path: Path, cli_env: dict[str, str], signum: int, code: int
+) -> None:
+    # A namespace init ignores signals it has no handler for: give it handlers.
+    b = bundle(tmp_path, 'trap "exit 7" TERM; trap "exit 9" USR1; echo ready; '
+                         "while :; do sleep 1; done")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(b), "c-sig"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signum)
+    assert proc.wait(60) == code
+
+
+def test_init_killed_from_outside_reports_137(
+    tmp_path: Path, runvm_config: Any
+) -> None:
+    b = bundle(tmp_path, "while :; do sleep 1; done")
+
+    async def scenario() -> int:
+        sandbox = await Sandbox.start("c-kill", runvm_config)
+        try:
+            container = await Container.create(sandbox, "c-kill", b, stdin=False)
+            try:
+                await container.start()
+                assert sandbox.agent is not None
+                await sandbox.agent.signal_process("c-kill", "", signal.SIGKILL)
+                return (await sandbox.agent.wait_process("c-kill")).status
+            finally:
+                await container.remove()
+        finally:
+            await sandbox.stop()
+
+    assert asyncio.run(scenario()) == 137
+
+
+@pytest.mark.parametrize("problem", ["malformed", "no-rootfs", "no-kernel"])
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, cli_env: dict[str, str], problem: str
+) -> None:
+    b = bundle(tmp_path, "true")
+    env = dict(cli_env)
+    if problem == "malformed":
+        (b / "config.json").write_text('{"ociVersion": "1.0.2", "root": ')
+        expect = "not valid JSON"
+    elif problem == "no-rootfs":
+        edit_spec(b, lambda s: s["root"].update(path="/nonexistent/rootfs"))
+        expect = "rootfs /nonexistent/rootfs does not exist"
+    else:
+        conf = Path(env["RUNVM_CONFIG"])
+        conf.write_text(conf.read_text() + '[image]\nkernel = "/nonexistent/vmlinuz"\n'
+                        'initrd = "/nonexistent/initrd"\n')  # fmt: skip
+        expect = "kernel /nonexistent/vmlinuz does not exist"
+    started = time.monotonic()
+    r = runvm(env, "run", "--bundle", str(b), f"c-bad-{problem}")
+    assert r.returncode == 1
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert time.monotonic() - started < 10

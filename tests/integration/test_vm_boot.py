@@ -1,0 +1,138 @@
+"""Boot a real VM from the built guest image and talk to its agent (real QEMU)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from runvm import config as cfg
+from runvm import image
+from runvm.errors import AgentError, AgentTimeout, VersionMismatch
+from runvm.protocol import agent_pb2 as pb
+from runvm.runtime.guestimage import GuestFiles
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def variant(tmp_path: Path, files: dict[str, bytes]) -> GuestFiles:
+    """The built image with some initramfs files replaced."""
+    info = image.current()
+    out = tmp_path / "variant.img"
+    image.append_files(Path(info.initrd), files, out)
+    return GuestFiles(Path(info.kernel), out)
+
+
+def with_timeout(config: cfg.RunvmConfig, seconds: float) -> cfg.RunvmConfig:
+    return dataclasses.replace(
+        config, hypervisor=dataclasses.replace(config.hypervisor, boot_timeout=seconds)
+    )
+
+
+def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
+    info = image.current()
+
+    async def scenario() -> dict[str, Any]:
+        started = time.monotonic()
+        sandbox = await Sandbox.start("boot1", runvm_config, SandboxOptions(share_fs=False))
+        ready = time.monotonic() - started
+        try:
+            agent = sandbox.agent
+            assert agent is not None and sandbox.vm is not None
+            health = await agent.check()
+            version = await agent.handshake()
+            details = await agent.guest_details()
+            # 100 concurrent requests on one channel, all answered and matched.
+            replies = await asyncio.gather(
+                *(agent.guest_details() if i % 2 else agent.check() for i in range(100))
+            )
+            pid = sandbox.vm.pid
+        finally:
+            await sandbox.stop()
+        return dict(health=health, version=version, details=details, replies=replies,
+                    pid=pid, ready=ready, sandbox=sandbox)  # fmt: skip
+
+    r = run(scenario)
+    assert r["health"].status == pb.HealthCheckResponse.SERVING
+    assert r["version"].protocol == 1
+    details = r["details"]
+    assert details.kernel_release == info.kernel_release
+    assert details.kernel_release != os.uname().release
+    assert details.mem_total_bytes > 128 << 20 and details.cpus == 1
+    assert len(details.instance_id) == 32
+    assert len(r["replies"]) == 100
+    assert all(x.instance_id == details.instance_id for x in r["replies"][1::2])
+    assert all(x.status == pb.HealthCheckResponse.SERVING for x in r["replies"][::2])
+    # Powered off through the agent: QEMU is gone and so is the run directory.
+    with pytest.raises(ProcessLookupError):
+        os.kill(r["pid"], 0)
+    assert not r["sandbox"].run_dir.exists()
+    print(f"QEMU start -> agent ready: {r['ready']:.2f} s; steps {r['sandbox'].timings}")
+
+
+def test_qmp_quit_stops_the_vm(runvm_config: cfg.RunvmConfig) -> None:
+    async def scenario() -> tuple[int, int | None]:
+        sandbox = await Sandbox.start("quit1", runvm_config, SandboxOptions(share_fs=False))
+        assert sandbox.vm is not None
+        pid = sandbox.vm.pid
+        await sandbox.vm.stop()  # QMP quit
+        code = sandbox.vm.child.returncode
+        await sandbox.stop()
+        return pid, code
+
+    pid, code = run(scenario)
+    assert code == 0  # QEMU ended by `quit`, not by a signal
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_mismatched_agent_version_is_refused(
+    runvm_config: cfg.RunvmConfig, tmp_path: Path
+) -> None:
+    files = variant(
+        tmp_path, {"/usr/lib/runvm/runvm/protocol/version.py": b"PROTOCOL_VERSION = 999\n"}
+    )
+    options = SandboxOptions(share_fs=False, guest_files=files)
+    with pytest.raises(VersionMismatch) as err:
+        run(lambda: Sandbox.start("mismatch1", runvm_config, options))
+    assert "speaks protocol 999" in str(err.value)
+
+
+def test_silent_agent_times_out_and_leaves_nothing(
+    runvm_config: cfg.RunvmConfig, tmp_path: Path
+) -> None:
+    silent = b"#!/usr/bin/python3.11 -IS\nimport time\nprint('silent agent')\ntime.sleep(3600)\n"
+    files = variant(tmp_path, {"/init": silent})
+    options = SandboxOptions(share_fs=False, guest_files=files)
+    started = time.monotonic()
+    with pytest.raises(AgentTimeout) as err:
+        run(lambda: Sandbox.start("silent1", with_timeout(runvm_config, 12), options))
+    assert time.monotonic() - started < 30
+    assert "agent not ready" in str(err.value)
+    assert "silent agent" in str(err.value)  # the guest console tail is part of the error
+
+
+def test_crashing_agent_ends_the_vm(runvm_config: cfg.RunvmConfig, tmp_path: Path) -> None:
+    crash = b"#!/usr/bin/python3.11 -IS\nraise SystemExit('agent crashed on purpose')\n"
+    files = variant(tmp_path, {"/init": crash})
+    options = SandboxOptions(share_fs=False, guest_files=files)
+    started = time.monotonic()
+    with pytest.raises(AgentError) as err:
+        run(lambda: Sandbox.start("crash1", runvm_config, options))
+    assert not isinstance(err.value, AgentTimeout)
+    # PID 1 exits -> kernel panic -> QEMU exits (-no-reboot): no waiting for the deadline.
+    assert time.monotonic() - started < runvm_config.hypervisor.boot_timeout / 2
+    assert "VM exited" in str(err.value)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from runvm.errors import ConfigError
+from runvm.oci.default import default_spec
+from runvm.runtime.guestspec import guest_spec
+
+
+def share(calls: list[tuple[int, str]]):  # type: ignore[no-untyped-def]
+    def inner(i: int, source: str) -> str:
+        calls.append((i, source))
+        return f"/run/runvm/shared/c1/mounts/{i}"
+
+    return inner
+
+
+def test_rewrites_root_binds_hooks_network_and_cgroup() -> None:
+    spec = default_spec()
+    spec["mounts"].append({"destination": "/etc/hosts", "source": "/host/hosts",
+                           "options": ["rbind", "ro"]})  # fmt: skip
+    spec["hooks"] = {"prestart": [{"path": "/bin/true"}]}
+    spec["linux"]["namespaces"].append({"type": "network", "path": "/proc/1/ns/net"})
+    spec["linux"]["cgroupsPath"] = "/host/cgroup"
+    calls: list[tuple[int, str]] = []
+    out = guest_spec(spec, "c1", "/run/runvm/shared/c1/rootfs", share(calls))
+    assert out["root"]["path"] == "/run/runvm/shared/c1/rootfs"
+    assert calls == [(7, "/host/hosts")]
+    assert out["mounts"][7]["source"] == "/run/runvm/shared/c1/mounts/7"
+    assert out["mounts"][7]["type"] == "bind"
+    assert "hooks" not in out
+    assert all(ns["type"] != "network" for ns in out["linux"]["namespaces"])
+    assert out["linux"]["cgroupsPath"] == "/runvm/c1"
+    assert spec["root"]["path"] == "rootfs"  # the input is not modified
+
+
+def test_joining_a_host_namespace_is_refused() -> None:
+    spec = default_spec()
+    spec["linux"]["namespaces"].append({"type": "ipc", "path": "/proc/42/ns/ipc"})
+    with pytest.raises(ConfigError, match="host ipc namespace"):
+        guest_spec(spec, "c1", "/r", share([]))
+
+
+def test_relative_bind_source_is_refused() -> None:
+    spec = default_spec()
+    spec["mounts"].append({"destination": "/x", "type": "bind", "source": "rel"})
+    with pytest.raises(ConfigError, match="absolute source"):
+        guest_spec(spec, "c1", "/r", share([]))

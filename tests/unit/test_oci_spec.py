@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runvm.errors import ConfigError
+from runvm.oci import MAX_SPEC_BYTES, parse_process, parse_spec
+from runvm.oci.default import default_spec
+
+
+def dump(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_default_spec_is_valid() -> None:
+    spec = parse_spec(dump(default_spec(["echo", "hi"])))
+    assert spec["process"]["args"] == ["echo", "hi"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s.pop("ociVersion"), "ociVersion is required"),
+        (lambda s: s.update(ociVersion="2.0.0"), "unsupported version"),
+        (lambda s: s.pop("root"), "root is required"),
+        (lambda s: s["process"].update(args=[]), "process.args: must name the program"),
+        (lambda s: s["process"].update(args="sh"), "process.args: must be array"),
+        (lambda s: s["process"].update(env=["NOEQUALS"]), "process.env[0]"),
+        (lambda s: s["process"].update(cwd="relative"), "must be an absolute path"),
+        (lambda s: s["process"]["user"].update(uid=-1), "process.user.uid: out of range"),
+        (lambda s: s["process"]["user"].update(uid=True), "process.user.uid: must be int"),
+        (lambda s: s["mounts"].append({"destination": "rel"}), "mounts[7].destination"),
+        (lambda s: s["linux"]["namespaces"].append({"path": "/x"}), "needs a string type"),
+    ],
+)
+def test_invalid_specs_name_the_field(mutate: object, message: str) -> None:
+    spec = default_spec()
+    mutate(spec)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        parse_spec(dump(spec))
+
+
+def test_limits() -> None:
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_spec(b" " * (MAX_SPEC_BYTES + 1))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_spec(b"{")
+    with pytest.raises(ConfigError, match="nested deeper"):
+        parse_spec(b'{"a":' + b"[" * 100 + b"]" * 100 + b"}")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        parse_spec(b"[]")
+
+
+def test_process_json() -> None:
+    assert parse_process(b'{"args": ["ls"], "cwd": "/"}')["args"] == ["ls"]
+    with pytest.raises(ConfigError, match="process.json.args"):
+        parse_process(b'{"args": [1]}')
