@@ -1,0 +1,287 @@
+"""Build the guest kernel + initramfs, cached by the hash of their inputs.
+
+Layout of the cache directory::
+
+    debs/<package>_<version>_<arch>.deb    downloads, reused while the version is current
+    <sha256 of the inputs>/                 vmlinuz, initrd.img, manifest.json
+    current -> <sha256>                     the newest build
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import runvm
+from runvm.errors import ImageError
+from runvm.image import cpio, debs, kmod, libs, manifest, pyprune
+from runvm.image.debs import DebPackage
+from runvm.image.elf import is_elf
+from runvm.image.manifest import MANIFEST, ImageInfo
+from runvm.image.spec import DEFAULT_SPEC, FORMAT_VERSION, ImageSpec
+
+DEFAULT_CACHE_DIR = Path("/var/lib/runvm/images")
+AGENT_DIR = "usr/lib/runvm"  # sys.path entry of the agent in the guest
+_PROTOBUF = "usr/lib/python3/dist-packages/google"
+_EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt", "etc/runvm")
+_NO_IMAGE = "no guest image built; run `runvm image build`"
+
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RUNVM_IMAGE_DIR") or DEFAULT_CACHE_DIR)
+
+
+def current(cache_dir: Path | None = None) -> ImageInfo:
+    """The newest built image; ImageError if there is none."""
+    link = (cache_dir or default_cache_dir()) / "current"
+    if not (link / MANIFEST).is_file():
+        raise ImageError(_NO_IMAGE)
+    info = manifest.load(link.resolve())
+    if not (info.kernel.is_file() and info.initrd.is_file()):
+        raise ImageError(f"guest image {link.resolve()} is incomplete; run `runvm image build`")
+    return info
+
+
+def build(
+    cache_dir: Path | None = None,
+    *,
+    progress: Progress | None = None,
+    force: bool = False,
+    spec: ImageSpec = DEFAULT_SPEC,
+) -> ImageInfo:
+    """Build the guest image unless one from the same inputs exists; point ``current`` at it."""
+    cache = (cache_dir or default_cache_dir()).resolve()
+    report: Progress = progress or (lambda _step: None)
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache):
+        report("resolve packages")
+        arch = debs.host_arch()
+        kernel_name = debs.metapackage_target(spec.kernel_metapackage.format(arch=arch))
+        kernel, *others = debs.packages(
+            [kernel_name, *spec.python_packages, *spec.tool_packages, *spec.library_packages]
+        )
+        agent = shipped_sources(Path(runvm.__file__).parent.parent, spec)
+        digest = manifest.inputs_hash([kernel, *others], agent, spec)
+        final = cache / digest
+        if force or not _complete(final):
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+                work = Path(tmp)
+                _build(work, final, kernel, others, agent, spec, report)
+                if final.exists():
+                    final.rename(work / "old")
+                (work / "out").rename(final)
+        else:
+            report(f"up to date: {final}")
+        link = cache / ".current.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(digest)
+        link.replace(cache / "current")
+        info = manifest.load(final)
+    report("done")
+    return info
+
+
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One build at a time per cache; leftovers of a killed build are removed."""
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in cache.glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in ("vmlinuz", "initrd.img", MANIFEST))
+
+
+def shipped_sources(src: Path, spec: ImageSpec) -> dict[str, bytes]:
+    """The ``.py`` files of the shipped runvm parts, by path relative to ``src``."""
+    files: dict[str, bytes] = {}
+    for rel in spec.shipped:
+        path = src / rel
+        if path.is_file():
+            files[rel] = path.read_bytes()
+        elif path.is_dir():
+            for file in sorted(path.rglob("*.py")):
+                files[file.relative_to(src).as_posix()] = file.read_bytes()
+        elif not spec.allow_missing_agent:
+            raise ImageError(f"{path} is missing: the guest image ships it to the agent")
+    entry = spec.entry_module.replace(".", "/")
+    if not ({f"{entry}.py", f"{entry}/__init__.py"} & files.keys() or spec.allow_missing_agent):
+        raise ImageError(f"the agent entry module {spec.entry_module} is not in {src}")
+    return files
+
+
+def _build(
+    work: Path,
+    final: Path,
+    kernel: DebPackage,
+    others: list[DebPackage],
+    agent: Mapping[str, bytes],
+    spec: ImageSpec,
+    report: Progress,
+) -> ImageInfo:
+    """Build into ``work/out`` the image that will live at ``final``."""
+    # The kernel is unpacked apart: only vmlinuz and a few modules are taken from it.
+    kernel_tree, staging, root = work / "kernel", work / "staging", work / "root"
+    _fetch_and_unpack(kernel, others, final.parent / "debs", kernel_tree, staging, report)
+    release = _kernel_release(kernel_tree, kernel)
+    report(f"kernel modules for {release}")
+    modules = _install_modules(kernel_tree, root, release, spec)
+    python_version = _install_python(staging, root, agent, spec, report)
+    # Libraries last: their closure starts from every ELF file kept so far.
+    report("programs and shared libraries")
+    for program in (spec.python, *spec.tools):
+        libs.install(staging, root, program)
+    elf_files = [p.relative_to(root) for p in sorted(root.rglob("*")) if _is_elf_file(p)]
+    for rel in libs.needed_closure(staging, root, elf_files):
+        libs.install(staging, root, rel)
+    image_json = {
+        "format": FORMAT_VERSION,
+        "sha256": final.name,
+        "kernel_release": release,
+        "kernel_package": kernel.name,
+        "kernel_version": kernel.version,
+        "modules": modules,
+        "python_version": python_version,
+        "agent_sha256": manifest.agent_digest(agent),
+    }
+    _write_init(root, spec, image_json)
+
+    report("initramfs")
+    buf = io.BytesIO()
+    entries = [*cpio.entries_from_tree(root), cpio.chardev("dev/console", 5, 1)]
+    raw_size = cpio.write_newc(entries, buf)
+    report(f"compress initramfs ({raw_size / 1e6:.1f} MB, zstd -{spec.zstd_level})")
+    initrd = cpio.zstd(buf.getvalue(), spec.zstd_level)
+    out = work / "out"
+    out.mkdir()
+    (out / "initrd.img").write_bytes(initrd)
+    shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", out / "vmlinuz")
+    info = ImageInfo(
+        kernel=final / "vmlinuz",
+        initrd=final / "initrd.img",
+        kernel_release=release,
+        kernel_package=kernel.name,
+        kernel_version=kernel.version,
+        kernel_deb_sha256=kernel.sha256,
+        python_version=python_version,
+        packages={pkg.name: pkg.version for pkg in (kernel, *others)},
+        sha256=final.name,
+        initrd_sha256=debs.sha256_file(out / "initrd.img"),
+        sizes={
+            "kernel": (out / "vmlinuz").stat().st_size,
+            "initrd": len(initrd),
+            "initrd_uncompressed": raw_size,
+        },
+        modules=tuple(modules),
+    )
+    manifest.write(info, out)
+    return info
+
+
+def _fetch_and_unpack(
+    kernel: DebPackage,
+    others: list[DebPackage],
+    debs_dir: Path,
+    kernel_tree: Path,
+    staging: Path,
+    report: Progress,
+) -> None:
+    wanted = [kernel, *others]
+    fetch = [f"{pkg.name} {pkg.version}" for pkg in wanted if debs.cached(pkg, debs_dir) is None]
+    if fetch:
+        report(f"download {', '.join(fetch)}")
+    files = debs.download(wanted, debs_dir)
+    report(f"unpack {len(wanted)} packages")
+    for pkg in wanted:
+        debs.extract(files[pkg.name], kernel_tree if pkg is kernel else staging)
+
+
+def _install_python(
+    staging: Path, root: Path, agent: Mapping[str, bytes], spec: ImageSpec, report: Progress
+) -> str:
+    """Put the agent's import closure into root as bytecode; return the Python version.
+
+    The agent and protobuf are copied in whole, imported with the staged interpreter, and
+    whatever that did not load is dropped again.
+    """
+    report("python import closure")
+    python = staging / spec.python
+    agent_dir = root / AGENT_DIR
+    for rel, data in agent.items():
+        (agent_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (agent_dir / rel).write_bytes(data)
+    if (staging / _PROTOBUF).is_dir():
+        ignore = shutil.ignore_patterns("*.so", "__pycache__")  # pure-Python protobuf only
+        shutil.copytree(staging / _PROTOBUF, agent_dir / "google", ignore=ignore)
+    names = [name for rel in spec.shipped for name in pyprune.modules_under(agent_dir, rel)]
+    if spec.entry_module in names:  # import it first, as /init does
+        names.remove(spec.entry_module)
+        names.insert(0, spec.entry_module)
+    closure = pyprune.closure(
+        python, [*names, *spec.stdlib_modules], [agent_dir], spec.excluded_modules
+    )
+    pyprune.keep(closure, staging, root, agent_dir)
+    report("compile bytecode")
+    compiled = pyprune.compile_tree(python, root)
+    version = pyprune.python_version(python)
+    report(f"kept {len(closure)} Python files ({compiled} compiled), Python {version}")
+    return version
+
+
+def _kernel_release(kernel_tree: Path, kernel: DebPackage) -> str:
+    releases = [p.name for p in (kernel_tree / "lib/modules").iterdir()]
+    if len(releases) != 1 or not (kernel_tree / f"boot/vmlinuz-{releases[0]}").is_file():
+        raise ImageError(f"{kernel.name}: expected one kernel and its modules, found {releases}")
+    return releases[0]
+
+
+def _install_modules(kernel_tree: Path, root: Path, release: str, spec: ImageSpec) -> list[str]:
+    """Copy the wanted modules (uncompressed) to root; return their guest paths in load order."""
+    paths: list[str] = []
+    for module in kmod.resolve_modules(kernel_tree / "lib/modules" / release, spec.kernel_modules):
+        path = f"lib/modules/{release}/{module.relpath}"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(module.data)
+        paths.append("/" + path)
+    return paths
+
+
+def _is_elf_file(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file() or path.name.endswith(".ko"):
+        return False
+    with path.open("rb") as f:
+        return is_elf(f.read(4))
+
+
+def _write_init(root: Path, spec: ImageSpec, image_json: dict[str, object]) -> None:
+    """/init, the empty mount points and /etc/runvm/image.json; normalise directory modes."""
+    # The interpreter finds its prefix by lib/pythonX.Y/os.py[c] and lib-dynload.
+    for name in (*_EMPTY_DIRS, f"usr/lib/{Path(spec.python).name}/lib-dynload"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    init = root / "init"
+    init.write_text(
+        f"#!/{spec.python} -IS\n"
+        "import os, sys\n"
+        'os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")\n'
+        f'sys.path[:0] = ["/{AGENT_DIR}"]\n'
+        f"from {spec.entry_module} import main\n"
+        "main()\n"
+    )
+    init.chmod(0o755)
+    (root / "etc/runvm/image.json").write_text(json.dumps(image_json, indent=2) + "\n")
+    # Every directory here was made by this builder, so umask decides nothing.
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        directory.chmod(0o755)
+    (root / "tmp").chmod(0o1777)

@@ -1,0 +1,124 @@
+"""What goes into the guest image: the builder's inputs as one frozen value.
+
+Every field takes part in the image hash, so changing a constant here rebuilds the image.
+Bump :data:`FORMAT_VERSION` when the builder changes how it lays out the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+
+#: Kernel modules the guest loads; their ``depends=`` closure is added and ordered.
+KERNEL_MODULES = (
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_console",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_rng",
+    "virtio_balloon",
+    "virtiofs",
+    "overlay",
+    "vmw_vsock_virtio_transport",
+)
+
+#: Debian packages holding the interpreter, its standard library and protobuf.
+PYTHON_PACKAGES = (
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "python3-protobuf",
+)
+
+#: Programs the agent runs (paths inside their packages) and the packages holding them.
+#: crun creates the containers (runvm.agent.crun runs /usr/bin/crun).
+TOOLS = ("usr/bin/crun",)
+TOOL_PACKAGES = ("crun",)
+
+#: Debian packages holding the shared libraries the kept ELF files need. A build that needs a
+#: library from none of these fails and names the package to add.
+LIBRARY_PACKAGES = (
+    # python3.11 and the kept lib-dynload modules
+    "libc6",
+    "zlib1g",
+    "libffi8",
+    "libexpat1",
+    "libuuid1",
+    # crun, and libsystemd0's own needs
+    "libcap2",
+    "libseccomp2",
+    "libyajl2",
+    "libsystemd0",
+    "libgcrypt20",
+    "libgpg-error0",
+    "liblz4-1",
+    "liblzma5",
+    "libzstd1",
+)
+
+#: The agent's entry point, imported by ``/init``.
+ENTRY_MODULE = "runvm.agent.main"
+
+#: Parts of the runvm source tree shipped to the guest (paths relative to ``src/``); every
+#: module under them is imported when the Python closure is computed.
+SHIPPED_PACKAGES = (
+    "runvm/__init__.py",
+    "runvm/errors.py",
+    "runvm/agent",
+    "runvm/protocol",
+    "runvm/ttrpc",
+    "runvm/oci",
+)
+
+#: Standard-library modules kept even if the agent does not import them at start-up
+#: (``pkg.*`` takes every module of a package that imports on Linux).
+STDLIB_MODULES = (
+    "encodings.*",
+    "asyncio",
+    "ctypes",
+    "errno",
+    "fcntl",
+    "json",
+    "logging",
+    "platform",
+    "pty",
+    "resource",
+    "select",
+    "selectors",
+    "signal",
+    "socket",
+    "struct",
+    "termios",
+    "tty",
+    "uuid",
+)
+
+#: Modules made unimportable in the closure (and so absent in the guest). Their importers
+#: fall back cleanly (asyncio without ssl, hashlib without OpenSSL, shutil without bz2/lzma),
+#: and they would pull in libssl/libcrypto, libbz2 and liblzma.
+EXCLUDED_MODULES = ("ssl", "_ssl", "_hashlib", "_bz2", "_lzma")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything the builder is told; :data:`DEFAULT_SPEC` is the production image."""
+
+    kernel_metapackage: str = "linux-image-cloud-{arch}"
+    kernel_modules: tuple[str, ...] = KERNEL_MODULES
+    python_packages: tuple[str, ...] = PYTHON_PACKAGES
+    tool_packages: tuple[str, ...] = TOOL_PACKAGES
+    tools: tuple[str, ...] = TOOLS
+    library_packages: tuple[str, ...] = LIBRARY_PACKAGES
+    python: str = "usr/bin/python3.11"
+    entry_module: str = ENTRY_MODULE
+    shipped: tuple[str, ...] = SHIPPED_PACKAGES
+    stdlib_modules: tuple[str, ...] = STDLIB_MODULES
+    excluded_modules: tuple[str, ...] = EXCLUDED_MODULES
+    zstd_level: int = 10
+    #: Test flag: build even if the entry module or a shipped package does not exist yet.
+    allow_missing_agent: bool = False
+
+
+DEFAULT_SPEC = ImageSpec()
