@@ -19,6 +19,37 @@ log = logging.getLogger("runvm.agent")
 MANIFEST = Path("/etc/runvm/image.json")
 
 
+SYSROOT = "/sysroot"
+ROOT_DIRS = ("usr", "lib", "lib64", "etc")
+
+
+def leave_initramfs() -> None:
+    """Make / a tmpfs mount, with the initramfs's directories bound into it, without copying.
+
+    pivot_root(2) refuses to move the initial rootfs, and crun pivots every container root.
+    So PID 1 builds a tmpfs, binds the image's directories into it, moves it over / and
+    chroots into it. The initramfs stays underneath, unreachable from the new root.
+    """
+    os.makedirs(SYSROOT, exist_ok=True)
+    sc.mount("tmpfs", SYSROOT, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755")
+    for entry in os.listdir("/"):
+        if entry == SYSROOT.strip("/"):
+            continue
+        source = f"/{entry}"
+        target = f"{SYSROOT}/{entry}"
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        elif os.path.isdir(source):
+            os.mkdir(target, 0o755)
+            if entry in ROOT_DIRS:
+                sc.mount(source, target, "", sc.MS_BIND | sc.MS_REC)
+                sc.mount("", target, "", sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+    os.chdir(SYSROOT)
+    sc.mount(SYSROOT, "/", "", sc.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def mount_pseudo_filesystems() -> None:
     nosuid_nodev_noexec = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     table = [
@@ -82,6 +113,7 @@ def kernel_params() -> dict[str, str]:
 
 def run() -> dict[str, object]:
     """The PID 1 recipe; returns the image manifest."""
+    leave_initramfs()
     mount_pseudo_filesystems()
     manifest = read_manifest()
     load_modules(manifest)

@@ -20,6 +20,7 @@ from runvm.protocol.client import AgentClient
 from runvm.ttrpc import Client
 
 VSOCK_PORT = 1024
+EXIT_GRACE = 2.0
 
 
 async def _open(channel: AgentChannelSpec, deadline: float) -> Client:
@@ -70,12 +71,18 @@ async def connect_agent(
     died = asyncio.ensure_future(vm_exited())
     try:
         done, _ = await asyncio.wait({hello, died}, return_when=asyncio.FIRST_COMPLETED)
+        if hello in done and hello.exception() is not None:
+            # A lost connection usually means QEMU is exiting: let it say so first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(died), EXIT_GRACE)
+        if died.done():
+            raise AgentError(f"the VM exited (status {died.result()}) before its agent answered")
+        return hello.result()
     finally:
         died.cancel()
-    if hello in done:
-        return hello.result()
-    hello.cancel()
-    with contextlib.suppress(BaseException):
-        agent = await hello
-        await agent.close()
-    raise AgentError(f"the VM exited (status {died.result()}) before its agent answered")
+        if not hello.done():
+            hello.cancel()
+            with contextlib.suppress(BaseException):
+                await hello
+        elif hello.exception() is None and died.done():
+            await hello.result().close()
