@@ -6,6 +6,7 @@ Under ``RUNVM_STRICT_SKIPS=1`` (CI) a skip is an error unless its reason starts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,7 +34,9 @@ _bad_skips: list[str] = []
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and os.environ.get("RUNVM_STRICT_SKIPS") == "1":
-        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = (
+            str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        )
         if not reason.removeprefix("Skipped: ").startswith(HARDWARE_PREFIX):
             _bad_skips.append(f"{report.nodeid}: {reason}")
 
@@ -119,8 +122,6 @@ def leak_check(tmp_path: Path) -> Iterator[None]:
         sandboxes = list((state / "sandboxes").glob("*"))
         problems += [f"state left: {p}" for p in sorted({*files, *sandboxes})]
     for pid in new:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
     assert not problems, "leaks:\n" + "\n".join(problems)

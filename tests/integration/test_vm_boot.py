@@ -99,9 +99,7 @@ def test_qmp_quit_stops_the_vm(runvm_config: cfg.RunvmConfig) -> None:
         os.kill(pid, 0)
 
 
-def test_mismatched_agent_version_is_refused(
-    runvm_config: cfg.RunvmConfig, tmp_path: Path
-) -> None:
+def test_mismatched_agent_version_is_refused(runvm_config: cfg.RunvmConfig, tmp_path: Path) -> None:
     files = variant(
         tmp_path, {"/usr/lib/runvm/runvm/protocol/version.py": b"PROTOCOL_VERSION = 999\n"}
     )

@@ -54,5 +54,5 @@ def test_limits() -> None:
 
 def test_process_json() -> None:
     assert parse_process(b'{"args": ["ls"], "cwd": "/"}')["args"] == ["ls"]
-    with pytest.raises(ConfigError, match="process.json.args"):
+    with pytest.raises(ConfigError, match=r"process\.json\.args"):
         parse_process(b'{"args": [1]}')

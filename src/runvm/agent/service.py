@@ -96,14 +96,17 @@ def mount_storage(storage: pb.Storage) -> None:
     """Mount one storage under /run/runvm; an unknown driver or a path outside is refused."""
     target = os.path.normpath(storage.mount_point)
     if not target.startswith("/run/runvm/") or storage.driver not in STORAGE_HANDLERS:
-        raise RpcError(Code.INVALID_ARGUMENT,
-                       f"storage {storage.driver!r} at {storage.mount_point!r} is not allowed")
+        raise RpcError(
+            Code.INVALID_ARGUMENT,
+            f"storage {storage.driver!r} at {storage.mount_point!r} is not allowed",
+        )
     os.makedirs(target, exist_ok=True)
     if storage.driver == "local":
         return
     # Container rootfs shares keep setuid binaries and device nodes working.
-    fstype, flags = ("virtiofs", 0) if storage.driver == "virtio-fs" else (
-        "tmpfs", sc.MS_NOSUID | sc.MS_NODEV)
+    fstype, flags = (
+        ("virtiofs", 0) if storage.driver == "virtio-fs" else ("tmpfs", sc.MS_NOSUID | sc.MS_NODEV)
+    )
     try:
         sc.mount(storage.source, target, fstype, flags, ",".join(storage.options))
     except OSError as exc:

@@ -54,9 +54,7 @@ def umount2(target: str, flags: int = 0) -> None:
 def finit_module(path: str, params: str = "") -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(
-            libc.syscall(SYS_FINIT_MODULE, fd, params.encode(), 0), f"finit_module {path}"
-        )
+        _check(libc.syscall(SYS_FINIT_MODULE, fd, params.encode(), 0), f"finit_module {path}")
     finally:
         os.close(fd)
 

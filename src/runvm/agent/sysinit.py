@@ -62,8 +62,11 @@ def mount_pseudo_filesystems() -> None:
     for source, target, fstype, flags, data in table:
         os.makedirs(target, exist_ok=True)
         sc.mount(source, target, fstype, flags, data)
-    for sub, fstype, data in (("pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"),
-                              ("shm", "tmpfs", "mode=1777"), ("mqueue", "mqueue", "")):
+    for sub, fstype, data in (
+        ("pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"),
+        ("shm", "tmpfs", "mode=1777"),
+        ("mqueue", "mqueue", ""),
+    ):
         os.makedirs(f"/dev/{sub}", exist_ok=True)
         sc.mount(fstype, f"/dev/{sub}", fstype, sc.MS_NOSUID | sc.MS_NOEXEC, data)
     if not os.path.exists("/dev/ptmx"):
@@ -74,9 +77,7 @@ def mount_cgroup2() -> None:
     sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     # Delegate the controllers to children so containers can get limits.
     controllers = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
-    Path("/sys/fs/cgroup/cgroup.subtree_control").write_text(
-        " ".join(f"+{c}" for c in controllers)
-    )
+    Path("/sys/fs/cgroup/cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
 
 
 def load_modules(manifest: dict[str, object]) -> list[str]:
@@ -106,9 +107,7 @@ def read_manifest() -> dict[str, object]:
 def kernel_params() -> dict[str, str]:
     """``runvm.KEY=VALUE`` words of the kernel command line, without the prefix."""
     words = Path("/proc/cmdline").read_text().split()
-    return {
-        w[6:].partition("=")[0]: w.partition("=")[2] for w in words if w.startswith("runvm.")
-    }
+    return {w[6:].partition("=")[0]: w.partition("=")[2] for w in words if w.startswith("runvm.")}
 
 
 def run() -> dict[str, object]:

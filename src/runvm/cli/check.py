@@ -43,7 +43,11 @@ def _ksm() -> dict[str, Any]:
     if not base.exists():
         return {"available": False}
     run = (base / "run").read_text().strip()
-    return {"available": True, "run": int(run), "pages_sharing": int((base / "pages_sharing").read_text())}
+    return {
+        "available": True,
+        "run": int(run),
+        "pages_sharing": int((base / "pages_sharing").read_text()),
+    }
 
 
 def gather(config: cfg.RunvmConfig) -> tuple[dict[str, Any], list[str]]:
@@ -74,7 +78,9 @@ def gather(config: cfg.RunvmConfig) -> tuple[dict[str, Any], list[str]]:
         problems.append("no guest image: run `runvm image build`")
     if qemu and files:
         accel = asyncio.run(
-            detect(config.hypervisor.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir))
+            detect(
+                config.hypervisor.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir)
+            )
         )
         report["accelerator"] = report_json(accel)
     else:

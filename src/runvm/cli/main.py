@@ -22,7 +22,9 @@ VERBS = (check, image, demo, run)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runvm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"runvm version {__version__}")
-    parser.add_argument("--config", type=Path, help="runvm TOML config (default /etc/runvm/config.toml)")
+    parser.add_argument(
+        "--config", type=Path, help="runvm TOML config (default /etc/runvm/config.toml)"
+    )
     parser.add_argument("--debug", action="store_true", help="log debug messages to stderr")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for verb in VERBS:

@@ -40,7 +40,9 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def _type(obj: Any, key: str, kind: type | tuple[type, ...], where: str, required: bool = False) -> Any:
+def _type(
+    obj: Any, key: str, kind: type | tuple[type, ...], where: str, required: bool = False
+) -> Any:
     if key not in obj:
         if required:
             raise _fail(where, f"{key} is required")
@@ -48,7 +50,9 @@ def _type(obj: Any, key: str, kind: type | tuple[type, ...], where: str, require
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise _fail(f"{where}.{key}", f"must be {names.replace('dict', 'object').replace('list', 'array')}")
+        raise _fail(
+            f"{where}.{key}", f"must be {names.replace('dict', 'object').replace('list', 'array')}"
+        )
     return value
 
 

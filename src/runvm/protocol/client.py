@@ -142,4 +142,3 @@ class AgentClient:
             container_id=container_id, exec_id=exec_id, row=rows, column=cols
         )
         await self._agent("TtyWinResize", request, pb.Empty)
-

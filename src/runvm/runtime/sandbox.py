@@ -40,9 +40,7 @@ POWEROFF_WAIT = 5.0
 
 def check_id(value: str, what: str = "sandbox") -> str:
     if not ID_PATTERN.match(value):
-        raise ConfigError(
-            f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'"
-        )
+        raise ConfigError(f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'")
     return value
 
 
@@ -67,9 +65,7 @@ class SandboxOptions:
 class Sandbox:
     """One running VM with its agent; see the module docstring."""
 
-    def __init__(
-        self, sandbox_id: str, config: RunvmConfig, run_dir: Path, steps: Steps
-    ) -> None:
+    def __init__(self, sandbox_id: str, config: RunvmConfig, run_dir: Path, steps: Steps) -> None:
         self.id = sandbox_id
         self.config = config
         self.run_dir = run_dir
@@ -139,7 +135,9 @@ class Sandbox:
             steps.add_undo("agent", sandbox.agent.close)
             sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
             request = pb.CreateSandboxRequest(
-                sandbox_id=sandbox_id, hostname=options.hostname, host_time_ns=time.time_ns(),
+                sandbox_id=sandbox_id,
+                hostname=options.hostname,
+                host_time_ns=time.time_ns(),
                 storages=storages,
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))

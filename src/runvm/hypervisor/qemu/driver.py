@@ -138,9 +138,7 @@ class QemuHypervisor:
     def resolve_binary(self) -> str:
         found = shutil.which(self.binary)
         if not found:
-            raise HypervisorError(
-                f"QEMU binary {self.binary!r} not found: install qemu-system-x86"
-            )
+            raise HypervisorError(f"QEMU binary {self.binary!r} not found: install qemu-system-x86")
         return found
 
     async def launch(self, spec: VMSpec) -> QemuVM:
