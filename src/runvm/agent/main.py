@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 from runvm.agent import channel, service, sysinit
 from runvm.agent.reaper import Reaper
@@ -26,10 +27,12 @@ async def serve(params: dict[str, str]) -> None:
     server = Server()
     service.register(server, state, reaper)
     if params.get("channel") == "vsock":
+        state.serving_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         await channel.serve_vsock(server)
     else:
         port = channel.find_port(params.get("port", "runvm.agent"))
         log.info("agent %s serving on %s", state.instance_id, port)
+        state.serving_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         await channel.serve_virtio_serial(server, port)
 
 

@@ -40,6 +40,10 @@ class AgentState:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
     sandbox_id: str = ""
+    init_boottime: float = field(
+        default_factory=lambda: float(os.environ.get("RUNVM_INIT_BOOTTIME", "0"))
+    )
+    serving_boottime: float = 0.0
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -72,6 +76,9 @@ class SandboxService:
             storage_handlers=list(STORAGE_HANDLERS),
             supports_seccomp=True,
             agent_uptime_ms=int((time.monotonic() - self.state.started) * 1000),
+            init_boottime_ms=int(self.state.init_boottime * 1000),
+            serving_boottime_ms=int(self.state.serving_boottime * 1000),
+            boottime_ms=int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000),
         )
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Empty:

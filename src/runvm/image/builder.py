@@ -273,7 +273,9 @@ def _write_init(root: Path, spec: ImageSpec, image_json: dict[str, object]) -> N
     init = root / "init"
     init.write_text(
         f"#!/{spec.python} -IS\n"
-        "import os, sys\n"
+        "import os, sys, time\n"
+        # The boot clock at the first line of Python: the agent reports it (bench/start.py).
+        'os.environ["RUNVM_INIT_BOOTTIME"] = str(time.clock_gettime(time.CLOCK_BOOTTIME))\n'
         'os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")\n'
         f'sys.path[:0] = ["/{AGENT_DIR}"]\n'
         f"from {spec.entry_module} import main\n"

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x0erunvm.agent.v1\"\x07\n\x05\x45mpty\"\x1f\n\x0c\x43heckRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x94\x01\n\x13HealthCheckResponse\x12\x41\n\x06status\x18\x01 \x01(\x0e\x32\x31.runvm.agent.v1.HealthCheckResponse.ServingStatus\":\n\rServingStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\"=\n\x0eVersionRequest\x12\x15\n\rhost_protocol\x18\x01 \x01(\r\x12\x14\n\x0chost_version\x18\x02 \x01(\t\":\n\x0fVersionResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\"\x15\n\x13GuestDetailsRequest\"\xdf\x01\n\x14GuestDetailsResponse\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x17\n\x0fmem_total_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x03 \x01(\r\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x18\n\x10storage_handlers\x18\x07 \x03(\t\x12\x18\n\x10supports_seccomp\x18\x08 \x01(\x08\x12\x17\n\x0f\x61gent_uptime_ms\x18\t \x01(\x04\"_\n\x07Storage\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\x12\x13\n\x0bmount_point\x18\x05 \x01(\t\"\x8a\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12)\n\x08storages\x18\x03 \x03(\x0b\x32\x17.runvm.agent.v1.Storage\x12\x0b\n\x03\x64ns\x18\x04 \x03(\t\x12\x14\n\x0chost_time_ns\x18\x05 \x01(\x03\"\x17\n\x15\x44\x65stroySandboxRequest\"\x7f\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x15\n\roci_spec_json\x18\x02 \x01(\x0c\x12)\n\x08storages\x18\x03 \x03(\x0b\x32\x17.runvm.agent.v1.Storage\x12\r\n\x05stdin\x18\x04 \x01(\x08\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"-\n\x15StartContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"%\n\x16StartContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"?\n\x16RemoveContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\r\"`\n\x12\x45xecProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x14\n\x0cprocess_json\x18\x03 \x01(\x0c\x12\r\n\x05stdin\x18\x04 \x01(\x08\"\"\n\x13\x45xecProcessResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"Z\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0e\n\x06signal\x18\x03 \x01(\r\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\";\n\x12WaitProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\";\n\x13WaitProcessResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x14\n\x0c\x65xited_at_ns\x18\x02 \x01(\x03\"I\n\x12WriteStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\"\n\x13WriteStreamResponse\x12\x0b\n\x03len\x18\x01 \x01(\r\"G\n\x11ReadStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03len\x18\x03 \x01(\r\"\"\n\x12ReadStreamResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\":\n\x11\x43loseStdinRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"Y\n\x13TtyWinResizeRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03row\x18\x03 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x04 \x01(\r2\xa0\x01\n\x06Health\x12J\n\x05\x43heck\x12\x1c.runvm.agent.v1.CheckRequest\x1a#.runvm.agent.v1.HealthCheckResponse\x12J\n\x07Version\x12\x1e.runvm.agent.v1.VersionRequest\x1a\x1f.runvm.agent.v1.VersionResponse2\xb1\t\n\x0c\x41gentService\x12Y\n\x0cGuestDetails\x12#.runvm.agent.v1.GuestDetailsRequest\x1a$.runvm.agent.v1.GuestDetailsResponse\x12L\n\rCreateSandbox\x12$.runvm.agent.v1.CreateSandboxRequest\x1a\x15.runvm.agent.v1.Empty\x12N\n\x0e\x44\x65stroySandbox\x12%.runvm.agent.v1.DestroySandboxRequest\x1a\x15.runvm.agent.v1.Empty\x12\x62\n\x0f\x43reateContainer\x12&.runvm.agent.v1.CreateContainerRequest\x1a\'.runvm.agent.v1.CreateContainerResponse\x12_\n\x0eStartContainer\x12%.runvm.agent.v1.StartContainerRequest\x1a&.runvm.agent.v1.StartContainerResponse\x12P\n\x0fRemoveContainer\x12&.runvm.agent.v1.RemoveContainerRequest\x1a\x15.runvm.agent.v1.Empty\x12V\n\x0b\x45xecProcess\x12\".runvm.agent.v1.ExecProcessRequest\x1a#.runvm.agent.v1.ExecProcessResponse\x12L\n\rSignalProcess\x12$.runvm.agent.v1.SignalProcessRequest\x1a\x15.runvm.agent.v1.Empty\x12V\n\x0bWaitProcess\x12\".runvm.agent.v1.WaitProcessRequest\x1a#.runvm.agent.v1.WaitProcessResponse\x12U\n\nWriteStdin\x12\".runvm.agent.v1.WriteStreamRequest\x1a#.runvm.agent.v1.WriteStreamResponse\x12S\n\nReadStdout\x12!.runvm.agent.v1.ReadStreamRequest\x1a\".runvm.agent.v1.ReadStreamResponse\x12S\n\nReadStderr\x12!.runvm.agent.v1.ReadStreamRequest\x1a\".runvm.agent.v1.ReadStreamResponse\x12\x46\n\nCloseStdin\x12!.runvm.agent.v1.CloseStdinRequest\x1a\x15.runvm.agent.v1.Empty\x12J\n\x0cTtyWinResize\x12#.runvm.agent.v1.TtyWinResizeRequest\x1a\x15.runvm.agent.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x0erunvm.agent.v1\"\x07\n\x05\x45mpty\"\x1f\n\x0c\x43heckRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x94\x01\n\x13HealthCheckResponse\x12\x41\n\x06status\x18\x01 \x01(\x0e\x32\x31.runvm.agent.v1.HealthCheckResponse.ServingStatus\":\n\rServingStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\"=\n\x0eVersionRequest\x12\x15\n\rhost_protocol\x18\x01 \x01(\r\x12\x14\n\x0chost_version\x18\x02 \x01(\t\":\n\x0fVersionResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\"\x15\n\x13GuestDetailsRequest\"\xab\x02\n\x14GuestDetailsResponse\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x17\n\x0fmem_total_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x03 \x01(\r\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x18\n\x10storage_handlers\x18\x07 \x03(\t\x12\x18\n\x10supports_seccomp\x18\x08 \x01(\x08\x12\x17\n\x0f\x61gent_uptime_ms\x18\t \x01(\x04\x12\x18\n\x10init_boottime_ms\x18\n \x01(\x04\x12\x1b\n\x13serving_boottime_ms\x18\x0b \x01(\x04\x12\x13\n\x0b\x62oottime_ms\x18\x0c \x01(\x04\"_\n\x07Storage\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\x12\x13\n\x0bmount_point\x18\x05 \x01(\t\"\x8a\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12)\n\x08storages\x18\x03 \x03(\x0b\x32\x17.runvm.agent.v1.Storage\x12\x0b\n\x03\x64ns\x18\x04 \x03(\t\x12\x14\n\x0chost_time_ns\x18\x05 \x01(\x03\"\x17\n\x15\x44\x65stroySandboxRequest\"\x7f\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x15\n\roci_spec_json\x18\x02 \x01(\x0c\x12)\n\x08storages\x18\x03 \x03(\x0b\x32\x17.runvm.agent.v1.Storage\x12\r\n\x05stdin\x18\x04 \x01(\x08\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"-\n\x15StartContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"%\n\x16StartContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"?\n\x16RemoveContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\r\"`\n\x12\x45xecProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x14\n\x0cprocess_json\x18\x03 \x01(\x0c\x12\r\n\x05stdin\x18\x04 \x01(\x08\"\"\n\x13\x45xecProcessResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"Z\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0e\n\x06signal\x18\x03 \x01(\r\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\";\n\x12WaitProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\";\n\x13WaitProcessResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x14\n\x0c\x65xited_at_ns\x18\x02 \x01(\x03\"I\n\x12WriteStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\"\n\x13WriteStreamResponse\x12\x0b\n\x03len\x18\x01 \x01(\r\"G\n\x11ReadStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03len\x18\x03 \x01(\r\"\"\n\x12ReadStreamResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\":\n\x11\x43loseStdinRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"Y\n\x13TtyWinResizeRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03row\x18\x03 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x04 \x01(\r2\xa0\x01\n\x06Health\x12J\n\x05\x43heck\x12\x1c.runvm.agent.v1.CheckRequest\x1a#.runvm.agent.v1.HealthCheckResponse\x12J\n\x07Version\x12\x1e.runvm.agent.v1.VersionRequest\x1a\x1f.runvm.agent.v1.VersionResponse2\xb1\t\n\x0c\x41gentService\x12Y\n\x0cGuestDetails\x12#.runvm.agent.v1.GuestDetailsRequest\x1a$.runvm.agent.v1.GuestDetailsResponse\x12L\n\rCreateSandbox\x12$.runvm.agent.v1.CreateSandboxRequest\x1a\x15.runvm.agent.v1.Empty\x12N\n\x0e\x44\x65stroySandbox\x12%.runvm.agent.v1.DestroySandboxRequest\x1a\x15.runvm.agent.v1.Empty\x12\x62\n\x0f\x43reateContainer\x12&.runvm.agent.v1.CreateContainerRequest\x1a\'.runvm.agent.v1.CreateContainerResponse\x12_\n\x0eStartContainer\x12%.runvm.agent.v1.StartContainerRequest\x1a&.runvm.agent.v1.StartContainerResponse\x12P\n\x0fRemoveContainer\x12&.runvm.agent.v1.RemoveContainerRequest\x1a\x15.runvm.agent.v1.Empty\x12V\n\x0b\x45xecProcess\x12\".runvm.agent.v1.ExecProcessRequest\x1a#.runvm.agent.v1.ExecProcessResponse\x12L\n\rSignalProcess\x12$.runvm.agent.v1.SignalProcessRequest\x1a\x15.runvm.agent.v1.Empty\x12V\n\x0bWaitProcess\x12\".runvm.agent.v1.WaitProcessRequest\x1a#.runvm.agent.v1.WaitProcessResponse\x12U\n\nWriteStdin\x12\".runvm.agent.v1.WriteStreamRequest\x1a#.runvm.agent.v1.WriteStreamResponse\x12S\n\nReadStdout\x12!.runvm.agent.v1.ReadStreamRequest\x1a\".runvm.agent.v1.ReadStreamResponse\x12S\n\nReadStderr\x12!.runvm.agent.v1.ReadStreamRequest\x1a\".runvm.agent.v1.ReadStreamResponse\x12\x46\n\nCloseStdin\x12!.runvm.agent.v1.CloseStdinRequest\x1a\x15.runvm.agent.v1.Empty\x12J\n\x0cTtyWinResize\x12#.runvm.agent.v1.TtyWinResizeRequest\x1a\x15.runvm.agent.v1.Emptyb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_pb2', globals())
@@ -35,47 +35,47 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _GUESTDETAILSREQUEST._serialized_start=347
   _GUESTDETAILSREQUEST._serialized_end=368
   _GUESTDETAILSRESPONSE._serialized_start=371
-  _GUESTDETAILSRESPONSE._serialized_end=594
-  _STORAGE._serialized_start=596
-  _STORAGE._serialized_end=691
-  _CREATESANDBOXREQUEST._serialized_start=694
-  _CREATESANDBOXREQUEST._serialized_end=832
-  _DESTROYSANDBOXREQUEST._serialized_start=834
-  _DESTROYSANDBOXREQUEST._serialized_end=857
-  _CREATECONTAINERREQUEST._serialized_start=859
-  _CREATECONTAINERREQUEST._serialized_end=986
-  _CREATECONTAINERRESPONSE._serialized_start=988
-  _CREATECONTAINERRESPONSE._serialized_end=1026
-  _STARTCONTAINERREQUEST._serialized_start=1028
-  _STARTCONTAINERREQUEST._serialized_end=1073
-  _STARTCONTAINERRESPONSE._serialized_start=1075
-  _STARTCONTAINERRESPONSE._serialized_end=1112
-  _REMOVECONTAINERREQUEST._serialized_start=1114
-  _REMOVECONTAINERREQUEST._serialized_end=1177
-  _EXECPROCESSREQUEST._serialized_start=1179
-  _EXECPROCESSREQUEST._serialized_end=1275
-  _EXECPROCESSRESPONSE._serialized_start=1277
-  _EXECPROCESSRESPONSE._serialized_end=1311
-  _SIGNALPROCESSREQUEST._serialized_start=1313
-  _SIGNALPROCESSREQUEST._serialized_end=1403
-  _WAITPROCESSREQUEST._serialized_start=1405
-  _WAITPROCESSREQUEST._serialized_end=1464
-  _WAITPROCESSRESPONSE._serialized_start=1466
-  _WAITPROCESSRESPONSE._serialized_end=1525
-  _WRITESTREAMREQUEST._serialized_start=1527
-  _WRITESTREAMREQUEST._serialized_end=1600
-  _WRITESTREAMRESPONSE._serialized_start=1602
-  _WRITESTREAMRESPONSE._serialized_end=1636
-  _READSTREAMREQUEST._serialized_start=1638
-  _READSTREAMREQUEST._serialized_end=1709
-  _READSTREAMRESPONSE._serialized_start=1711
-  _READSTREAMRESPONSE._serialized_end=1745
-  _CLOSESTDINREQUEST._serialized_start=1747
-  _CLOSESTDINREQUEST._serialized_end=1805
-  _TTYWINRESIZEREQUEST._serialized_start=1807
-  _TTYWINRESIZEREQUEST._serialized_end=1896
-  _HEALTH._serialized_start=1899
-  _HEALTH._serialized_end=2059
-  _AGENTSERVICE._serialized_start=2062
-  _AGENTSERVICE._serialized_end=3263
+  _GUESTDETAILSRESPONSE._serialized_end=670
+  _STORAGE._serialized_start=672
+  _STORAGE._serialized_end=767
+  _CREATESANDBOXREQUEST._serialized_start=770
+  _CREATESANDBOXREQUEST._serialized_end=908
+  _DESTROYSANDBOXREQUEST._serialized_start=910
+  _DESTROYSANDBOXREQUEST._serialized_end=933
+  _CREATECONTAINERREQUEST._serialized_start=935
+  _CREATECONTAINERREQUEST._serialized_end=1062
+  _CREATECONTAINERRESPONSE._serialized_start=1064
+  _CREATECONTAINERRESPONSE._serialized_end=1102
+  _STARTCONTAINERREQUEST._serialized_start=1104
+  _STARTCONTAINERREQUEST._serialized_end=1149
+  _STARTCONTAINERRESPONSE._serialized_start=1151
+  _STARTCONTAINERRESPONSE._serialized_end=1188
+  _REMOVECONTAINERREQUEST._serialized_start=1190
+  _REMOVECONTAINERREQUEST._serialized_end=1253
+  _EXECPROCESSREQUEST._serialized_start=1255
+  _EXECPROCESSREQUEST._serialized_end=1351
+  _EXECPROCESSRESPONSE._serialized_start=1353
+  _EXECPROCESSRESPONSE._serialized_end=1387
+  _SIGNALPROCESSREQUEST._serialized_start=1389
+  _SIGNALPROCESSREQUEST._serialized_end=1479
+  _WAITPROCESSREQUEST._serialized_start=1481
+  _WAITPROCESSREQUEST._serialized_end=1540
+  _WAITPROCESSRESPONSE._serialized_start=1542
+  _WAITPROCESSRESPONSE._serialized_end=1601
+  _WRITESTREAMREQUEST._serialized_start=1603
+  _WRITESTREAMREQUEST._serialized_end=1676
+  _WRITESTREAMRESPONSE._serialized_start=1678
+  _WRITESTREAMRESPONSE._serialized_end=1712
+  _READSTREAMREQUEST._serialized_start=1714
+  _READSTREAMREQUEST._serialized_end=1785
+  _READSTREAMRESPONSE._serialized_start=1787
+  _READSTREAMRESPONSE._serialized_end=1821
+  _CLOSESTDINREQUEST._serialized_start=1823
+  _CLOSESTDINREQUEST._serialized_end=1881
+  _TTYWINRESIZEREQUEST._serialized_start=1883
+  _TTYWINRESIZEREQUEST._serialized_end=1972
+  _HEALTH._serialized_start=1975
+  _HEALTH._serialized_end=2135
+  _AGENTSERVICE._serialized_start=2138
+  _AGENTSERVICE._serialized_end=3339
 # @@protoc_insertion_point(module_scope)

@@ -83,26 +83,32 @@ class GuestDetailsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GuestDetailsResponse(_message.Message):
-    __slots__ = ["agent_uptime_ms", "agent_version", "boot_id", "cpus", "instance_id", "kernel_release", "mem_total_bytes", "storage_handlers", "supports_seccomp"]
+    __slots__ = ["agent_uptime_ms", "agent_version", "boot_id", "boottime_ms", "cpus", "init_boottime_ms", "instance_id", "kernel_release", "mem_total_bytes", "serving_boottime_ms", "storage_handlers", "supports_seccomp"]
     AGENT_UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
+    INIT_BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
     MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SERVING_BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_HANDLERS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_SECCOMP_FIELD_NUMBER: _ClassVar[int]
     agent_uptime_ms: int
     agent_version: str
     boot_id: str
+    boottime_ms: int
     cpus: int
+    init_boottime_ms: int
     instance_id: str
     kernel_release: str
     mem_total_bytes: int
+    serving_boottime_ms: int
     storage_handlers: _containers.RepeatedScalarFieldContainer[str]
     supports_seccomp: bool
-    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ..., init_boottime_ms: _Optional[int] = ..., serving_boottime_ms: _Optional[int] = ..., boottime_ms: _Optional[int] = ...) -> None: ...
 
 class HealthCheckResponse(_message.Message):
     __slots__ = ["status"]

@@ -1,0 +1,157 @@
+"""Start-up benchmark: `runvm run` of busybox `true` against its floor and against runc.
+
+Measured in one run, interleaved, N times each (medians printed):
+- runvm:  `runvm run` of a busybox bundle running `true` (CLI, wall clock, end to end);
+- floor:  a bare QEMU boot of the same kernel with a trivial busybox initramfs that powers
+          off at once (same accelerator and machine), the least any VM runtime can take;
+- runc:   `runc run` of the same bundle;
+- phases: one more runvm start through the Python API, split into QEMU start, kernel,
+          Python start, agent setup, host handshake, container create, run to exit, teardown.
+
+Usage (root, after scripts/install): python3 bench/start.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runvm import config as cfg
+from runvm import image
+from runvm.hypervisor.accel import detect
+from runvm.hypervisor.base import Accel
+from runvm.image import cpio
+from runvm.image.busybox import make_bundle
+from runvm.runtime.container import Container
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+
+FLOOR_INIT = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"
+
+
+def floor_initrd(path: Path) -> None:
+    entries = [
+        cpio.directory("bin"),
+        cpio.directory("dev"),
+        cpio.chardev("dev/console", 5, 1),
+        cpio.regular("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755),
+        cpio.regular("init", FLOOR_INIT, 0o755),
+    ]
+    buf = io.BytesIO()
+    cpio.write_newc(entries, buf)
+    path.write_bytes(cpio.zstd(buf.getvalue(), 10))
+
+
+def floor_boot(kernel: Path, initrd: Path, accel: Accel) -> float:
+    accel_args = ["-accel", "kvm", "-cpu", "host"] if accel is Accel.KVM else [
+        "-accel", "tcg,tb-size=64", "-cpu", "max"]  # fmt: skip
+    argv = [
+        "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+        "-M", "pc", *accel_args, "-m", "256M", "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", "console=ttyS0 panic=-1 quiet random.trust_cpu=on", "-no-reboot",
+        "-serial", "none",
+    ]  # fmt: skip
+    start = time.monotonic()
+    subprocess.run(argv, check=True, timeout=120)
+    return time.monotonic() - start
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"{argv[:3]} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
+    return elapsed
+
+
+async def phases(config: cfg.RunvmConfig, bundle: Path, cid: str) -> dict[str, float]:
+    t0 = time.monotonic()
+    sandbox = await Sandbox.start(cid, config, SandboxOptions(hostname=cid))
+    try:
+        t_ready = time.monotonic()
+        d = sandbox.details
+        assert d is not None and sandbox.agent is not None
+        container = await Container.create(sandbox, cid, bundle, stdin=False)
+        t_created = time.monotonic()
+        await container.start()
+        await sandbox.agent.wait_process(cid)
+        t_exited = time.monotonic()
+        await container.remove()
+    finally:
+        t_stop = time.monotonic()
+        await sandbox.stop()
+    t_end = time.monotonic()
+    steps = sandbox.timings
+    guest_boot = d.init_boottime_ms / 1000  # kernel until /init's first Python line
+    python_start = d.serving_boottime_ms / 1000 - guest_boot  # imports + PID 1 setup
+    agent_ready = steps["agent-ready"]
+    return {
+        "host setup (dirs, virtiofsd)": steps.get("virtio-fs", 0) + steps.get("run-dir", 0),
+        "QEMU start (to QMP)": steps["qemu-start"],
+        "kernel boot (guest clock)": guest_boot,
+        "Python + agent setup (guest clock)": python_start,
+        "handshake seen by host (rest)": max(0.0, agent_ready - guest_boot - python_start),
+        "sandbox create": steps["guest-details"] + steps["create-sandbox"],
+        "container create": t_created - t_ready,
+        "start to exit": t_exited - t_created,
+        "teardown": (t_stop - t_exited) + (t_end - t_stop),
+        "total": t_end - t0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not shutil.which("runc"):
+        sys.exit("bench/start.py needs root and runc (scripts/install)")
+    info = image.current()
+    with tempfile.TemporaryDirectory(prefix="runvm-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        config = cfg.RunvmConfig(
+            runtime=cfg.RuntimeConfig(state_root=str(tmp / "state"), cache_dir=str(tmp / "c"))
+        )
+        report = asyncio.run(detect("auto", "qemu-system-x86_64", Path(info.kernel), tmp / "c"))
+        conf = tmp / "runvm.toml"
+        conf.write_text(f'[runtime]\nstate_root = "{tmp / "state"}"\ncache_dir = "{tmp / "c"}"\n')
+        env = {**os.environ, "RUNVM_CONFIG": str(conf)}
+        bundle = tmp / "bundle"
+        make_bundle(bundle, ["true"])
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["terminal"] = False
+        (bundle / "config.json").write_text(json.dumps(spec))
+        floor = tmp / "floor.img"
+        floor_initrd(floor)
+        results: dict[str, list[float]] = {"runvm": [], "floor": [], "runc": []}
+        breakdown: list[dict[str, float]] = []
+        runvm = [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(bundle)]
+        for i in range(args.runs):
+            results["floor"].append(floor_boot(Path(info.kernel), floor, report.accel))
+            results["runvm"].append(timed([*runvm, f"bench-{i}"], env))
+            results["runc"].append(
+                timed(["runc", "--root", str(tmp / "runc"), "run", "-b", str(bundle), f"rc-{i}"])
+            )
+            breakdown.append(asyncio.run(phases(config, bundle, f"phase-{i}")))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"accelerator: {report.sentence()}; {args.runs} interleaved runs each, medians")
+    for name, values in results.items():
+        print(f"  {name:6} {med[name]:7.3f} s   (min {min(values):.3f}, max {max(values):.3f})")
+    print(f"  runvm / floor = {med['runvm'] / med['floor']:.2f}")
+    print(f"  runvm / runc  = {med['runvm'] / med['runc']:.1f}")
+    print("runvm phases (median s):")
+    for key in breakdown[0]:
+        print(f"  {key:38} {statistics.median(b[key] for b in breakdown):7.3f}")
+
+
+if __name__ == "__main__":
+    main()
