@@ -247,3 +247,33 @@ def test_terminal_with_window_size_changes(tmp_path: Path, cli_env: dict[str, st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_qemu_killed_mid_run_fails_cleanly(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    b = bundle(tmp_path, "echo ready; while :; do sleep 1; done")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(b), "c-qkill"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"ready\n"
+    qemu = [
+        int(line.split()[0])
+        for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True,
+                                   text=True).stdout.splitlines()  # fmt: skip
+        if "qemu-system" in line and "runvm-c-qkill" in line
+    ]
+    assert len(qemu) == 1
+    os.kill(qemu[0], signal.SIGKILL)
+    assert proc.wait(30) == 1
+    err = proc.stderr.read().decode()
+    assert err.startswith("runvm: ") and "agent" in err
+
+
+def test_demo_runs_a_container_in_a_vm(cli_env: dict[str, str]) -> None:
+    r = runvm(cli_env, "demo")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "hello from a busybox container in its own VM" in out
+    assert f"kernel seen inside:  {os.uname().release}" not in out
+    assert "processes visible:   /proc/1" in out
