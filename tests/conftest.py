@@ -122,6 +122,8 @@ def leak_check(tmp_path: Path) -> Iterator[None]:
         time.sleep(0.1)
     problems = [f"process {p}: {a}" for p, a in new.items()]
     problems += [f"mount: {m}" for m in _mounts(str(tmp_path))]
+    roots = [p for p in (tmp_path / "root").glob("*")] if (tmp_path / "root").exists() else []
+    problems += [f"container state left: {p}" for p in roots]
     state = tmp_path / "state"
     if state.exists():
         files = [p for p in state.rglob("*") if not p.is_dir()]

@@ -59,6 +59,7 @@ class ChildSpec:
     die_with_parent: bool = True
     new_session: bool = True
     stdin_devnull: bool = True
+    stdin_fd: int | None = None  # takes precedence over stdin_devnull
 
 
 @dataclass
@@ -75,7 +76,9 @@ class Child:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
-                stdin=asyncio.subprocess.DEVNULL if spec.stdin_devnull else None,
+                stdin=spec.stdin_fd
+                if spec.stdin_fd is not None
+                else (asyncio.subprocess.DEVNULL if spec.stdin_devnull else None),
                 stdout=log if log else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT if log else asyncio.subprocess.DEVNULL,
                 pass_fds=tuple(spec.pass_fds),

@@ -22,6 +22,8 @@ from runvm.image.busybox import make_bundle
 from runvm.runtime.container import Container
 from runvm.runtime.sandbox import Sandbox
 
+RUNVM = [sys.executable, "-m", "runvm.cli.main"]
+
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 
@@ -31,7 +33,7 @@ def cli_env(tmp_path: Path, accel_cache: Path) -> dict[str, str]:
     conf.write_text(
         f'[runtime]\nstate_root = "{tmp_path / "state"}"\ncache_dir = "{accel_cache}"\n'
     )
-    return {**os.environ, "RUNVM_CONFIG": str(conf)}
+    return {**os.environ, "RUNVM_CONFIG": str(conf), "RUNVM_TEST_ROOT": str(tmp_path / "root")}
 
 
 def bundle(tmp_path: Path, script: str, **process: Any) -> Path:
@@ -42,7 +44,7 @@ def bundle(tmp_path: Path, script: str, **process: Any) -> Path:
 
 def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "runvm.cli.main", *args], env=env, capture_output=True,
+        [*RUNVM, "--root", env["RUNVM_TEST_ROOT"], *args], env=env, capture_output=True,
         timeout=180, **kw,
     )  # fmt: skip
 
@@ -151,7 +153,7 @@ def test_signals_are_forwarded_to_init(
     b = bundle(tmp_path, 'trap "exit 7" TERM; trap "exit 9" USR1; echo ready; '
                          "while :; do sleep 1; done")  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(b), "c-sig"],
+        [*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "--bundle", str(b), "c-sig"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -229,7 +231,7 @@ def test_terminal_with_window_size_changes(tmp_path: Path, cli_env: dict[str, st
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(b), "c-tty"],
+        [*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "--bundle", str(b), "c-tty"],
         env=cli_env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         preexec_fn=controlling_tty,
     )  # fmt: skip
@@ -252,15 +254,16 @@ def test_terminal_with_window_size_changes(tmp_path: Path, cli_env: dict[str, st
 def test_qemu_killed_mid_run_fails_cleanly(tmp_path: Path, cli_env: dict[str, str]) -> None:
     b = bundle(tmp_path, "echo ready; while :; do sleep 1; done")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(b), "c-qkill"],
+        [*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "--bundle", str(b), "c-qkill"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline() == b"ready\n"
     qemu = [
         int(line.split()[0])
-        for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True,
-                                   text=True).stdout.splitlines()  # fmt: skip
+        for line in subprocess.run(
+            ["ps", "-eo", "pid=,args="], capture_output=True, text=True
+        ).stdout.splitlines()
         if "qemu-system" in line and "runvm-c-qkill" in line
     ]
     assert len(qemu) == 1

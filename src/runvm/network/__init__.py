@@ -1,0 +1,1 @@
+"""Host networking for sandboxes: network namespaces (and, later, taps and tc mirred)."""
