@@ -32,6 +32,8 @@ SHARED_ROOT = "/run/runvm/shared/"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_CONTAINERS = 1024
 MAX_EXECS = 1024
+MAX_LISTED = 65536
+CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
 
 
 @dataclass
@@ -266,6 +268,14 @@ class ContainerService:
         set_winsize(proc.pty_master, min(req.row, 0xFFFF), min(req.column, 0xFFFF))
         return pb.Empty()
 
+    async def list_processes(self, req: pb.ListProcessesRequest) -> pb.ListProcessesResponse:
+        container = self._get(req.container_id)
+        pids: list[int] = []
+        for procs in sorted(Path(CGROUP_ROOT, container.id).glob("**/cgroup.procs")):
+            with contextlib.suppress(OSError, ValueError):
+                pids += [int(line) for line in procs.read_text().split()]
+        return pb.ListProcessesResponse(pids=sorted(set(pids))[:MAX_LISTED])
+
     async def remove_container(self, req: pb.RemoveContainerRequest) -> pb.Empty:
         container = self._get(req.container_id)
         if not container.init.exited.is_set():
@@ -295,4 +305,5 @@ class ContainerService:
             "CloseStdin": unary(pb.CloseStdinRequest, self.close_stdin),
             "TtyWinResize": unary(pb.TtyWinResizeRequest, self.tty_win_resize),
             "RemoveContainer": unary(pb.RemoveContainerRequest, self.remove_container),
+            "ListProcesses": unary(pb.ListProcessesRequest, self.list_processes),
         }

@@ -15,10 +15,9 @@ from typing import Any
 
 from runvm.cli import common
 from runvm.cli.monitor.server import MonitorArgs, monitor_main
+from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.runtime.container import Container
-
-MAX_REPORT = 65536
 
 
 def add_create_flags(p: argparse.ArgumentParser) -> None:
@@ -57,23 +56,11 @@ def spawn_monitor(args: argparse.Namespace, foreground_tty: bool = False) -> int
         foreground_tty=foreground_tty,
     )  # fmt: skip
     with st.locked(args.container_id, create=True) as directory:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the monitor: keeps stdio and its report pipe, nothing else (not the lock)
-            os.closerange(3, write_end)
-            os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
-            os.setsid()
-            monitor_main(margs, write_end)
-        os.close(write_end)
-        report = b""
-        while chunk := os.read(read_end, MAX_REPORT):
-            report += chunk
-        os.close(read_end)
-        if report != b"ok":
-            os.waitpid(pid, 0)
+        try:
+            pid = fork_helper(lambda ready: monitor_main(margs, ready))
+        except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
-            text = report.decode(errors="replace").removeprefix("error: ")
-            raise RunvmError(text or "the monitor died before the container was created")
+            raise
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     return pid

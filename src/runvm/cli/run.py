@@ -29,7 +29,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _wait(pid: int) -> int:
+def wait_forwarding(pid: int) -> int:
+    """Wait for our child ``pid``, forwarding signals to it; its status as a container's."""
+
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     if args.detach:
         return 0
-    code = _wait(pid)
+    code = wait_forwarding(pid)
     if not args.keep:
         args.force = True
         delete.delete(args)

@@ -121,6 +121,18 @@ class HealthCheckResponse(_message.Message):
     status: HealthCheckResponse.ServingStatus
     def __init__(self, status: _Optional[_Union[HealthCheckResponse.ServingStatus, str]] = ...) -> None: ...
 
+class ListProcessesRequest(_message.Message):
+    __slots__ = ["container_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class ListProcessesResponse(_message.Message):
+    __slots__ = ["pids"]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pids: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ReadStreamRequest(_message.Message):
     __slots__ = ["container_id", "exec_id", "len"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -137,6 +137,10 @@ class AgentClient:
         request = pb.CloseStdinRequest(container_id=container_id, exec_id=exec_id)
         await self._agent("CloseStdin", request, pb.Empty)
 
+    async def list_processes(self, container_id: str) -> list[int]:
+        request = pb.ListProcessesRequest(container_id=container_id)
+        return list((await self._agent("ListProcesses", request, pb.ListProcessesResponse)).pids)
+
     async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
         request = pb.TtyWinResizeRequest(
             container_id=container_id, exec_id=exec_id, row=rows, column=cols

@@ -25,21 +25,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError, Message
+
 from runvm import config as cfg
-from runvm.cli.monitor import SERVICE, console
+from runvm.cli.monitor import SERVICE
 from runvm.cli.monitor import monitor_pb2 as mpb
+from runvm.cli.monitor.attach import Attached, is_devnull, open_terminal
+from runvm.cli.spawn import ReadyPipe
 from runvm.errors import AgentError, RpcError, RunvmError
 from runvm.network import netns
+from runvm.protocol import AGENT_SERVICE
+from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import hooks
 from runvm.runtime.container import Container
-from runvm.runtime.iorelay import pump_input, pump_output
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 from runvm.runtime.state import ContainerState, StateStore, Status, require
-from runvm.ttrpc import CallContext, Code, Server
+from runvm.ttrpc import CallContext, Code, Handler, Server
 
 log = logging.getLogger(__name__)
 
+PROXIED: dict[str, type[Message]] = {
+    "ExecProcess": pb.ExecProcessRequest,
+    "SignalProcess": pb.SignalProcessRequest,
+    "WaitProcess": pb.WaitProcessRequest,
+    "WriteStdin": pb.WriteStreamRequest,
+    "ReadStdout": pb.ReadStreamRequest,
+    "ReadStderr": pb.ReadStreamRequest,
+    "CloseStdin": pb.CloseStdinRequest,
+    "TtyWinResize": pb.TtyWinResizeRequest,
+    "ListProcesses": pb.ListProcessesRequest,
+}
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)  # fmt: skip
 DRAIN_TIMEOUT = 5.0
@@ -56,9 +72,9 @@ class MonitorArgs:
 
 
 class Monitor:
-    def __init__(self, args: MonitorArgs, ready_fd: int) -> None:
+    def __init__(self, args: MonitorArgs, ready: ReadyPipe) -> None:
         self.args = args
-        self.ready_fd = ready_fd
+        self.ready = ready
         self.store = StateStore(args.root)
         self.dir = self.store.dir(args.container_id)
         self.spec, self.rootfs = Container.load(args.container_id, args.bundle)
@@ -69,9 +85,8 @@ class Monitor:
         self.store.record_monitor(self.state, os.getpid())
         self.sandbox: Sandbox | None = None
         self.container: Container | None = None
-        self.tty_fd: int | None = None  # host side of the container's terminal
+        self.io: Attached | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.announced = False  # "ok" was sent to create
 
     # --- helpers -------------------------------------------------------------------------
     @property
@@ -83,13 +98,6 @@ class Monitor:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    def _ready(self, message: str) -> None:
-        if self.ready_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self.ready_fd, message.encode()[:4000])
-            os.close(self.ready_fd)
-            self.ready_fd = -1
 
     def _save(self, status: Status) -> None:
         self.state.status = status
@@ -117,21 +125,31 @@ class Monitor:
         await self.agent.signal_process(self.state.id, "", request.signal, request.all)
         return mpb.Empty().SerializeToString()
 
+    def _proxy(self, method: str, request_type: type[Message]) -> Handler:
+        """Forward one agent call about this container (execs and their I/O, ps)."""
+
+        async def handler(payload: bytes, ctx: CallContext) -> bytes:
+            try:
+                request = request_type.FromString(payload)
+            except DecodeError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, f"{method}: {exc}") from exc
+            if getattr(request, "container_id", None) != self.state.id:
+                raise RpcError(Code.NOT_FOUND, "container does not exist")
+            if method == "ExecProcess" and self.state.status is not Status.RUNNING:
+                raise RpcError(Code.FAILED_PRECONDITION, "cannot exec in a stopped container")
+            return await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
+
+        return handler
+
     def _forward(self, signum: int) -> None:
-        if signum == signal.SIGWINCH and self.tty_fd is not None:
-            self._spawn(self._resize())
+        if signum == signal.SIGWINCH and self.io is not None and self.io.tty_fd is not None:
+            self._spawn(self.io.resize())
         elif self.container is not None:
             self._spawn(self._signal(signum))
 
     async def _signal(self, signum: int) -> None:
         with contextlib.suppress(RpcError, AgentError):
             await self.agent.signal_process(self.state.id, "", signum)
-
-    async def _resize(self) -> None:
-        assert self.tty_fd is not None
-        with contextlib.suppress(OSError, RpcError, AgentError):
-            size = os.get_terminal_size(self.tty_fd)
-            await self.agent.tty_win_resize(self.state.id, "", size.lines, size.columns)
 
     # --- the recipe ------------------------------------------------------------------------
     async def _setup(self) -> tuple[Server, asyncio.AbstractServer]:
@@ -143,28 +161,18 @@ class Monitor:
         hostname = self.spec.get("hostname") or cid[:63]
         self.sandbox = await Sandbox.start(cid, self.args.config, SandboxOptions(hostname=hostname))
         self.state.sandbox_dir = str(self.sandbox.run_dir)
-        stdin_open = terminal or not _is_devnull(0)
+        stdin_open = terminal or not is_devnull(0)
         self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open)
+        self.io = Attached(self.agent, cid, "")
         if terminal:
-            if self.args.console_socket:
-                self.tty_fd = console.send_new_pty(self.args.console_socket)
-            else:
-                self.tty_fd = 0
-                console.make_raw(0)
-            await self._resize()
-        out_fd = self.tty_fd if self.tty_fd is not None else 1
-        streams = [("stdout", out_fd)] if terminal else [("stdout", out_fd), ("stderr", 2)]
-        self.outputs = [
-            asyncio.ensure_future(pump_output(self.agent, cid, "", name, fd))
-            for name, fd in streams
-        ]
-        if stdin_open:
-            in_fd = self.tty_fd if self.tty_fd is not None else 0
-            self._spawn(pump_input(self.agent, cid, "", in_fd))
+            self.io.tty_fd = open_terminal(self.args.console_socket, self.args.foreground_tty)
+            await self.io.resize()
+        self.io.start_relay(terminal, stdin_open)
         for kind in ("prestart", "createRuntime", "createContainer"):
             await self._hooks(kind)
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
+        server.register(AGENT_SERVICE, {m: self._proxy(m, t) for m, t in PROXIED.items()})
         listener = await server.serve_unix(str(self.dir / "monitor.sock"))
         self._save(Status.CREATED)
         loop = asyncio.get_running_loop()
@@ -178,17 +186,16 @@ class Monitor:
                 server, listener = await self._setup()
                 waiter = asyncio.ensure_future(self.agent.wait_process(self.state.id))
             except BaseException as exc:
-                self._ready(f"error: {exc}")
+                self.ready.error(str(exc))
                 raise
-            self._ready("ok")
-            self.announced = True
+            self.ready.ok()
             try:
                 status = (await waiter).status
             except (AgentError, RpcError) as exc:
                 log.error("lost the container: %s", exc)
                 status = 255
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self.outputs), DRAIN_TIMEOUT)
+            assert self.io is not None
+            await self.io.drain(DRAIN_TIMEOUT)
             self.state.exit_status = status
             self._save(Status.STOPPED)
             server.close()
@@ -203,49 +210,11 @@ class Monitor:
             if self.sandbox is not None:
                 await self.sandbox.stop()
             (self.dir / "monitor.sock").unlink(missing_ok=True)
-            if self.tty_fd == 0:
-                console.restore(0)
+            if self.io is not None:
+                self.io.close()
 
 
-def _is_devnull(fd: int) -> bool:
-    try:
-        st, null = os.fstat(fd), os.stat(os.devnull)
-    except OSError:
-        return True
-    return (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
-
-
-def exit_like(status: int) -> None:
-    """Leave with the container's status: exit code, or death by the same signal."""
-    if 128 < status < 128 + signal.NSIG and status - 128 not in (signal.SIGKILL, signal.SIGSTOP):
-        signum = status - 128
-        with contextlib.suppress(Exception):
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-            os.kill(os.getpid(), signum)
-    if status == 128 + signal.SIGKILL:
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(status & 0xFF)
-
-
-def monitor_main(args: MonitorArgs, ready_fd: int) -> None:
-    """Entry of the forked monitor; never returns."""
-    status = 1
-    monitor: Monitor | None = None
-    try:
-        netns.apply(Container.load(args.container_id, args.bundle)[0])
-        monitor = Monitor(args, ready_fd)  # owns ready_fd from here on
-        status = asyncio.run(monitor.run())
-    except BaseException as exc:  # report, then exit: nothing may escape a forked child
-        if monitor is None:
-            with contextlib.suppress(OSError):
-                os.write(ready_fd, f"error: {exc}".encode()[:4000])
-        # Before "ready" the error went to `create`, which prints it; after, only the log has it.
-        ready = monitor is not None and monitor.announced
-        log.log(logging.ERROR if ready else logging.DEBUG, "monitor: %s", exc)
-        status = 1
-    finally:
-        exit_like(status)
+def monitor_main(args: MonitorArgs, ready: ReadyPipe) -> int:
+    """Body of the forked monitor (see runvm.cli.spawn); returns the container's status."""
+    netns.apply(Container.load(args.container_id, args.bundle)[0])
+    return asyncio.run(Monitor(args, ready).run())

@@ -1,0 +1,152 @@
+"""`runvm exec [flags] ID [CMD...]`: run another process in a running container.
+
+The process runs in the guest; on the host an *exec helper* (forked from this command) stands
+for it: it relays the process's stdio to the fds this command was given (or a terminal), its
+PID goes to ``--pid-file``, and it exits with the process's status (like runc's exec'd
+process, so a subreaper such as containerd's shim can wait for it). It reaches the guest
+through the container's monitor, the one owner of the agent connection. Without ``--detach``
+this command waits for the helper and exits with its status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+from runvm.cli import common
+from runvm.cli.create import write_pid_file
+from runvm.cli.monitor.attach import Attached, is_devnull, open_terminal
+from runvm.cli.run import wait_forwarding
+from runvm.cli.spawn import ReadyPipe, fork_helper
+from runvm.errors import RpcError, RunvmError
+from runvm.oci import parse_process
+from runvm.protocol import agent_pb2 as pb
+from runvm.protocol.client import AgentClient
+from runvm.runtime.state import Status
+from runvm.ttrpc import Client
+
+DRAIN_TIMEOUT = 5.0
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)  # fmt: skip
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("exec", help="run a process in a running container")
+    p.add_argument("-p", "--process", type=Path, help="OCI process JSON file")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--pid-file", type=Path)
+    p.add_argument("--console-socket")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("--cwd")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-u", "--user", help="uid[:gid]")
+    p.add_argument("-g", "--additional-gids", action="append", type=int, default=[])
+    p.add_argument("-c", "--cap", action="append", default=[])
+    p.add_argument("--no-new-privs", action="store_true")
+    p.add_argument("--preserve-fds", type=int, default=0)
+    p.add_argument("--ignore-paused", action="store_true")
+    p.add_argument("--apparmor")
+    p.add_argument("--process-label")
+    p.add_argument("--cgroup")
+    p.add_argument("container_id", metavar="ID")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=run)
+
+
+def build_process(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """The OCI process to run: ``--process`` as given, else the container's with overrides."""
+    if args.process:
+        try:
+            return parse_process(args.process.read_bytes(), str(args.process))
+        except OSError as exc:
+            raise RunvmError(f"{args.process}: {exc.strerror}") from exc
+    if not args.command:
+        raise RunvmError("exec needs a command or --process")
+    proc = json.loads(json.dumps(base))
+    proc["args"] = list(args.command)
+    proc["terminal"] = bool(args.tty)
+    env = {e.partition("=")[0]: e for e in proc.get("env", [])}
+    env.update({e.partition("=")[0]: e for e in args.env})
+    proc["env"] = list(env.values())
+    if args.cwd:
+        proc["cwd"] = args.cwd
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        proc["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    if args.additional_gids:
+        proc.setdefault("user", {"uid": 0, "gid": 0})["additionalGids"] = args.additional_gids
+    if args.cap:
+        caps = proc.setdefault("capabilities", {})
+        for kind in ("bounding", "effective", "permitted"):
+            caps[kind] = sorted(set(caps.get(kind, [])) | set(args.cap))
+    if args.no_new_privs:
+        proc["noNewPrivileges"] = True
+    return parse_process(json.dumps(proc).encode(), "exec process")
+
+
+class _ExecHelper:
+    def __init__(self, sock: str, cid: str, process: dict[str, Any], args: argparse.Namespace):
+        self.sock, self.cid, self.process, self.args = sock, cid, process, args
+        self.eid = uuid.uuid4().hex[:16]
+        self.tasks: set[asyncio.Future[Any]] = set()
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _signal(self, agent: AgentClient, signum: int) -> None:
+        self._later(agent.signal_process(self.cid, self.eid, signum))
+
+    async def run(self, ready: ReadyPipe) -> int:
+        agent = AgentClient(await Client.connect_unix(self.sock), timeout=120)
+        terminal = bool(self.process.get("terminal"))
+        stdin_open = terminal or not is_devnull(0)
+        io = Attached(agent, self.cid, self.eid)
+        try:
+            if terminal:
+                io.tty_fd = open_terminal(self.args.console_socket, not self.args.detach)
+            request = pb.ExecProcessRequest(
+                container_id=self.cid, exec_id=self.eid, stdin=stdin_open,
+                process_json=json.dumps(self.process).encode(),
+            )  # fmt: skip
+            try:
+                await agent.exec_process(request)
+            except RpcError as exc:
+                raise RunvmError(exc.message) from exc
+            await io.resize()
+            io.start_relay(terminal, stdin_open)
+            loop = asyncio.get_running_loop()
+            for signum in FORWARDED:
+                loop.add_signal_handler(signum, self._signal, agent, signum)
+            loop.add_signal_handler(signal.SIGWINCH, lambda: self._later(io.resize()))
+            ready.ok()
+            status = (await agent.wait_process(self.cid, self.eid)).status
+            await io.drain(DRAIN_TIMEOUT)
+            return status
+        finally:
+            io.close()
+            await agent.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.preserve_fds:
+        raise RunvmError("--preserve-fds is not supported: a VM cannot inherit host fds")
+    st = common.store(args)
+    state = st.load(args.container_id)
+    if state.effective_status() != Status.RUNNING:
+        raise RunvmError(f"cannot exec in a container that is {state.effective_status().value}")
+    base = json.loads((Path(state.bundle) / "config.json").read_text()).get("process", {})
+    helper = _ExecHelper(str(st.dir(args.container_id) / "monitor.sock"), args.container_id,
+                         build_process(args, base), args)  # fmt: skip
+    pid = fork_helper(lambda ready: asyncio.run(helper.run(ready)))
+    if args.pid_file:
+        write_pid_file(args.pid_file, pid)
+    if args.detach:
+        return 0
+    return wait_forwarding(pid)
