@@ -133,3 +133,64 @@ def leak_check(tmp_path: Path) -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
     assert not problems, "leaks:\n" + "\n".join(problems)
+
+
+class PrivateContainerd:
+    """A containerd of the test's own: config, root, state and sockets in a temp dir."""
+
+    def __init__(self, base: Path, env: dict[str, str]) -> None:
+        self.base = base
+        self.address = str(base / "c.sock")
+        (base / "config.toml").write_text(
+            "version = 2\n"
+            f'root = "{base / "root"}"\nstate = "{base / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.address}"\n'
+            f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
+        )
+        self.log = (base / "containerd.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(base / "config.toml")],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not Path(self.address).exists():
+            assert self.proc.poll() is None, (base / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.1)
+
+    def ctr(
+        self, *args: str, timeout: float = 180, **kw: object
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["ctr", "--address", self.address, *args], capture_output=True, timeout=timeout, **kw
+        )  # type: ignore[call-overload, no-any-return]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        subprocess.run(["umount", "-R", str(self.base / "state")], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[PrivateContainerd]:
+    """A private containerd (short socket paths live in their own /tmp dir)."""
+    if not shutil.which("containerd") or not shutil.which("ctr"):
+        pytest.skip("needs containerd and ctr (Debian containerd)")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
+    conf = tmp_path / "runvm.toml"
+    conf.write_text(f'[runtime]\nstate_root = "{tmp_path / "state"}"\n')
+    env = {**os.environ, "RUNVM_CONFIG": str(conf)}
+    daemon = PrivateContainerd(base, env)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

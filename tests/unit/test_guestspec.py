@@ -46,3 +46,12 @@ def test_relative_bind_source_is_refused() -> None:
     spec["mounts"].append({"destination": "/x", "type": "bind", "source": "rel"})
     with pytest.raises(ConfigError, match="absolute source"):
         guest_spec(spec, "c1", "/r", share([]))
+
+
+def test_missing_path_gets_the_default() -> None:
+    spec = default_spec()
+    spec["process"].pop("env")
+    out = guest_spec(spec, "c1", "/r", share([]))
+    assert out["process"]["env"][0].startswith("PATH=/usr/local/sbin:")
+    spec["process"]["env"] = ["PATH=/custom"]
+    assert guest_spec(spec, "c1", "/r", share([]))["process"]["env"] == ["PATH=/custom"]

@@ -5,6 +5,7 @@ What changes and why:
 - bind mounts -> their shared copies (the guest cannot see host paths);
 - ``hooks`` are removed: they run on the host, in the runtime's namespace;
 - the ``network`` namespace is dropped: the VM itself is the pod's network sandbox;
+- a process without ``PATH`` gets the default one (runc finds the program then; crun would not);
 - ``cgroupsPath`` -> ``/runvm/<id>`` in the guest's cgroup v2 tree (the host path names a
   host cgroup that does not exist in the guest).
 A namespace ``path`` other than network names a host process and cannot be honoured.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runvm.errors import ConfigError
+from runvm.oci.default import DEFAULT_PATH
 
 BIND_TYPES = ("bind", "rbind")
 
@@ -24,6 +26,14 @@ BIND_TYPES = ("bind", "rbind")
 def is_bind(mount: dict[str, Any]) -> bool:
     options = mount.get("options") or []
     return mount.get("type") in BIND_TYPES or "bind" in options or "rbind" in options
+
+
+def with_path(process: dict[str, Any]) -> dict[str, Any]:
+    """Give ``process`` the default PATH when its environment has none."""
+    env = process.setdefault("env", [])
+    if not any(item.startswith("PATH=") for item in env):
+        env.insert(0, DEFAULT_PATH)
+    return process
 
 
 def guest_spec(
@@ -36,6 +46,8 @@ def guest_spec(
     returns its guest path."""
     out = copy.deepcopy(spec)
     out["root"]["path"] = rootfs_guest
+    if "process" in out:
+        with_path(out["process"])
     out.pop("hooks", None)
     for i, mount in enumerate(out.get("mounts", [])):
         if is_bind(mount):
