@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runvm.agent import crun
+from runvm.agent import cgroups, crun
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
 from runvm.agent.stdio import InputStream, OutputStream, set_winsize
@@ -276,6 +276,37 @@ class ContainerService:
                 pids += [int(line) for line in procs.read_text().split()]
         return pb.ListProcessesResponse(pids=sorted(set(pids))[:MAX_LISTED])
 
+    async def _crun(self, container: Container, *args: str) -> None:
+        try:
+            await crun.run_crun(self.reaper, [*args, container.id], container.bundle / "crun.log")
+        except crun.CrunError as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, f"{args[0]} {container.id}: {exc}") from exc
+
+    async def pause_container(self, req: pb.PauseContainerRequest) -> pb.Empty:
+        await self._crun(self._get(req.container_id), "pause")
+        return pb.Empty()
+
+    async def resume_container(self, req: pb.ResumeContainerRequest) -> pb.Empty:
+        await self._crun(self._get(req.container_id), "resume")
+        return pb.Empty()
+
+    async def update_container(self, req: pb.UpdateContainerRequest) -> pb.Empty:
+        container = self._get(req.container_id)
+        try:
+            resources = json.loads(req.resources_json)
+        except ValueError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"resources: {exc}") from exc
+        if not isinstance(resources, dict) or len(req.resources_json) > 1 << 20:
+            raise RpcError(Code.INVALID_ARGUMENT, "resources must be a JSON object")
+        path = container.bundle / "update.json"
+        path.write_text(json.dumps(resources))
+        await self._crun(container, "update", "--resources", str(path))
+        return pb.Empty()
+
+    async def stats_container(self, req: pb.StatsContainerRequest) -> pb.StatsContainerResponse:
+        container = self._get(req.container_id)
+        return cgroups.stats(Path(CGROUP_ROOT, container.id))
+
     async def remove_container(self, req: pb.RemoveContainerRequest) -> pb.Empty:
         container = self._get(req.container_id)
         if not container.init.exited.is_set():
@@ -306,4 +337,8 @@ class ContainerService:
             "TtyWinResize": unary(pb.TtyWinResizeRequest, self.tty_win_resize),
             "RemoveContainer": unary(pb.RemoveContainerRequest, self.remove_container),
             "ListProcesses": unary(pb.ListProcessesRequest, self.list_processes),
+            "PauseContainer": unary(pb.PauseContainerRequest, self.pause_container),
+            "ResumeContainer": unary(pb.ResumeContainerRequest, self.resume_container),
+            "UpdateContainer": unary(pb.UpdateContainerRequest, self.update_container),
+            "StatsContainer": unary(pb.StatsContainerRequest, self.stats_container),
         }

@@ -6,14 +6,10 @@ The PIDs are the guest's: the processes live in the VM, not on the host.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
-from runvm.cli import common
-from runvm.errors import RpcError, RunvmError
-from runvm.protocol.client import AgentClient
-from runvm.ttrpc import Client
+from runvm.cli import through
 
 
 def add_parser(sub: Any) -> None:
@@ -24,23 +20,8 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-async def _pids(sock: str, container_id: str) -> list[int]:
-    try:
-        agent = AgentClient(await Client.connect_unix(sock), timeout=30)
-    except OSError as exc:
-        raise RunvmError(f"container {container_id} is not running") from exc
-    try:
-        return await agent.list_processes(container_id)
-    except RpcError as exc:
-        raise RunvmError(exc.message) from exc
-    finally:
-        await agent.close()
-
-
 def run(args: argparse.Namespace) -> int:
-    st = common.store(args)
-    st.load(args.container_id)
-    pids = asyncio.run(_pids(str(st.dir(args.container_id) / "monitor.sock"), args.container_id))
+    pids = through.call(args, lambda agent: agent.list_processes(args.container_id))
     if args.format == "json":
         print(json.dumps(pids))
     else:

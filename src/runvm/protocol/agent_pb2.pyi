@@ -133,6 +133,12 @@ class ListProcessesResponse(_message.Message):
     pids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, pids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class PauseContainerRequest(_message.Message):
+    __slots__ = ["container_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
 class ReadStreamRequest(_message.Message):
     __slots__ = ["container_id", "exec_id", "len"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +163,12 @@ class RemoveContainerRequest(_message.Message):
     timeout: int
     def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
+class ResumeContainerRequest(_message.Message):
+    __slots__ = ["container_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
 class SignalProcessRequest(_message.Message):
     __slots__ = ["all", "container_id", "exec_id", "signal"]
     ALL_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +192,34 @@ class StartContainerResponse(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     pid: int
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class StatsContainerRequest(_message.Message):
+    __slots__ = ["container_id"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class StatsContainerResponse(_message.Message):
+    __slots__ = ["cpu_system_usec", "cpu_usage_usec", "cpu_user_usec", "memory_current", "memory_max", "memory_oom_kills", "paused", "pids_current", "pids_max"]
+    CPU_SYSTEM_USEC_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_USEC_FIELD_NUMBER: _ClassVar[int]
+    CPU_USER_USEC_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MAX_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PIDS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PIDS_MAX_FIELD_NUMBER: _ClassVar[int]
+    cpu_system_usec: int
+    cpu_usage_usec: int
+    cpu_user_usec: int
+    memory_current: int
+    memory_max: int
+    memory_oom_kills: int
+    paused: bool
+    pids_current: int
+    pids_max: int
+    def __init__(self, cpu_usage_usec: _Optional[int] = ..., cpu_user_usec: _Optional[int] = ..., cpu_system_usec: _Optional[int] = ..., memory_current: _Optional[int] = ..., memory_max: _Optional[int] = ..., pids_current: _Optional[int] = ..., pids_max: _Optional[int] = ..., paused: bool = ..., memory_oom_kills: _Optional[int] = ...) -> None: ...
 
 class Storage(_message.Message):
     __slots__ = ["driver", "fstype", "mount_point", "options", "source"]
@@ -206,6 +246,14 @@ class TtyWinResizeRequest(_message.Message):
     exec_id: str
     row: int
     def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., row: _Optional[int] = ..., column: _Optional[int] = ...) -> None: ...
+
+class UpdateContainerRequest(_message.Message):
+    __slots__ = ["container_id", "resources_json"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_JSON_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    resources_json: bytes
+    def __init__(self, container_id: _Optional[str] = ..., resources_json: _Optional[bytes] = ...) -> None: ...
 
 class VersionRequest(_message.Message):
     __slots__ = ["host_protocol", "host_version"]

@@ -141,6 +141,23 @@ class AgentClient:
         request = pb.ListProcessesRequest(container_id=container_id)
         return list((await self._agent("ListProcesses", request, pb.ListProcessesResponse)).pids)
 
+    async def pause_container(self, container_id: str) -> None:
+        await self._agent("PauseContainer", pb.PauseContainerRequest(container_id=container_id),
+                          pb.Empty)  # fmt: skip
+
+    async def resume_container(self, container_id: str) -> None:
+        await self._agent("ResumeContainer", pb.ResumeContainerRequest(container_id=container_id),
+                          pb.Empty)  # fmt: skip
+
+    async def update_container(self, container_id: str, resources_json: bytes) -> None:
+        request = pb.UpdateContainerRequest(container_id=container_id,
+                                            resources_json=resources_json)  # fmt: skip
+        await self._agent("UpdateContainer", request, pb.Empty)
+
+    async def stats_container(self, container_id: str) -> pb.StatsContainerResponse:
+        request = pb.StatsContainerRequest(container_id=container_id)
+        return await self._agent("StatsContainer", request, pb.StatsContainerResponse)
+
     async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
         request = pb.TtyWinResizeRequest(
             container_id=container_id, exec_id=exec_id, row=rows, column=cols

@@ -55,6 +55,10 @@ PROXIED: dict[str, type[Message]] = {
     "CloseStdin": pb.CloseStdinRequest,
     "TtyWinResize": pb.TtyWinResizeRequest,
     "ListProcesses": pb.ListProcessesRequest,
+    "PauseContainer": pb.PauseContainerRequest,
+    "ResumeContainer": pb.ResumeContainerRequest,
+    "UpdateContainer": pb.UpdateContainerRequest,
+    "StatsContainer": pb.StatsContainerRequest,
 }
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)  # fmt: skip

@@ -1,0 +1,48 @@
+"""Reading a container's cgroup v2 figures in the guest (files under /sys/fs/cgroup)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runvm.protocol import agent_pb2 as pb
+
+MAX_FILE = 65536
+
+
+def _read(path: Path) -> str:
+    try:
+        with path.open() as f:
+            return f.read(MAX_FILE)
+    except OSError:
+        return ""
+
+
+def _keyed(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def _number(text: str) -> int:
+    text = text.strip()
+    return int(text) if text.isdigit() else 0  # "max" (no limit) and missing files are 0
+
+
+def stats(cgroup: Path) -> pb.StatsContainerResponse:
+    cpu = _keyed(_read(cgroup / "cpu.stat"))
+    events = _keyed(_read(cgroup / "cgroup.events"))
+    memory_events = _keyed(_read(cgroup / "memory.events"))
+    return pb.StatsContainerResponse(
+        cpu_usage_usec=cpu.get("usage_usec", 0),
+        cpu_user_usec=cpu.get("user_usec", 0),
+        cpu_system_usec=cpu.get("system_usec", 0),
+        memory_current=_number(_read(cgroup / "memory.current")),
+        memory_max=_number(_read(cgroup / "memory.max")),
+        pids_current=_number(_read(cgroup / "pids.current")),
+        pids_max=_number(_read(cgroup / "pids.max")),
+        paused=events.get("frozen", 0) == 1,
+        memory_oom_kills=memory_events.get("oom_kill", 0),
+    )
