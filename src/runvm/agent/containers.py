@@ -74,6 +74,27 @@ class Container:
     execs: dict[str, Proc] = field(default_factory=dict)
 
 
+SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
+
+
+def apply_vm_sysctls(spec: dict[str, object]) -> None:
+    """Apply ``net.*`` sysctls to the VM when the container shares the VM's network.
+
+    The VM is the pod's network sandbox, so the container has no network namespace of its own
+    and crun would refuse them; they belong to the VM's namespace. They leave the spec.
+    """
+    linux = spec.get("linux")
+    if not isinstance(linux, dict):
+        return
+    if any(ns.get("type") == "network" for ns in linux.get("namespaces") or []):
+        return
+    sysctls = linux.get("sysctl") or {}
+    for key in [k for k in sysctls if k.startswith("net.")]:
+        if not SYSCTL_KEY.match(key):
+            raise ValueError(f"invalid key {key!r}")
+        Path("/proc/sys", *key.split(".")).write_text(str(sysctls.pop(key)))
+
+
 def _check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise RpcError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}")
@@ -159,6 +180,10 @@ class ContainerService:
         root = os.path.normpath(spec["root"]["path"])
         if not root.startswith(SHARED_ROOT) or not os.path.isdir(root):
             raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")
+        try:
+            apply_vm_sysctls(spec)
+        except (OSError, ValueError) as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"sysctl: {exc}") from exc
         bundle = BUNDLES / cid
         bundle.mkdir(parents=True, exist_ok=False)
         (bundle / "config.json").write_text(json.dumps(spec))

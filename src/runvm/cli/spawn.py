@@ -77,7 +77,7 @@ def fork_helper(body: Callable[[ReadyPipe], int]) -> int:
         except BaseException as exc:  # nothing may escape a forked child
             if ready.open:
                 ready.error(str(exc))
-            else:
+            elif ready.sent_ok:  # before "ok" the parent printed the error already
                 log.error("%s", exc)
         finally:
             if ready.open:
