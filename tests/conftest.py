@@ -88,11 +88,29 @@ def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def runvm_config(tmp_path: Path, accel_cache: Path) -> cfg.RunvmConfig:
+def state_root() -> Iterator[Path]:
+    """A private runvm state root with a short path (it holds unix sockets)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="rvs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def runvm_config(state_root: Path, accel_cache: Path) -> cfg.RunvmConfig:
     """Defaults with private state and cache directories."""
     return cfg.RunvmConfig(
-        runtime=cfg.RuntimeConfig(state_root=str(tmp_path / "state"), cache_dir=str(accel_cache))
+        runtime=cfg.RuntimeConfig(state_root=str(state_root), cache_dir=str(accel_cache))
     )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, state_root: Path, accel_cache: Path) -> dict[str, str]:
+    """Environment for `runvm` subprocesses: private config, state root and --root."""
+    conf = tmp_path / "runvm.toml"
+    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    return {**os.environ, "RUNVM_CONFIG": str(conf), "RUNVM_TEST_ROOT": str(tmp_path / "root")}
 
 
 def _procs() -> dict[int, str]:
@@ -109,22 +127,27 @@ def _mounts(marker: str) -> list[str]:
     return [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if marker in ln]
 
 
+def _foreign(args: str, state_root: Path) -> bool:
+    """A VM helper of another runvm (another state root): not this test's to judge or kill."""
+    return "/sandboxes/" in args and f"{state_root}/sandboxes/" not in args
+
+
 @pytest.fixture
-def leak_check(tmp_path: Path) -> Iterator[None]:
+def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     """Fail the test if it leaves processes, mounts, sockets or state behind."""
     before = _procs()
     yield
     deadline = time.monotonic() + 5
     while True:
-        new = {p: a for p, a in _procs().items() if p not in before}
+        new = {p: a for p, a in _procs().items() if p not in before and not _foreign(a, state_root)}
         if not new or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     problems = [f"process {p}: {a}" for p, a in new.items()]
-    problems += [f"mount: {m}" for m in _mounts(str(tmp_path))]
+    problems += [f"mount: {m}" for m in _mounts(str(tmp_path)) + _mounts(str(state_root))]
     roots = [p for p in (tmp_path / "root").glob("*")] if (tmp_path / "root").exists() else []
     problems += [f"container state left: {p}" for p in roots]
-    state = tmp_path / "state"
+    state = state_root
     if state.exists():
         files = [p for p in state.rglob("*") if not p.is_dir()]
         sandboxes = list((state / "sandboxes").glob("*"))
@@ -179,7 +202,7 @@ class PrivateContainerd:
 
 
 @pytest.fixture
-def containerd(tmp_path: Path) -> Iterator[PrivateContainerd]:
+def containerd(tmp_path: Path, state_root: Path) -> Iterator[PrivateContainerd]:
     """A private containerd (short socket paths live in their own /tmp dir)."""
     if not shutil.which("containerd") or not shutil.which("ctr"):
         pytest.skip("needs containerd and ctr (Debian containerd)")
@@ -187,7 +210,7 @@ def containerd(tmp_path: Path) -> Iterator[PrivateContainerd]:
 
     base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
     conf = tmp_path / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{tmp_path / "state"}"\n')
+    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\n')
     env = {**os.environ, "RUNVM_CONFIG": str(conf)}
     daemon = PrivateContainerd(base, env)
     try:

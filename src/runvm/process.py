@@ -60,6 +60,7 @@ class ChildSpec:
     new_session: bool = True
     stdin_devnull: bool = True
     stdin_fd: int | None = None  # takes precedence over stdin_devnull
+    executable: str | None = None  # program to run when argv[0] is only its name (execv)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Child:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
+                executable=spec.executable,
                 stdin=spec.stdin_fd
                 if spec.stdin_fd is not None
                 else (asyncio.subprocess.DEVNULL if spec.stdin_devnull else None),

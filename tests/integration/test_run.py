@@ -27,15 +27,6 @@ RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, accel_cache: Path) -> dict[str, str]:
-    conf = tmp_path / "runvm.toml"
-    conf.write_text(
-        f'[runtime]\nstate_root = "{tmp_path / "state"}"\ncache_dir = "{accel_cache}"\n'
-    )
-    return {**os.environ, "RUNVM_CONFIG": str(conf), "RUNVM_TEST_ROOT": str(tmp_path / "root")}
-
-
 def bundle(tmp_path: Path, script: str, **process: Any) -> Path:
     path = tmp_path / "bundle"
     make_bundle(path, ["sh", "-c", script], **process)

@@ -47,7 +47,7 @@ def parse_signal(text: str) -> int:
 
 
 async def call_monitor(st: StateStore, container_id: str, method: str, request: Message) -> bytes:
-    path = st.dir(container_id) / "monitor.sock"
+    path = st.load(container_id).monitor_socket()
     try:
         client = await Client.connect_unix(str(path))
     except OSError as exc:
@@ -56,6 +56,8 @@ async def call_monitor(st: StateStore, container_id: str, method: str, request: 
         return await client.call(SERVICE, method, request.SerializeToString(), timeout=120)
     except RpcError as exc:
         raise RunvmError(exc.message) from exc
+    except OSError as exc:  # the monitor ends its connections when the container stops
+        raise RunvmError(f"container {container_id}: the monitor closed the connection") from exc
     finally:
         await client.close()
 

@@ -61,7 +61,7 @@ def delete(args: argparse.Namespace) -> None:
                 kill = mpb.KillRequest(signal=signal.SIGKILL, all=True)
                 with contextlib.suppress(RunvmError):  # the monitor may be exiting already
                     common.monitor_request(st, args.container_id, "Kill", kill)
-                _wait_gone(state)
+            _wait_gone(state)  # stopped is saved before the monitor has stopped the VM
             require("delete", Status.STOPPED, args.container_id)
             common.clean_sandbox(state)
             _poststop(state, directory / "hooks.log")

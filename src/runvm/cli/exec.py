@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if state.effective_status() != Status.RUNNING:
         raise RunvmError(f"cannot exec in a container that is {state.effective_status().value}")
     base = json.loads((Path(state.bundle) / "config.json").read_text()).get("process", {})
-    helper = _ExecHelper(str(st.dir(args.container_id) / "monitor.sock"), args.container_id,
+    helper = _ExecHelper(str(state.monitor_socket()), args.container_id,
                          build_process(args, base), args)  # fmt: skip
     pid = fork_helper(lambda ready: asyncio.run(helper.run(ready)))
     if args.pid_file:

@@ -16,11 +16,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runvm import __version__
-from runvm.cli import check, create, delete, demo, image, kill, ps, run, start, state
+from runvm.cli import (
+    check,
+    create,
+    delete,
+    demo,
+    events,
+    image,
+    info,
+    kill,
+    pause,
+    ps,
+    run,
+    start,
+    state,
+    update,
+)  # fmt: skip
 from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
-VERBS = (create, start, state, kill, delete, run, exec_verb, ps, check, image, demo)
+VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
+         check, image, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

@@ -33,6 +33,5 @@ async def _call(sock: str, container_id: str, fn: Callable[[AgentClient], Awaita
 def call(args: argparse.Namespace, fn: Callable[[AgentClient], Awaitable[T]]) -> T:
     """Run ``fn(agent)`` against the monitor of ``args.container_id``."""
     st = common.store(args)
-    st.load(args.container_id)  # "container does not exist" first
-    return asyncio.run(_call(str(st.dir(args.container_id) / "monitor.sock"),
-                             args.container_id, fn))  # fmt: skip
+    sock = st.load(args.container_id).monitor_socket()  # "container does not exist" first
+    return asyncio.run(_call(str(sock), args.container_id, fn))

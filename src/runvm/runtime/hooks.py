@@ -12,9 +12,10 @@ Where each hook runs for a VM runtime, and why:
 - ``poststart``: on the host after the user program started, before ``start`` returns.
 - ``poststop``: on the host during ``delete``; a failure is only a warning.
 
-Contract of :func:`run_hooks`: runs the hooks in order; a hook that exits non-zero or outlives
-its ``timeout`` (it is then killed) raises :class:`HookError` naming the hook, unless
-``warn_only``, in which case the failure is logged and the next hook runs.
+Contract of :func:`run_hooks`: runs the hooks in order, each with the state on stdin and its
+``env`` as the whole environment (runvm's own when it has none, as with runc); a hook that exits
+non-zero or outlives its ``timeout`` (it is then killed) raises :class:`HookError` naming the
+hook, unless ``warn_only``, in which case the failure is logged and the next hook runs.
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ def hooks_of(spec: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 async def _run_one(kind: str, hook: Mapping[str, Any], state: bytes, log_path: Path) -> None:
-    args = list(hook.get("args") or [hook["path"]])
-    argv = [hook["path"], *args[1:]]
-    env = {}
-    for item in hook.get("env") or []:
-        key, _, value = item.partition("=")
-        env[key] = value
+    argv = list(hook.get("args") or [hook["path"]])  # args[0] is argv[0], as for execv
+    env: dict[str, str] | None = None  # no "env": runvm's own environment, as with runc
+    if hook.get("env") is not None:
+        env = {}
+        for item in hook["env"]:
+            key, _, value = item.partition("=")
+            env[key] = value
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, state)  # state JSON is small: it fits the pipe buffer
@@ -70,7 +72,7 @@ async def _run_one(kind: str, hook: Mapping[str, Any], state: bytes, log_path: P
     try:
         child = await Child.launch(ChildSpec(
             name=f"{kind} hook {hook['path']}", argv=argv, log_path=log_path, env=env,
-            stdin_fd=read_end, die_with_parent=True,
+            stdin_fd=read_end, die_with_parent=True, executable=hook["path"],
         ))  # fmt: skip
     finally:
         os.close(read_end)

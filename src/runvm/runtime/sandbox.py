@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -42,6 +43,13 @@ def check_id(value: str, what: str = "sandbox") -> str:
     if not ID_PATTERN.match(value):
         raise ConfigError(f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'")
     return value
+
+
+def run_dir_name(sandbox_id: str) -> str:
+    """A short directory name: unix socket paths inside it must stay under 108 bytes."""
+    if len(sandbox_id) <= 16:
+        return sandbox_id
+    return hashlib.sha256(sandbox_id.encode()).hexdigest()[:16]
 
 
 def channel_kind(wanted: str) -> str:
@@ -91,7 +99,7 @@ class Sandbox:
         steps = Steps()
         async with steps:
             files = options.guest_files or resolve_guest_files(config)
-            run_dir = Path(config.runtime.state_root) / "sandboxes" / sandbox_id
+            run_dir = Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
             await steps.run("run-dir", _make_run_dir(run_dir), lambda: _remove_dir(run_dir))
             sandbox = cls(sandbox_id, config, run_dir, steps)
             hypervisor = QemuHypervisor(hv_cfg.path)

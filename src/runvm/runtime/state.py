@@ -1,7 +1,8 @@
 """Container state on disk: one directory per container under the CLI's ``--root``.
 
 Layout: ``<root>/<id>/state.json`` (written atomically: temp file + rename), ``<root>/<id>/lock``
-(``flock`` held by every command that changes the container), ``<root>/<id>/monitor.sock``.
+(``flock`` held by every command that changes the container). The monitor's control socket
+lives in the sandbox's run directory, whose path is short enough for AF_UNIX whatever --root is.
 
 The lifecycle follows the runtime spec: ``creating -> created -> running -> stopped``; start only
 from ``created``; kill only in ``created``/``running``; delete only ``stopped`` (unless forced).
@@ -62,12 +63,17 @@ def _owner() -> str:
 
 
 def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: tells a live process from a recycled pid."""
+    """Field 22 of /proc/<pid>/stat: tells a live process from a recycled pid.
+
+    None when the process is gone or a zombie: it has exited, only its parent (a subreaper
+    such as containerd's shim or conmon) has not collected its status yet.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 @dataclass
@@ -83,6 +89,9 @@ class ContainerState:
     owner: str = field(default_factory=_owner)
     exit_status: int | None = None
     sandbox_dir: str = ""
+
+    def monitor_socket(self) -> Path:
+        return Path(self.sandbox_dir) / "monitor.sock"
 
     def monitor_alive(self) -> bool:
         return self.pid > 0 and _start_time(self.pid) == self.pid_start_time

@@ -2,7 +2,7 @@
 
 ``create`` forks it; its PID goes into ``--pid-file``; it lives exactly as long as the
 container's init and exits with the init's status. The other verbs talk to it over
-``<root>/<id>/monitor.sock`` (ttrpc).
+``monitor.sock`` in the sandbox run directory (ttrpc).
 """
 
 SERVICE = "runvm.monitor.v1.Monitor"

@@ -25,6 +25,8 @@ def send_new_pty(socket_path: str) -> int:
     """Make a pty, send its master to ``socket_path``; returns the slave fd."""
     master, slave = os.openpty()
     try:
+        # The guest's terminal does the line discipline; this end only carries bytes.
+        tty.setraw(slave)
         with contextlib.suppress(OSError):
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -63,6 +63,7 @@ PROXIED: dict[str, type[Message]] = {
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)  # fmt: skip
 DRAIN_TIMEOUT = 5.0
+CLOSE_GRACE = 0.3
 
 
 @dataclass
@@ -117,8 +118,9 @@ class Monitor:
             require("start", self.state.status, self.state.id)
         except RunvmError as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from exc
-        assert self.container is not None
+        assert self.container is not None and self.io is not None
         await self._hooks("startContainer")
+        await self.io.resize()  # the size the caller set after create
         await self.container.start()
         self._save(Status.RUNNING)
         await self._hooks("poststart")
@@ -168,6 +170,9 @@ class Monitor:
         stdin_open = terminal or not is_devnull(0)
         self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open)
         self.io = Attached(self.agent, cid, "")
+        loop = asyncio.get_running_loop()
+        for signum in (*FORWARDED, signal.SIGWINCH):  # before the terminal: no resize is lost
+            loop.add_signal_handler(signum, self._forward, signum)
         if terminal:
             self.io.tty_fd = open_terminal(self.args.console_socket, self.args.foreground_tty)
             await self.io.resize()
@@ -177,11 +182,8 @@ class Monitor:
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
         server.register(AGENT_SERVICE, {m: self._proxy(m, t) for m, t in PROXIED.items()})
-        listener = await server.serve_unix(str(self.dir / "monitor.sock"))
+        listener = await server.serve_unix(str(self.state.monitor_socket()))
         self._save(Status.CREATED)
-        loop = asyncio.get_running_loop()
-        for signum in (*FORWARDED, signal.SIGWINCH):
-            loop.add_signal_handler(signum, self._forward, signum)
         return server, listener
 
     async def run(self) -> int:
@@ -202,8 +204,9 @@ class Monitor:
             await self.io.drain(DRAIN_TIMEOUT)
             self.state.exit_status = status
             self._save(Status.STOPPED)
+            listener.close()  # no new clients; requests in flight (the Kill that ended it) finish
+            await asyncio.sleep(CLOSE_GRACE)
             server.close()
-            listener.close()
             return status
         finally:
             for task in list(self.tasks):
@@ -213,7 +216,8 @@ class Monitor:
                     await self.container.remove()
             if self.sandbox is not None:
                 await self.sandbox.stop()
-            (self.dir / "monitor.sock").unlink(missing_ok=True)
+            if self.state.sandbox_dir:
+                self.state.monitor_socket().unlink(missing_ok=True)
             if self.io is not None:
                 self.io.close()
 

@@ -1,0 +1,175 @@
+"""Podman and Docker drive runvm through the OCI command line (private stores and daemons).
+
+Images are built locally (busybox-static into an OCI archive); nothing is pulled. Networks
+are `none`: no traffic leaves the containers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runvm.image.ociarchive import busybox_archive
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+IMAGE = "localhost/runvm/busybox:latest"
+DOCKER = "/usr/bin/docker"  # Debian's docker.io client, matching its dockerd
+
+
+def runvm_binary() -> str:
+    candidate = Path(sys.executable).parent / "runvm"
+    found = str(candidate) if candidate.exists() else shutil.which("runvm")
+    assert found, "runvm is not installed (pip install -e .)"
+    return found
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float = 180, **kw: Any) -> Any:
+    return subprocess.run(argv, env=env, capture_output=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def podman(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Any]:
+    if not shutil.which("podman"):
+        pytest.skip("needs podman (Debian podman)")
+    base = Path(tempfile.mkdtemp(prefix="rvp-", dir="/tmp"))
+    argv = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"),
+            "--tmpdir", str(base / "tmp"), "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file", "--runtime", runvm_binary()]  # fmt: skip
+
+    def call(*args: str, **kw: Any) -> Any:
+        return _run([*argv, *args], cli_env, **kw)
+
+    archive = busybox_archive(tmp_path / "busybox.tar")
+    r = call("load", "-i", str(archive))
+    assert r.returncode == 0, r.stderr
+    try:
+        yield call
+    finally:
+        call("rm", "-a", "-f", timeout=120)
+        call("system", "reset", "-f", timeout=120)
+        subprocess.run(["umount", "-R", str(base)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_podman_run_exec_stop_rm(podman: Any) -> None:
+    r = podman("run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+               "echo hi from podman; uname -r; exit 5")  # fmt: skip
+    assert r.returncode == 5, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "hi from podman" and lines[1] != os.uname().release
+
+    r = podman("run", "-d", "--name", "bg", "--network", "none", IMAGE, "sh", "-c",
+               'trap "exit 3" TERM; while :; do sleep 1; done')  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = podman("exec", "bg", "sh", "-c", "echo exec-ok; exit 4")
+    assert (r.returncode, r.stdout) == (4, b"exec-ok\n"), r.stderr
+    r = podman("stop", "-t", "10", "bg")
+    assert r.returncode == 0, r.stderr
+    r = podman("inspect", "--format", "{{.State.ExitCode}}", "bg")
+    assert r.stdout.strip() == b"3"
+    assert podman("rm", "-f", "bg").returncode == 0
+
+
+def test_podman_run_interactive_tty(podman: Any, tmp_path: Path) -> None:
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: podman run -it on a real terminal
+        r = podman(
+            "run",
+            "--rm",
+            "-it",
+            "--network",
+            "none",
+            IMAGE,
+            "sh",
+            "-c",
+            "tty; read x; echo got-$x; exit 2",
+            stdin=0,
+            stdout=1,
+            stderr=2,
+        )
+        os._exit(r.returncode)  # pragma: no cover
+    out = b""
+    deadline = time.monotonic() + 120
+    while b"/dev/pts/" not in out:
+        assert time.monotonic() < deadline, out
+        out += os.read(master, 1024)
+    os.write(master, b"abc\r")
+    while b"got-abc" not in out:
+        assert time.monotonic() < deadline, out
+        out += os.read(master, 1024)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2
+
+
+@pytest.fixture
+def docker(containerd: Any, tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Any]:
+    if not (Path(DOCKER).exists() and shutil.which("dockerd") and shutil.which("skopeo")):
+        pytest.skip("needs Debian docker.io and skopeo")
+    base = Path(tempfile.mkdtemp(prefix="rvd-", dir="/tmp"))
+    sock = base / "d.sock"
+    log = (base / "dockerd.log").open("wb")
+    daemon = subprocess.Popen(
+        ["dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+         "-H", f"unix://{sock}", "--pidfile", str(base / "d.pid"), "--iptables=false",
+         "--ip-masq=false", "--bridge=none", "--containerd", containerd.address,
+         "--add-runtime", f"runvm={runvm_binary()}"],
+        stdout=log, stderr=subprocess.STDOUT, env=cli_env, start_new_session=True,
+    )  # fmt: skip
+
+    def call(*args: str, **kw: Any) -> Any:
+        return _run([DOCKER, "-H", f"unix://{sock}", *args], cli_env, **kw)
+
+    try:
+        deadline = time.monotonic() + 60
+        while call("info").returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, "dockerd did not start"
+            time.sleep(0.5)
+        archive = busybox_archive(tmp_path / "busybox.tar")
+        docker_tar = tmp_path / "busybox-docker.tar"
+        target = f"docker-archive:{docker_tar}:{IMAGE}"
+        r = _run(["skopeo", "copy", f"oci-archive:{archive}", target], cli_env)
+        assert r.returncode == 0, r.stderr
+        assert call("load", "-i", str(docker_tar)).returncode == 0
+        yield call
+    finally:
+        call("rm", "-f", "bg", timeout=60)
+        daemon.terminate()
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        subprocess.run(["umount", "-R", str(base / "exec")], capture_output=True)
+        subprocess.run(["umount", "-R", str(base / "data")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_docker_run_exec_stop(docker: Any) -> None:
+    r = docker("run", "--rm", "--runtime", "runvm", "--network", "none", IMAGE, "sh", "-c",
+               "echo hi from docker; uname -r; exit 6")  # fmt: skip
+    assert r.returncode == 6, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "hi from docker" and lines[1] != os.uname().release
+
+    r = docker("run", "-d", "--name", "bg", "--runtime", "runvm", "--network", "none", IMAGE,
+               "sh", "-c", 'trap "exit 3" TERM; while :; do sleep 1; done')  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = docker("exec", "bg", "sh", "-c", "echo exec-ok; exit 4")
+    assert (r.returncode, r.stdout) == (4, b"exec-ok\n"), r.stderr
+    assert docker("stop", "-t", "10", "bg").returncode == 0
+    r = docker("inspect", "--format", "{{.State.ExitCode}}", "bg")
+    assert r.stdout.strip() == b"3"
+    assert docker("rm", "-f", "bg").returncode == 0
