@@ -49,6 +49,8 @@ def podman(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Any]:
     def call(*args: str, **kw: Any) -> Any:
         return _run([*argv, *args], cli_env, **kw)
 
+    call.argv = argv  # type: ignore[attr-defined]
+    call.env = cli_env  # type: ignore[attr-defined]
     archive = busybox_archive(tmp_path / "busybox.tar")
     r = call("load", "-i", str(archive))
     assert r.returncode == 0, r.stderr
@@ -84,22 +86,10 @@ def test_podman_run_interactive_tty(podman: Any, tmp_path: Path) -> None:
     import pty
 
     pid, master = pty.fork()
-    if pid == 0:  # the child: podman run -it on a real terminal
-        r = podman(
-            "run",
-            "--rm",
-            "-it",
-            "--network",
-            "none",
-            IMAGE,
-            "sh",
-            "-c",
-            "tty; read x; echo got-$x; exit 2",
-            stdin=0,
-            stdout=1,
-            stderr=2,
-        )
-        os._exit(r.returncode)  # pragma: no cover
+    if pid == 0:  # the child becomes `podman run -it` on a real terminal
+        args = ["run", "--rm", "-it", "--network", "none", IMAGE, "sh", "-c",
+                "tty; read x; echo got-$x; exit 2"]  # fmt: skip
+        os.execvpe(podman.argv[0], [*podman.argv, *args], podman.env)
     out = b""
     deadline = time.monotonic() + 120
     while b"/dev/pts/" not in out:
