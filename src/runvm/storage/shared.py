@@ -29,7 +29,10 @@ class SharedDir:
         self.path = path
 
     def setup(self) -> None:
-        self.path.mkdir(mode=0o700)
+        # Traversable by any uid: user-namespaced containers reach their rootfs as mapped ids.
+        # The run directory above it (0700) keeps other host users out.
+        self.path.mkdir()
+        self.path.chmod(0o711)
         p = str(self.path)
         mounts.mount(p, p, None, mounts.MS_BIND)
         mounts.mount(None, p, None, mounts.MS_PRIVATE)
