@@ -82,14 +82,15 @@ def test_podman_run_exec_stop_rm(podman: Any) -> None:
     assert podman("rm", "-f", "bg").returncode == 0
 
 
-def test_podman_run_interactive_tty(podman: Any, tmp_path: Path) -> None:
+def interactive(client: Any, *run_args: str) -> None:
+    """`<client> run -it ...` on a real terminal: type a line, read the answer, exit 2."""
     import pty
 
     pid, master = pty.fork()
-    if pid == 0:  # the child becomes `podman run -it` on a real terminal
-        args = ["run", "--rm", "-it", "--network", "none", IMAGE, "sh", "-c",
+    if pid == 0:  # the child becomes the client on the terminal
+        args = ["run", "--rm", "-it", *run_args, "--network", "none", IMAGE, "sh", "-c",
                 "tty; read x; echo got-$x; exit 2"]  # fmt: skip
-        os.execvpe(podman.argv[0], [*podman.argv, *args], podman.env)
+        os.execvpe(client.argv[0], [*client.argv, *args], client.env)
     out = b""
     deadline = time.monotonic() + 120
     while b"/dev/pts/" not in out:
@@ -101,6 +102,10 @@ def test_podman_run_interactive_tty(podman: Any, tmp_path: Path) -> None:
         out += os.read(master, 1024)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2
+
+
+def test_podman_run_interactive_tty(podman: Any) -> None:
+    interactive(podman)
 
 
 @pytest.fixture
@@ -120,6 +125,9 @@ def docker(containerd: Any, tmp_path: Path, cli_env: dict[str, str]) -> Iterator
 
     def call(*args: str, **kw: Any) -> Any:
         return _run([DOCKER, "-H", f"unix://{sock}", *args], cli_env, **kw)
+
+    call.argv = [DOCKER, "-H", f"unix://{sock}"]  # type: ignore[attr-defined]
+    call.env = cli_env  # type: ignore[attr-defined]
 
     try:
         deadline = time.monotonic() + 60
