@@ -171,3 +171,4 @@ def test_docker_run_exec_stop(docker: Any) -> None:
     r = docker("inspect", "--format", "{{.State.ExitCode}}", "bg")
     assert r.stdout.strip() == b"3"
     assert docker("rm", "-f", "bg").returncode == 0
+    interactive(docker, "--runtime", "runvm")

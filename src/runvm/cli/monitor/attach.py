@@ -73,7 +73,14 @@ class Attached:
 def open_terminal(console_socket: str | None, foreground_tty: bool) -> int:
     """The host end of a container terminal (see the module docstring)."""
     if console_socket:
-        return console.send_new_pty(console_socket)
+        slave = console.send_new_pty(console_socket)
+        # As with runc, the caller's stdio is not the process's: let go of it, or a caller
+        # that reads this command's output (containerd's shim) would wait for our exit.
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        return slave
     if not foreground_tty:
         raise RunvmError("cannot allocate tty if runvm will detach without setting console socket")
     console.make_raw(0)
