@@ -65,6 +65,7 @@ def test_pause_resume_update_events_ps_list(tmp_path: Path, cli_env: dict[str, s
             return int(r.stdout)
 
         cli(cli_env, "pause", "c-verbs")
+        assert json.loads(cli(cli_env, "state", "c-verbs").stdout)["status"] == "paused"
         stats = json.loads(cli(cli_env, "events", "--stats", "c-verbs").stdout)
         assert stats["type"] == "stats" and stats["id"] == "c-verbs"
         assert stats["data"]["pids"]["current"] >= 1
@@ -73,6 +74,7 @@ def test_pause_resume_update_events_ps_list(tmp_path: Path, cli_env: dict[str, s
         frozen = json.loads(cli(cli_env, "events", "--stats", "c-verbs").stdout)
         assert frozen["data"]["cpu"]["usage"]["total"] == stats["data"]["cpu"]["usage"]["total"]
         cli(cli_env, "resume", "c-verbs")
+        assert json.loads(cli(cli_env, "state", "c-verbs").stdout)["status"] == "running"
         first = count()
         time.sleep(1.5)
         assert count() > first  # running again

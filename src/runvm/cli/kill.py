@@ -8,7 +8,7 @@ from typing import Any
 from runvm.cli import common
 from runvm.cli.monitor import monitor_pb2 as mpb
 from runvm.errors import RunvmError
-from runvm.runtime.state import Status
+from runvm.runtime.state import LIVE, Status
 
 
 def add_parser(sub: Any) -> None:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     signum = common.parse_signal(args.signal)
     st = common.store(args)
     state = st.load(args.container_id)
-    if state.effective_status() not in (Status.CREATED, Status.RUNNING):
+    if state.effective_status() not in LIVE:
         raise RunvmError("container not running")
     request = mpb.KillRequest(signal=signum, all=args.all)
     try:

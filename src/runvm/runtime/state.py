@@ -33,16 +33,20 @@ class Status(enum.StrEnum):
     CREATING = "creating"
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPED = "stopped"
 
 
 # What each operation accepts (runtime-spec "Lifecycle" and "Operations").
 ALLOWED = {
     "start": (Status.CREATED,),
-    "kill": (Status.CREATED, Status.RUNNING),
+    "kill": (Status.CREATED, Status.RUNNING, Status.PAUSED),
     "delete": (Status.STOPPED,),
     "exec": (Status.CREATED, Status.RUNNING),
 }
+
+
+LIVE = (Status.CREATED, Status.RUNNING, Status.PAUSED)
 
 
 def require(what: str, status: Status, container_id: str) -> None:
@@ -97,7 +101,7 @@ class ContainerState:
         return self.pid > 0 and _start_time(self.pid) == self.pid_start_time
 
     def effective_status(self) -> Status:
-        if self.status in (Status.CREATED, Status.RUNNING) and not self.monitor_alive():
+        if self.status in LIVE and not self.monitor_alive():
             return Status.STOPPED
         return self.status
 
@@ -107,7 +111,7 @@ class ContainerState:
         doc: dict[str, Any] = {
             "ociVersion": OCI_VERSION,
             "id": self.id,
-            "pid": self.pid if status in (Status.CREATED, Status.RUNNING) else 0,
+            "pid": self.pid if status in LIVE else 0,
             "status": status.value,
             "bundle": self.bundle,
             "rootfs": self.rootfs,

@@ -60,6 +60,7 @@ PROXIED: dict[str, type[Message]] = {
     "UpdateContainer": pb.UpdateContainerRequest,
     "StatsContainer": pb.StatsContainerRequest,
 }
+PAUSE_STATES = {"PauseContainer": Status.PAUSED, "ResumeContainer": Status.RUNNING}
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)  # fmt: skip
 DRAIN_TIMEOUT = 5.0
@@ -143,7 +144,10 @@ class Monitor:
                 raise RpcError(Code.NOT_FOUND, "container does not exist")
             if method == "ExecProcess" and self.state.status is not Status.RUNNING:
                 raise RpcError(Code.FAILED_PRECONDITION, "cannot exec in a stopped container")
-            return await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
+            reply = await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
+            if method in PAUSE_STATES:
+                self._save(PAUSE_STATES[method])
+            return reply
 
         return handler
 
