@@ -363,3 +363,11 @@ def test_console_socket_pty_and_resizes(cli: Cli) -> None:
     finally:
         os.close(master)
         cli("delete", "--force", "c-tty")
+
+
+def test_unwritable_pid_file_undoes_the_container(cli: Cli) -> None:
+    b = bundle(cli.tmp, "sleep 100")
+    code, err = cli.create(b, "c-pidfail", "--pid-file", "/nonexistent/dir/pid", ok=False)
+    assert code == 1 and "pid file /nonexistent/dir/pid" in err and "Traceback" not in err
+    cli.fails("state", "c-pidfail", expect=NOT_FOUND)
+    assert not qemu_of("c-pidfail")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,15 @@ def spawn_monitor(args: argparse.Namespace, foreground_tty: bool = False) -> int
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-    if args.pid_file:
-        write_pid_file(args.pid_file, pid)
+        if args.pid_file:
+            try:
+                write_pid_file(args.pid_file, pid)
+            except OSError as exc:  # undo the container: the caller cannot track it
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                common.clean_sandbox(st.load(args.container_id))
+                shutil.rmtree(directory, ignore_errors=True)
+                raise RunvmError(f"pid file {args.pid_file}: {exc.strerror}") from exc
     return pid
 
 
