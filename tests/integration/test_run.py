@@ -271,3 +271,22 @@ def test_demo_runs_a_container_in_a_vm(cli_env: dict[str, str]) -> None:
     assert "hello from a busybox container in its own VM" in out
     assert f"kernel seen inside:  {os.uname().release}" not in out
     assert "processes visible:   /proc/1" in out
+
+
+def test_virtiofsd_killed_mid_run_stops_the_vm(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    b = bundle(tmp_path, "echo ready; while :; do sleep 1; done")
+    proc = subprocess.Popen(
+        [*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "--bundle", str(b), "c-fskill"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"ready\n"
+    ps = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
+    fsd = [int(ln.split()[0]) for ln in ps.splitlines() if "virtiofsd" in ln and "/c-fskill/" in ln]
+    assert fsd
+    for pid in fsd:
+        os.kill(pid, signal.SIGKILL)
+    code = proc.wait(60)
+    err = proc.stderr.read().decode()
+    assert code == 255, err
+    assert "virtiofsd exited" in err

@@ -25,6 +25,7 @@ from runvm.errors import AgentError, AgentTimeout, ConfigError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
+from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.agentlink import connect_agent
@@ -83,6 +84,9 @@ class Sandbox:
         self.accel: AccelReport | None = None
         self.details: pb.GuestDetailsResponse | None = None
         self.shared: SharedDir | None = None
+        self.virtiofsd: Child | None = None
+        self.failure = ""  # why the sandbox died under us, if it did
+        self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -150,7 +154,18 @@ class Sandbox:
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
             steps.commit()
+        sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         return sandbox
+
+    async def _watch_helpers(self) -> None:
+        """A helper that dies takes the VM down with it: the guest's files would hang."""
+        if self.virtiofsd is None or self.vm is None:
+            return
+        code = await self.virtiofsd.wait()
+        if not self._stopped:
+            self.failure = f"virtiofsd exited (status {code}); the VM was stopped"
+            log.error("sandbox %s: %s", self.id, self.failure)
+            await self.vm.stop()
 
     async def _share_fs(self) -> VirtioFsSpec:
         """The shared directory and its virtiofsd (undone in reverse on failure)."""
@@ -161,6 +176,7 @@ class Sandbox:
         sock = self.run_dir / "virtiofsd.sock"
         child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log")
         self.steps.add_undo("virtiofsd", child.stop)
+        self.virtiofsd = child
         return VirtioFsSpec(tag=TAG, socket_path=sock)
 
     async def _connect(self, channel: AgentChannelSpec, timeout: float) -> AgentClient:
@@ -181,6 +197,8 @@ class Sandbox:
         if self._stopped:
             return
         self._stopped = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.agent and self.vm and self.vm.child.returncode is None:
             with contextlib.suppress(AgentError, OSError):
                 await self.agent.destroy_sandbox()

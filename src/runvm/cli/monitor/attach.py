@@ -60,8 +60,9 @@ class Attached:
             self.tasks.append(asyncio.ensure_future(pump_input(self.agent, cid, eid, fd)))
 
     async def drain(self, timeout: float) -> None:
+        """Wait for the output to end; a relay that failed (VM gone) counts as ended."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self.outputs), timeout)
+            await asyncio.wait_for(asyncio.gather(*self.outputs, return_exceptions=True), timeout)
 
     def close(self) -> None:
         for task in (*self.tasks, *self.outputs):

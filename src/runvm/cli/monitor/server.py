@@ -202,7 +202,8 @@ class Monitor:
             try:
                 status = (await waiter).status
             except (AgentError, RpcError) as exc:
-                log.error("lost the container: %s", exc)
+                assert self.sandbox is not None
+                log.error("lost the container: %s", self.sandbox.failure or exc)
                 status = 255
             assert self.io is not None
             await self.io.drain(DRAIN_TIMEOUT)

@@ -25,6 +25,8 @@ from runvm.hypervisor.qemu.argv import build_argv, console_socket, qmp_socket
 from runvm.process import Child, ChildSpec, read_tail
 
 log = logging.getLogger(__name__)
+# qemu.qmp logs a dropped connection as an error; here QEMU exiting is reported by runvm itself.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 QMP_READY_TIMEOUT = 15.0
 QUIT_GRACE = 3.0
