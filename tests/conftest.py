@@ -87,6 +87,17 @@ def accel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("accel-cache")
 
 
+@pytest.fixture(scope="session")
+def runvm_binary() -> str:
+    """The installed console script next to this interpreter (not a version-manager shim)."""
+    import sys
+
+    candidate = Path(sys.executable).parent / "runvm"
+    found = str(candidate) if candidate.exists() else shutil.which("runvm")
+    assert found, "runvm is not installed (pip install -e .)"
+    return found
+
+
 @pytest.fixture
 def state_root() -> Iterator[Path]:
     """A private runvm state root with a short path (it holds unix sockets)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,19 +13,13 @@ from runvm.image.busybox import make_rootfs
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 
-def runvm_binary() -> str:
-    """The installed console script next to this interpreter (not a version-manager shim)."""
-    candidate = Path(sys.executable).parent / "runvm"
-    found = str(candidate) if candidate.exists() else shutil.which("runvm")
-    assert found, "runvm is not installed (pip install -e .)"
-    return found
-
-
-def test_ctr_run_exec_kill_ps_with_runc_shim(containerd: Any, tmp_path: Path) -> None:
+def test_ctr_run_exec_kill_ps_with_runc_shim(
+    containerd: Any, tmp_path: Path, runvm_binary: str
+) -> None:
     rootfs = tmp_path / "rootfs"
     make_rootfs(rootfs)
     runc_root = tmp_path / "runc-root"
-    common = ["--runc-binary", runvm_binary(), "--runc-root", str(runc_root)]
+    common = ["--runc-binary", runvm_binary, "--runc-root", str(runc_root)]
 
     # Foreground: output and exit code come back through the shim.
     r = containerd.ctr("run", "--rm", *common, "--rootfs", str(rootfs), "fg1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,25 +25,18 @@ IMAGE = "localhost/runvm/busybox:latest"
 DOCKER = "/usr/bin/docker"  # Debian's docker.io client, matching its dockerd
 
 
-def runvm_binary() -> str:
-    candidate = Path(sys.executable).parent / "runvm"
-    found = str(candidate) if candidate.exists() else shutil.which("runvm")
-    assert found, "runvm is not installed (pip install -e .)"
-    return found
-
-
 def _run(argv: list[str], env: dict[str, str], timeout: float = 180, **kw: Any) -> Any:
     return subprocess.run(argv, env=env, capture_output=True, timeout=timeout, **kw)
 
 
 @pytest.fixture
-def podman(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Any]:
+def podman(tmp_path: Path, cli_env: dict[str, str], runvm_binary: str) -> Iterator[Any]:
     if not shutil.which("podman"):
         pytest.skip("needs podman (Debian podman)")
     base = Path(tempfile.mkdtemp(prefix="rvp-", dir="/tmp"))
     argv = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"),
             "--tmpdir", str(base / "tmp"), "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file", "--runtime", runvm_binary()]  # fmt: skip
+            "--events-backend", "file", "--runtime", runvm_binary]  # fmt: skip
 
     def call(*args: str, **kw: Any) -> Any:
         return _run([*argv, *args], cli_env, **kw)
@@ -109,7 +101,9 @@ def test_podman_run_interactive_tty(podman: Any) -> None:
 
 
 @pytest.fixture
-def docker(containerd: Any, tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Any]:
+def docker(
+    containerd: Any, tmp_path: Path, cli_env: dict[str, str], runvm_binary: str
+) -> Iterator[Any]:
     if not (Path(DOCKER).exists() and shutil.which("dockerd") and shutil.which("skopeo")):
         pytest.skip("needs Debian docker.io and skopeo")
     base = Path(tempfile.mkdtemp(prefix="rvd-", dir="/tmp"))
@@ -119,7 +113,7 @@ def docker(containerd: Any, tmp_path: Path, cli_env: dict[str, str]) -> Iterator
         ["dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
          "-H", f"unix://{sock}", "--pidfile", str(base / "d.pid"), "--iptables=false",
          "--ip-masq=false", "--bridge=none", "--containerd", containerd.address,
-         "--add-runtime", f"runvm={runvm_binary()}"],
+         "--add-runtime", f"runvm={runvm_binary}"],
         stdout=log, stderr=subprocess.STDOUT, env=cli_env, start_new_session=True,
     )  # fmt: skip
 

@@ -48,12 +48,13 @@ def spawn_monitor(args: argparse.Namespace, foreground_tty: bool = False) -> int
     if args.preserve_fds:
         raise RunvmError("--preserve-fds is not supported: a VM cannot inherit host fds")
     bundle = args.bundle.resolve()
-    Container.load(args.container_id, bundle)  # bad input fails here, before any fork
+    spec, rootfs = Container.load(args.container_id, bundle)  # bad input fails before any fork
     st = common.store(args)
     common.reap_dead(st)
     margs = MonitorArgs(
         container_id=args.container_id, bundle=bundle, root=st.root,
-        config=common.load_config(args), console_socket=args.console_socket,
+        config=common.load_config(args), spec=spec, rootfs=rootfs,
+        console_socket=args.console_socket,
         foreground_tty=foreground_tty,
     )  # fmt: skip
     with st.locked(args.container_id, create=True) as directory:

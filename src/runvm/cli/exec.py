@@ -20,7 +20,13 @@ from typing import Any
 
 from runvm.cli import common
 from runvm.cli.create import write_pid_file
-from runvm.cli.monitor.attach import Attached, is_devnull, open_terminal
+from runvm.cli.monitor.attach import (
+    DRAIN_TIMEOUT,
+    FORWARDED,
+    Attached,
+    is_devnull,
+    open_terminal,
+)  # fmt: skip
 from runvm.cli.run import wait_forwarding
 from runvm.cli.spawn import ReadyPipe, fork_helper
 from runvm.errors import RpcError, RunvmError
@@ -29,10 +35,6 @@ from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.state import Status
 from runvm.ttrpc import Client
-
-DRAIN_TIMEOUT = 5.0
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2)  # fmt: skip
 
 
 def add_parser(sub: Any) -> None:

@@ -15,9 +15,7 @@ import signal
 from typing import Any
 
 from runvm.cli import create, delete, start
-
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip
+from runvm.cli.monitor.attach import FORWARDED
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +34,7 @@ def wait_forwarding(pid: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    for signum in FORWARDED:
+    for signum in (*FORWARDED, signal.SIGWINCH):
         signal.signal(signum, forward)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):

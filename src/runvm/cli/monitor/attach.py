@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,11 @@ from runvm.cli.monitor import console
 from runvm.errors import AgentError, RpcError, RunvmError
 from runvm.protocol.client import AgentClient
 from runvm.runtime.iorelay import pump_input, pump_output
+
+# Signals a host-side stand-in (monitor, exec helper, `run`) passes on to its guest process.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)  # fmt: skip
+DRAIN_TIMEOUT = 5.0  # how long output may still flow after the process exited
 
 
 def is_devnull(fd: int) -> bool:

@@ -30,7 +30,13 @@ from google.protobuf.message import DecodeError, Message
 from runvm import config as cfg
 from runvm.cli.monitor import SERVICE
 from runvm.cli.monitor import monitor_pb2 as mpb
-from runvm.cli.monitor.attach import Attached, is_devnull, open_terminal
+from runvm.cli.monitor.attach import (
+    DRAIN_TIMEOUT,
+    FORWARDED,
+    Attached,
+    is_devnull,
+    open_terminal,
+)  # fmt: skip
 from runvm.cli.spawn import ReadyPipe
 from runvm.errors import AgentError, RpcError, RunvmError
 from runvm.network import netns
@@ -61,9 +67,6 @@ PROXIED: dict[str, type[Message]] = {
     "StatsContainer": pb.StatsContainerRequest,
 }
 PAUSE_STATES = {"PauseContainer": Status.PAUSED, "ResumeContainer": Status.RUNNING}
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2)  # fmt: skip
-DRAIN_TIMEOUT = 5.0
 CLOSE_GRACE = 0.3
 
 
@@ -73,6 +76,8 @@ class MonitorArgs:
     bundle: Path
     root: Path
     config: cfg.RunvmConfig
+    spec: dict[str, Any]  # the bundle's config.json, validated by `create` before the fork
+    rootfs: Path
     console_socket: str | None = None
     foreground_tty: bool = False  # `run` in the foreground with a terminal: relay our own tty
 
@@ -83,7 +88,7 @@ class Monitor:
         self.ready = ready
         self.store = StateStore(args.root)
         self.dir = self.store.dir(args.container_id)
-        self.spec, self.rootfs = Container.load(args.container_id, args.bundle)
+        self.spec, self.rootfs = args.spec, args.rootfs
         self.state = ContainerState(
             id=args.container_id, bundle=str(args.bundle.resolve()), rootfs=str(self.rootfs),
             annotations=dict(self.spec.get("annotations") or {}),
@@ -229,5 +234,5 @@ class Monitor:
 
 def monitor_main(args: MonitorArgs, ready: ReadyPipe) -> int:
     """Body of the forked monitor (see runvm.cli.spawn); returns the container's status."""
-    netns.apply(Container.load(args.container_id, args.bundle)[0])
+    netns.apply(args.spec)
     return asyncio.run(Monitor(args, ready).run())
