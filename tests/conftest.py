@@ -7,12 +7,15 @@ Under ``RUNVM_STRICT_SKIPS=1`` (CI) a skip is an error unless its reason starts 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,6 +186,12 @@ class PrivateContainerd:
             f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
         )
         self.log = (base / "containerd.log").open("wb")
+        self.env = env
+        self.watchers: list[EventLog] = []
+        self.start()
+
+    def start(self) -> None:
+        base, env = self.base, self.env
         self.proc = subprocess.Popen(
             ["containerd", "--config", str(base / "config.toml")],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -200,7 +209,22 @@ class PrivateContainerd:
             ["ctr", "--address", self.address, *args], capture_output=True, timeout=timeout, **kw
         )  # type: ignore[call-overload, no-any-return]
 
+    def restart(self) -> None:
+        """Stop the daemon (not its shims) and start it again on the same state."""
+        self.proc.terminate()
+        self.proc.wait(15)
+        Path(self.address).unlink(missing_ok=True)
+        self.start()
+
+    def events(self) -> EventLog:
+        """Start recording ``ctr events`` (stopped with the daemon)."""
+        log = EventLog(self)
+        self.watchers.append(log)
+        return log
+
     def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
         self.proc.terminate()
         try:
             self.proc.wait(15)
@@ -212,17 +236,54 @@ class PrivateContainerd:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+class EventLog:
+    """``ctr events`` running in the background: task events by container, in order."""
+
+    def __init__(self, daemon: PrivateContainerd) -> None:
+        self.path = daemon.base / f"events-{len(daemon.watchers)}.log"
+        self.out = self.path.open("wb")
+        self.proc = subprocess.Popen(["ctr", "--address", daemon.address, "events"],
+                                     stdout=self.out, stderr=subprocess.STDOUT)  # fmt: skip
+        time.sleep(0.5)  # subscribed before the caller acts
+
+    def records(self, container_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(topic, event) of every /tasks/ event of ``container_id`` seen so far."""
+        found = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            head, brace, body = line.partition("{")
+            topic = next((w for w in head.split() if w.startswith("/tasks/")), None)
+            if not topic or not brace:
+                continue
+            event = json.loads(brace + body)
+            if event.get("container_id") == container_id:
+                found.append((topic, event))
+        return found
+
+    def topics(self, container_id: str) -> list[str]:
+        return [topic for topic, _ in self.records(container_id)]
+
+    def field(self, container_id: str, topic: str) -> list[dict[str, Any]]:
+        return [event for t, event in self.records(container_id) if t == topic]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        self.out.close()
+
+
 @pytest.fixture
-def containerd(tmp_path: Path, state_root: Path) -> Iterator[PrivateContainerd]:
-    """A private containerd (short socket paths live in their own /tmp dir)."""
+def containerd(tmp_path: Path, state_root: Path, accel_cache: Path) -> Iterator[PrivateContainerd]:
+    """A private containerd (short socket paths live in their own /tmp dir) that finds
+    this interpreter's ``containerd-shim-runvm-v2`` first on its PATH."""
     if not shutil.which("containerd") or not shutil.which("ctr"):
         pytest.skip("needs containerd and ctr (Debian containerd)")
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
     conf = tmp_path / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\n')
-    env = {**os.environ, "RUNVM_CONFIG": str(conf)}
+    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RUNVM_CONFIG": str(conf), "PATH": path}
     daemon = PrivateContainerd(base, env)
     try:
         yield daemon

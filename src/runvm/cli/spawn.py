@@ -1,6 +1,6 @@
 """Forking a long-lived helper (the monitor, an exec helper) and hearing how its start went.
 
-Contract of :func:`fork_helper`: forks; the child keeps only fds 0-2 and the report pipe,
+Contract of :func:`fork_helper`: forks; the child keeps only fds 0-2, ``keep`` and the report pipe,
 starts a new session and runs ``body(ready)``, which must call ``ready.ok()`` once it is up
 or ``ready.error(msg)``; the child then exits with ``body``'s return value as a status
 (:func:`exit_like`). The parent returns the child's PID after "ok", or reaps it and raises
@@ -62,7 +62,7 @@ def exit_like(status: int) -> None:
     os._exit(status & 0xFF)
 
 
-def fork_helper(body: Callable[[ReadyPipe], int]) -> int:
+def fork_helper(body: Callable[[ReadyPipe], int], keep: tuple[int, ...] = ()) -> int:
     """See the module docstring."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -70,8 +70,11 @@ def fork_helper(body: Callable[[ReadyPipe], int]) -> int:
         status = 1
         ready = ReadyPipe(write_end)
         try:
-            os.closerange(3, write_end)
-            os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
+            low = 3
+            for fd in sorted({*keep, write_end}):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, os.sysconf("SC_OPEN_MAX"))
             os.setsid()
             status = body(ready)
         except BaseException as exc:  # nothing may escape a forked child

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,14 @@ class Container:
 
     @classmethod
     async def create(
-        cls, sandbox: Sandbox, container_id: str, bundle: Path, stdin: bool = True
+        cls,
+        sandbox: Sandbox,
+        container_id: str,
+        bundle: Path,
+        stdin: bool = True,
+        join: Mapping[str, str] | None = None,
     ) -> Container:
+        """Share the rootfs and create the container (``join``: see ``guest_spec``)."""
         spec, rootfs = cls.load(container_id, bundle)
         shared = sandbox.shared
         agent = sandbox.agent
@@ -64,7 +71,7 @@ class Container:
             def share_bind(index: int, source: str) -> str:
                 return shared.guest_path(shared.add_bind(container_id, index, Path(source)))
 
-            gspec = guest_spec(spec, container_id, shared.guest_path(share), share_bind)
+            gspec = guest_spec(spec, container_id, shared.guest_path(share), share_bind, join)
             request = pb.CreateContainerRequest(
                 container_id=container_id, oci_spec_json=json.dumps(gspec).encode(), stdin=stdin
             )

@@ -8,13 +8,15 @@ What changes and why:
 - a process without ``PATH`` gets the default one (runc finds the program then; crun would not);
 - ``cgroupsPath`` -> ``/runvm/<id>`` in the guest's cgroup v2 tree (the host path names a
   host cgroup that does not exist in the guest).
-A namespace ``path`` other than network names a host process and cannot be honoured.
+A namespace ``path`` other than network names a host process and cannot be honoured, unless
+``join`` maps it to a guest path: a pod's containers name the pod sandbox's namespaces by a
+host PID (``/proc/<pid>/ns/uts``), which the caller maps to the sandbox init's in the guest.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runvm.errors import ConfigError
@@ -41,9 +43,10 @@ def guest_spec(
     container_id: str,
     rootfs_guest: str,
     share_bind: Callable[[int, str], str],
+    join: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The guest's config.json. ``share_bind(i, host_source)`` shares one bind source and
-    returns its guest path."""
+    returns its guest path; ``join`` maps host namespace paths to guest ones."""
     out = copy.deepcopy(spec)
     out["root"]["path"] = rootfs_guest
     if "process" in out:
@@ -61,7 +64,9 @@ def guest_spec(
     for ns in linux.get("namespaces", []):
         if ns["type"] == "network":
             continue
-        if ns.get("path"):
+        if ns.get("path") and join and ns["path"] in join:
+            ns["path"] = join[ns["path"]]
+        elif ns.get("path"):
             raise ConfigError(
                 f"linux.namespaces: joining the host {ns['type']} namespace {ns['path']} "
                 "is not possible from inside a VM"

@@ -4,6 +4,8 @@ Contract: :func:`pump_output` copies one guest stream to ``fd`` until the agent 
 of stream; :func:`pump_input` copies ``fd`` to the process's stdin until EOF, then closes the
 guest stdin. Host fds are used as they are (never switched to non-blocking, since they may
 be shared with other processes): blocking reads run in a daemon thread, writes in a worker.
+With ``owned=True`` the fd is ours alone (a FIFO or pipe the shim opened): it is switched to
+non-blocking and served by the event loop, so a relay can always be cancelled.
 """
 
 from __future__ import annotations
@@ -25,8 +27,71 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-async def pump_output(agent: AgentClient, cid: str, eid: str, stream: str, fd: int) -> int:
+async def _wait_fd(fd: int, writer: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if writer:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if writer else loop.remove_reader)(fd)
+
+
+async def write_nonblocking(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking fd, waiting in the loop when it is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await _wait_fd(fd, writer=True)
+
+
+async def pump_owned_input(
+    agent: AgentClient, cid: str, eid: str, fd: int, stop: asyncio.Event
+) -> None:
+    """Copy an owned fd (the stdin FIFO) into the process's stdin until EOF or ``stop``;
+    after ``stop`` whatever is already in the fd is still copied, then the guest stdin is
+    closed. So no byte written before ``CloseIO`` is lost."""
+    os.set_blocking(fd, False)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                if stop.is_set():
+                    break
+                readable = asyncio.ensure_future(_wait_fd(fd, writer=False))
+                await asyncio.wait([readable, stopping], return_when=asyncio.FIRST_COMPLETED)
+                readable.cancel()
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            await agent.write_stdin(cid, eid, data)
+        await agent.close_stdin(cid, eid)
+    except (RpcError, AgentError):
+        return  # the process is gone or its stdin was closed
+    finally:
+        stopping.cancel()
+
+
+async def pump_output(
+    agent: AgentClient, cid: str, eid: str, stream: str, fd: int, owned: bool = False
+) -> int:
     """Copy ``stream`` (stdout/stderr) of a guest process to ``fd``; returns bytes copied."""
+    if owned:
+        os.set_blocking(fd, False)
     total = 0
     broken = False
     while True:
@@ -36,7 +101,10 @@ async def pump_output(agent: AgentClient, cid: str, eid: str, stream: str, fd: i
         total += len(data)
         if not broken:
             try:
-                await asyncio.to_thread(_write_all, fd, data)
+                if owned:
+                    await write_nonblocking(fd, data)
+                else:
+                    await asyncio.to_thread(_write_all, fd, data)
             except OSError:
                 broken = True  # keep draining so the process never blocks on a full pipe
 

@@ -154,6 +154,23 @@ _SANDBOX_TYPES = ("sandbox", "podsandbox")
 _CONTAINER_TYPE = "container"
 
 
+def container_kind(annotations: Mapping[str, str], container_id: str) -> str | None:
+    """``sandbox`` (a pod's sandbox), ``container`` (a pod's app container) or None (a lone
+    container: no CRI annotations); the first key present decides."""
+    for key in CONTAINER_TYPE_KEYS:
+        if key not in annotations:
+            continue
+        kind = annotations[key]
+        if kind in _SANDBOX_TYPES:
+            return "sandbox"
+        if kind != _CONTAINER_TYPE:
+            raise ConfigError(
+                f"container {container_id}: unknown container type {kind!r} in annotation {key}"
+            )
+        return "container"
+    return None
+
+
 def group_id(annotations: Mapping[str, str], container_id: str) -> str:
     """The id whose shim serves this container: its pod sandbox's id, else its own.
 
@@ -161,21 +178,12 @@ def group_id(annotations: Mapping[str, str], container_id: str) -> str:
     annotations start their own shim; a pod's app container (``container``) joins the shim of
     the sandbox named by the first sandbox-id key present.
     """
-    for key in CONTAINER_TYPE_KEYS:
-        if key not in annotations:
-            continue
-        kind = annotations[key]
-        if kind in _SANDBOX_TYPES:
-            return container_id
-        if kind != _CONTAINER_TYPE:
-            raise ConfigError(
-                f"container {container_id}: unknown container type {kind!r} in annotation {key}"
-            )
-        for id_key in SANDBOX_ID_KEYS:
-            if annotations.get(id_key):
-                return annotations[id_key]
-        raise ConfigError(
-            f"container {container_id}: annotation {key}=container but no sandbox id "
-            f"(one of {', '.join(SANDBOX_ID_KEYS)})"
-        )
-    return container_id
+    if container_kind(annotations, container_id) != "container":
+        return container_id
+    for id_key in SANDBOX_ID_KEYS:
+        if annotations.get(id_key):
+            return annotations[id_key]
+    raise ConfigError(
+        f"container {container_id}: a pod container (annotation container-type=container) "
+        f"but no sandbox id (one of {', '.join(SANDBOX_ID_KEYS)})"
+    )

@@ -14,6 +14,34 @@ RUNNING: Status
 STOPPED: Status
 UNKNOWN: Status
 
+class CPUStat(_message.Message):
+    __slots__ = ["nr_periods", "nr_throttled", "system_usec", "throttled_usec", "usage_usec", "user_usec"]
+    NR_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    NR_THROTTLED_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_USEC_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_USEC_FIELD_NUMBER: _ClassVar[int]
+    USAGE_USEC_FIELD_NUMBER: _ClassVar[int]
+    USER_USEC_FIELD_NUMBER: _ClassVar[int]
+    nr_periods: int
+    nr_throttled: int
+    system_usec: int
+    throttled_usec: int
+    usage_usec: int
+    user_usec: int
+    def __init__(self, usage_usec: _Optional[int] = ..., user_usec: _Optional[int] = ..., system_usec: _Optional[int] = ..., nr_periods: _Optional[int] = ..., nr_throttled: _Optional[int] = ..., throttled_usec: _Optional[int] = ...) -> None: ...
+
+class CgroupsV2Metrics(_message.Message):
+    __slots__ = ["cpu", "memory", "memory_events", "pids"]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    cpu: CPUStat
+    memory: MemoryStat
+    memory_events: MemoryEvents
+    pids: PidsStat
+    def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ..., memory_events: _Optional[_Union[MemoryEvents, _Mapping]] = ...) -> None: ...
+
 class CheckpointTaskRequest(_message.Message):
     __slots__ = ["id", "options", "path"]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +174,36 @@ class KillRequest(_message.Message):
     signal: int
     def __init__(self, id: _Optional[str] = ..., exec_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: bool = ...) -> None: ...
 
+class MemoryEvents(_message.Message):
+    __slots__ = ["high", "low", "max", "oom", "oom_kill"]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    OOM_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILL_FIELD_NUMBER: _ClassVar[int]
+    high: int
+    low: int
+    max: int
+    oom: int
+    oom_kill: int
+    def __init__(self, low: _Optional[int] = ..., high: _Optional[int] = ..., max: _Optional[int] = ..., oom: _Optional[int] = ..., oom_kill: _Optional[int] = ...) -> None: ...
+
+class MemoryStat(_message.Message):
+    __slots__ = ["anon", "file", "swap_limit", "swap_usage", "usage", "usage_limit"]
+    ANON_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    SWAP_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SWAP_USAGE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    anon: int
+    file: int
+    swap_limit: int
+    swap_usage: int
+    usage: int
+    usage_limit: int
+    def __init__(self, anon: _Optional[int] = ..., file: _Optional[int] = ..., usage: _Optional[int] = ..., usage_limit: _Optional[int] = ..., swap_usage: _Optional[int] = ..., swap_limit: _Optional[int] = ...) -> None: ...
+
 class Mount(_message.Message):
     __slots__ = ["options", "source", "target", "type"]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +241,14 @@ class PidsResponse(_message.Message):
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
     processes: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
     def __init__(self, processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
+
+class PidsStat(_message.Message):
+    __slots__ = ["current", "limit"]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    current: int
+    limit: int
+    def __init__(self, current: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ProcessInfo(_message.Message):
     __slots__ = ["info", "pid"]

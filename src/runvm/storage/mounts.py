@@ -12,8 +12,10 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+CLONE_NEWNS = 0x20000
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
@@ -36,3 +38,42 @@ def umount(target: str, flags: int = MNT_DETACH) -> None:
 def is_mountpoint(path: str) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
+
+
+def unshare_mounts() -> None:
+    """Move this process into a mount namespace of its own, slave to the host's: host mounts
+    still appear in it, its own never leak out, and all of them vanish with its last user."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    mount(None, "/", None, MS_SLAVE | MS_REC)
+
+
+# Mount options that are flags (as mount(8) and containerd's mount package read them).
+_FLAGS = {
+    "ro": MS_RDONLY, "rw": 0, "bind": MS_BIND, "rbind": MS_BIND | MS_REC, "nosuid": 0x2,
+    "nodev": 0x4, "noexec": 0x8, "noatime": 0x400, "relatime": 0x200000,
+}  # fmt: skip
+
+
+def mount_options(options: list[str]) -> tuple[int, str]:
+    """(flags, data) for a list of mount options: known flags become bits, the rest data."""
+    flags, data = 0, []
+    for option in options:
+        if option in _FLAGS:
+            flags |= _FLAGS[option]
+        else:
+            data.append(option)
+    return flags, ",".join(data)
+
+
+def mount_spec(kind: str, source: str, target: str, options: list[str]) -> None:
+    """Mount one containerd ``Mount`` (overlay, bind, ...) on ``target``; a read-only bind is
+    remounted read-only, since the first bind ignores MS_RDONLY."""
+    flags, data = mount_options(options)
+    if flags & MS_BIND:
+        mount(source, target, None, flags & (MS_BIND | MS_REC))
+        if flags & ~(MS_BIND | MS_REC):
+            mount(None, target, None, flags | MS_REMOUNT)
+        return
+    mount(source, target, kind, flags, data)

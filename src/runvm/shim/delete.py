@@ -1,0 +1,75 @@
+"""``containerd-shim-runvm-v2 ... delete``: clean up after a shim that is gone.
+
+containerd runs it when it loses a shim (killed, crashed) and after every normal shutdown.
+If the group's shim still answers, it owns its pod and nothing is touched. Otherwise the
+pod's leftovers are removed: the VM's run directory, the socket, the record and the host
+cgroup directories (processes still in them are killed first: QEMU and virtiofsd die with
+the shim by themselves, this is the net under them). Mounts need no cleanup: they lived in
+the shim's own mount namespace. Prints a serialized ``DeleteResponse`` (status 137, as for a
+process killed by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from runvm import config as cfg
+from runvm.shim import bundle as bundle_files
+from runvm.shim import shim_api_pb2 as spb
+from runvm.shim import wire
+from runvm.shim.cmdline import ShimArgs, group_id
+from runvm.shim.layout import Layout
+from runvm.shim.start import alive, locked
+
+KILLED_STATUS = 128 + signal.SIGKILL
+
+
+def delete_main(args: ShimArgs) -> int:
+    bundle = Path(args.bundle or os.getcwd())
+    group = group_id(bundle_files.read_annotations(bundle), args.id)
+    layout = Layout.of(cfg.load(None), args.address, args.namespace, group)
+    if layout.socket.parent.is_dir():
+        with locked(layout.lock):
+            if not alive(layout.socket):
+                cleanup(layout)
+    response = spb.DeleteResponse(
+        pid=0, exit_status=KILLED_STATUS, exited_at=wire.timestamp(datetime.now(UTC))
+    )
+    sys.stdout.buffer.write(response.SerializeToString())
+    sys.stdout.flush()
+    return 0
+
+
+def cleanup(layout: Layout) -> None:
+    """Remove what a dead shim of ``layout.group`` left behind (idempotent)."""
+    cgroups: list[str] = []
+    with contextlib.suppress(OSError, ValueError):
+        cgroups = list(json.loads(layout.record.read_text()).get("cgroups") or [])
+    for directory in sorted(cgroups, key=len, reverse=True):
+        _remove_cgroup(Path(directory))
+    shutil.rmtree(layout.run_dir, ignore_errors=True)
+    for path in (layout.socket, layout.record, layout.lock, *layout.logs):
+        path.unlink(missing_ok=True)
+
+
+def _remove_cgroup(directory: Path, attempts: int = 30) -> None:
+    for _ in range(attempts):
+        with contextlib.suppress(OSError):
+            for pid in (directory / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)

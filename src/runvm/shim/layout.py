@@ -1,0 +1,69 @@
+"""Where a shim keeps its things, derived from the config, the command line and the group.
+
+- ``<state_root>/s/<sha256>``: the ttrpc socket (the address containerd dials; the hash is
+  Go's ``SocketAddress`` of containerd's address, the namespace and the group id), with
+  ``.lock`` (serializes concurrent ``start``) next to it;
+- ``<state_root>/k/<ns>``: the state root of the namespace's pods: ``sandboxes/<group>``
+  (the VM's run directory), ``<group>.json`` (the record ``delete`` cleans up from) and
+  ``<group>.log`` (the shim's log).
+Long names are shortened to a hash so socket paths stay short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from runvm import config as cfg
+from runvm.runtime.sandbox import run_dir_name
+from runvm.shim.cmdline import socket_address
+
+
+@dataclass(frozen=True)
+class Layout:
+    state_root: Path
+    namespace: str
+    group: str
+    address: str  # unix://<socket>
+
+    @classmethod
+    def of(cls, config: cfg.RunvmConfig, containerd_address: str, namespace: str,
+           group: str) -> Layout:  # fmt: skip
+        root = Path(config.runtime.state_root)
+        address = socket_address(containerd_address, namespace, group, str(root / "s"))
+        return cls(root, namespace, group, address)
+
+    @property
+    def socket(self) -> Path:
+        return Path(self.address.removeprefix("unix://"))
+
+    @property
+    def lock(self) -> Path:
+        return self.socket.with_name(self.socket.name + ".lock")
+
+    @property
+    def pod_root(self) -> Path:
+        return self.state_root / "k" / run_dir_name(self.namespace)
+
+    @property
+    def record(self) -> Path:
+        return self.pod_root / f"{run_dir_name(self.group)}.json"
+
+    @property
+    def log(self) -> Path:
+        return self.pod_root / f"{run_dir_name(self.group)}.log"
+
+    @property
+    def logs(self) -> tuple[Path, Path]:
+        """The log and its one rotated predecessor."""
+        return self.log, self.log.with_name(self.log.name + ".1")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.pod_root / "sandboxes" / run_dir_name(self.group)
+
+    def pod_config(self, config: cfg.RunvmConfig) -> cfg.RunvmConfig:
+        """The config whose state root puts this pod's VM under :attr:`pod_root`."""
+        runtime = dataclasses.replace(config.runtime, state_root=str(self.pod_root))
+        return dataclasses.replace(config, runtime=runtime)

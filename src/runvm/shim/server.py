@@ -1,0 +1,137 @@
+"""The long-lived shim server, forked by ``start`` with the listening socket already bound.
+
+Recipe: leave containerd's pipes (stdio to /dev/null), move into a mount namespace of our own
+(container rootfs and shares mounted here vanish with the shim, even after SIGKILL), log to
+the bundle's ``log`` FIFO and the pod's log file, serve the Task service on the socket, keep
+the pod record current for ``delete``, and say "ready". It ends on ``Shutdown`` with no task
+left, or on SIGTERM/SIGINT: every task and the VM are stopped, then the socket, lock, record
+and host cgroup are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from runvm import config as cfg
+from runvm.cli.spawn import ReadyPipe
+from runvm.shim import wire
+from runvm.shim.events import Publisher
+from runvm.shim.layout import Layout
+from runvm.shim.service import TaskService
+from runvm.storage import mounts
+from runvm.ttrpc import Server
+
+log = logging.getLogger(__name__)
+
+LOG_MAX = 1 << 20
+FLUSH_TIMEOUT = 5.0
+
+
+@dataclass
+class ServeArgs:
+    layout: Layout
+    config: cfg.RunvmConfig
+    bundle: Path
+    listen_fd: int
+    debug: bool = False
+
+
+class _FifoHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to containerd's log FIFO without ever blocking (lines are dropped instead)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.fd, (self.format(record) + "\n").encode(errors="replace"))
+
+
+def _setup_logging(args: ServeArgs) -> None:
+    fmt = logging.Formatter(f"runvm-shim[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logging.raiseExceptions = False
+    args.layout.pod_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(args.layout.log, maxBytes=LOG_MAX, backupCount=1)
+    ]
+    with contextlib.suppress(OSError):
+        fd = os.open(args.bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        handlers.append(_FifoHandler(fd))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def serve_main(args: ServeArgs, ready: ReadyPipe) -> int:
+    """Body of the forked server (see runvm.cli.spawn)."""
+    _detach_stdio()
+    mounts.unshare_mounts()
+    _setup_logging(args)
+    return asyncio.run(_serve(args, ready))
+
+
+def _write_record(layout: Layout, service: TaskService) -> None:
+    record = {
+        "shim_pid": os.getpid(),
+        "socket": str(layout.socket),
+        "run_dir": str(layout.run_dir),
+        "tasks": sorted(service.tasks),
+        "cgroups": [str(p) for p in service.cgroup.created] if service.cgroup else [],
+        "vm_pid": service.vm_pid,
+        "agent_instance": details.instance_id if (details := service.details) else "",
+    }
+    tmp = layout.record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, layout.record)
+
+
+async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
+    layout = args.layout
+    publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), layout.namespace)
+    service = TaskService(layout.group, layout.namespace, layout.pod_config(args.config),
+                          publisher)  # fmt: skip
+    service.on_change = lambda: _write_record(layout, service)
+    server = Server()
+    server.register(wire.TASK_SERVICE, service.handlers())
+    listener = await asyncio.start_unix_server(
+        server.serve_connection, sock=socket.socket(fileno=args.listen_fd)
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, service.done.set)
+    _write_record(layout, service)
+    ready.ok()
+    log.info("serving group %s on %s", layout.group, layout.address)
+    try:
+        await service.done.wait()
+        await asyncio.sleep(0.1)  # let the Shutdown reply go out
+    finally:
+        listener.close()
+        await service.close()
+        await publisher.flush(FLUSH_TIMEOUT)
+        await publisher.close()
+        server.close()
+        log.info("shim for %s exits", layout.group)
+        logging.shutdown()
+        for path in (layout.socket, layout.lock, layout.record, *layout.logs):
+            path.unlink(missing_ok=True)
+    return 0

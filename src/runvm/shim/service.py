@@ -1,0 +1,406 @@
+"""containerd's Task service over the runtime core: the containers of one pod VM.
+
+Contract: one :class:`TaskService` per shim process serves every task of one group (a pod, or
+a lone container). The first Create (the pod sandbox, or the lone container) enters the
+network namespace and host cgroup its config names and boots the VM; later Creates of the
+pod add containers to the same VM. Deleting the last task stops the VM; ``Shutdown`` with no
+task left ends the shim (``done`` is set). Events are published in containerd's order:
+create, start, exec-added, exec-started, exit (after the output was drained), delete,
+paused, resumed. Requests about unknown ids fail NOT_FOUND; bad input INVALID_ARGUMENT;
+requests in the wrong state FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import DecodeError, Message
+
+from runvm import config as cfg
+from runvm.errors import ConfigError, RpcError, RunvmError
+from runvm.network import netns
+from runvm.oci import parse_process
+from runvm.protocol import agent_pb2 as apb
+from runvm.protocol.client import AgentClient
+from runvm.runtime.container import Container
+from runvm.runtime.guestspec import with_path
+from runvm.runtime.hostcgroup import HostCgroup
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+from runvm.shim import pod, wire
+from runvm.shim import shim_api_pb2 as spb
+from runvm.shim.cmdline import container_kind
+from runvm.shim.events import Publisher
+from runvm.shim.stdio import open_stdio
+from runvm.shim.tasks import Proc, Task
+from runvm.storage import mounts
+from runvm.ttrpc import CallContext, Code, Handler
+
+log = logging.getLogger(__name__)
+
+METRICS_TYPE_URL = "io.containerd.cgroups.v2.Metrics"
+MAX_JSON = 1 << 20  # exec process / resources documents
+VERSION = "runvm-shim 1"
+
+
+class TaskService:
+    def __init__(
+        self, group: str, namespace: str, config: cfg.RunvmConfig, publisher: Publisher
+    ) -> None:
+        self.group = group
+        self.namespace = namespace
+        self.config = config
+        self.events = publisher
+        self.tasks: dict[str, Task] = {}
+        self.sandbox: Sandbox | None = None
+        self.sandbox_task = ""  # the task whose create booted the VM
+        self.cgroup: HostCgroup | None = None
+        self.lock = asyncio.Lock()  # create/delete change the pod
+        self.done = asyncio.Event()
+        self.on_change: Callable[[], None] = lambda: None  # the task set changed
+
+    # --- plumbing ------------------------------------------------------------------------
+    def handlers(self) -> dict[str, Handler]:
+        methods: dict[str, Callable[[Any], Awaitable[Message]]] = {
+            "Create": self.create, "Start": self.start, "Delete": self.delete,
+            "State": self.state, "Pids": self.pids, "Pause": self.pause, "Resume": self.resume,
+            "Checkpoint": self.checkpoint, "Kill": self.kill, "Exec": self.exec,
+            "ResizePty": self.resize_pty, "CloseIO": self.close_io, "Update": self.update,
+            "Wait": self.wait, "Stats": self.stats, "Connect": self.connect,
+            "Shutdown": self.shutdown,
+        }  # fmt: skip
+        return {name: self._unary(name, fn) for name, fn in methods.items()}
+
+    def _unary(self, name: str, fn: Callable[[Any], Awaitable[Message]]) -> Handler:
+        request_type = wire.TASK_METHODS[name][0]
+
+        async def handler(payload: bytes, ctx: CallContext) -> bytes:
+            try:
+                request = request_type.FromString(payload)
+            except DecodeError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, f"{name}: {exc}") from exc
+            try:
+                return (await fn(request)).SerializeToString()
+            except RpcError:
+                raise
+            except ConfigError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+            except (RunvmError, OSError) as exc:
+                log.error("%s: %s", name, exc)
+                raise RpcError(Code.INTERNAL, str(exc)) from exc
+
+        return handler
+
+    def _task(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise RpcError(Code.NOT_FOUND, f"container {task_id}: not found")
+        return task
+
+    def _proc(self, task_id: str, exec_id: str) -> tuple[Task, Proc]:
+        task = self._task(task_id)
+        proc = task.proc(exec_id)
+        if proc is None:
+            raise RpcError(Code.NOT_FOUND, f"process {exec_id} of {task_id}: not found")
+        return task, proc
+
+    @property
+    def agent(self) -> AgentClient:
+        if self.sandbox is None or self.sandbox.agent is None:
+            raise RpcError(Code.FAILED_PRECONDITION, "the pod VM is not running")
+        return self.sandbox.agent
+
+    @property
+    def details(self) -> apb.GuestDetailsResponse | None:
+        return self.sandbox.details if self.sandbox is not None else None
+
+    @property
+    def vm_pid(self) -> int:
+        if self.sandbox is None or self.sandbox.vm is None:
+            return 0
+        return self.sandbox.vm.child.pid or 0
+
+    # --- create / start / delete -----------------------------------------------------
+    async def create(self, req: spb.CreateTaskRequest) -> spb.CreateTaskResponse:
+        if req.checkpoint:
+            raise RpcError(Code.UNIMPLEMENTED, "checkpoint/restore is not supported by runvm")
+        async with self.lock:
+            if req.id in self.tasks:
+                raise RpcError(Code.ALREADY_EXISTS, f"container {req.id}: already exists")
+            bundle = Path(req.bundle)
+            task = Task(req.id, bundle, None, Proc(req.id, "", _task_io(req)))
+            try:
+                await self._create(task, req)
+            except BaseException:
+                await self._undo_create(task)
+                raise
+            self.tasks[task.id] = task
+            self.on_change()
+        self.events.publish(spb.TaskCreate(
+            container_id=task.id, bundle=req.bundle, rootfs=req.rootfs, io=task.init.io,
+            pid=task.init.pid,
+        ))  # fmt: skip
+        return spb.CreateTaskResponse(pid=task.init.pid)
+
+    async def _create(self, task: Task, req: spb.CreateTaskRequest) -> None:
+        rootfs = task.bundle / "rootfs"
+        for m in req.rootfs:
+            mounts.mount_spec(m.type, m.source, str(rootfs), list(m.options))
+            task.rootfs_mounted = True
+        spec, _ = Container.load(task.id, task.bundle)
+        annotations = spec.get("annotations") or {}
+        task.kind = container_kind(annotations, task.id)
+        pod.check_namespaces(spec, task.id, task.kind)
+        join: dict[str, str] = {}
+        if self.sandbox is None:
+            if task.kind == "container":
+                raise RpcError(Code.FAILED_PRECONDITION,
+                               f"container {task.id}: its pod sandbox {self.group} is not "
+                               "running in this shim")  # fmt: skip
+            await self._boot(task, spec)
+        elif self.sandbox_task in self.tasks:
+            join = pod.join_map(self.vm_pid, self.tasks[self.sandbox_task].init.guest_pid)
+        assert self.sandbox is not None
+        stdin = bool(req.stdin) or bool(req.terminal)
+        task.container = await Container.create(self.sandbox, task.id, task.bundle, stdin, join)
+        init = task.init
+        init.pid, init.guest_pid = self.vm_pid, task.container.guest_pid
+        init.host = await asyncio.to_thread(
+            open_stdio, req.stdin, req.stdout, req.stderr, task.id, self.namespace
+        )
+        init.attach(self.agent)
+        init.watch(self.agent, self._exited)
+
+    async def _boot(self, task: Task, spec: dict[str, Any]) -> None:
+        """The pod's first container: network namespace, host cgroup, then the VM."""
+        netns.apply(spec)
+        cgroups_path = (spec.get("linux") or {}).get("cgroupsPath")
+        if cgroups_path:
+            try:
+                self.cgroup = HostCgroup.create(cgroups_path)
+                self.cgroup.enter()
+            except (OSError, RunvmError) as exc:
+                log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
+        hostname = spec.get("hostname") or task.id[:63]
+        self.sandbox = await Sandbox.start(self.group, self.config,
+                                           SandboxOptions(hostname=hostname))  # fmt: skip
+        self.sandbox_task = task.id
+        log.info("pod %s: VM up (pid %d, %s)", self.group, self.vm_pid,
+                 self.sandbox.accel.accel.value if self.sandbox.accel else "?")  # fmt: skip
+
+    async def _undo_create(self, task: Task) -> None:
+        task.init.release()
+        if task.init.watcher is not None:
+            task.init.watcher.cancel()
+        if task.container is not None:
+            with contextlib.suppress(Exception):
+                await task.container.remove()
+        if task.rootfs_mounted:
+            with contextlib.suppress(OSError):
+                mounts.umount(str(task.bundle / "rootfs"))
+        if self.sandbox_task == task.id and not self.tasks:
+            await self._stop_vm()
+
+    async def _stop_vm(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+            self.sandbox = None
+        self.sandbox_task = ""
+        if self.cgroup is not None:
+            self.cgroup.leave()
+            await asyncio.to_thread(self.cgroup.remove)
+            self.cgroup = None
+
+    async def _exited(self, proc: Proc) -> None:
+        self.events.publish(spb.TaskExit(
+            container_id=proc.container_id, id=proc.event_id, pid=proc.pid,
+            exit_status=proc.exit_status, exited_at=proc.exited_at,
+        ))  # fmt: skip
+
+    async def start(self, req: spb.StartRequest) -> spb.StartResponse:
+        task, proc = self._proc(req.id, req.exec_id)
+        async with proc.start_lock:
+            if proc.status != spb.CREATED:
+                raise RpcError(Code.FAILED_PRECONDITION,
+                               f"{proc.event_id}: cannot start a process that is "
+                               f"{spb.Status.Name(proc.status).lower()}")  # fmt: skip
+            if not req.exec_id:
+                assert task.container is not None
+                await task.container.start()
+                proc.status = spb.RUNNING
+                self.events.publish(spb.TaskStart(container_id=task.id, pid=proc.pid))
+                return spb.StartResponse(pid=proc.pid)
+            request = apb.ExecProcessRequest(
+                container_id=task.id, exec_id=req.exec_id, stdin=bool(proc.io.stdin)
+                or proc.io.terminal, process_json=json.dumps(proc.process).encode(),
+            )  # fmt: skip
+            proc.guest_pid = await self.agent.exec_process(request)
+            proc.pid = self.vm_pid
+            proc.status = spb.RUNNING
+            proc.attach(self.agent)
+            proc.watch(self.agent, self._exited)
+            self.events.publish(spb.TaskExecStarted(container_id=task.id, exec_id=req.exec_id,
+                                                    pid=proc.pid))  # fmt: skip
+        return spb.StartResponse(pid=proc.pid)
+
+    async def delete(self, req: spb.DeleteRequest) -> spb.DeleteResponse:
+        task, proc = self._proc(req.id, req.exec_id)
+        if proc.status == spb.RUNNING:
+            raise RpcError(Code.FAILED_PRECONDITION,
+                           f"{proc.event_id}: cannot delete a running process")  # fmt: skip
+        if req.exec_id:
+            proc.release()
+            del task.execs[req.exec_id]
+            return _delete_response(proc)
+        async with self.lock:
+            if proc.status == spb.CREATED:  # never started: its init waits in the guest
+                with contextlib.suppress(RunvmError):
+                    await self.agent.signal_process(task.id, "", 9, True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.exited.wait(), 10)
+            for other in task.execs.values():
+                other.release()
+            proc.release()
+            await self._undo_create(task)
+            self.tasks.pop(task.id, None)
+            if not self.tasks:
+                await self._stop_vm()
+            self.on_change()
+        self.events.publish(spb.TaskDelete(
+            container_id=task.id, pid=proc.pid, exit_status=proc.exit_status,
+            exited_at=proc.exited_at, id="",
+        ))  # fmt: skip
+        return _delete_response(proc)
+
+    # --- processes ---------------------------------------------------------------------
+    async def exec(self, req: spb.ExecProcessRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        if task.init.status != spb.RUNNING:
+            raise RpcError(Code.FAILED_PRECONDITION, f"container {task.id} is not running")
+        if not req.exec_id or req.exec_id in task.execs:
+            raise RpcError(Code.ALREADY_EXISTS, f"exec {req.exec_id!r} of {task.id}: "
+                           "already exists (or empty)")  # fmt: skip
+        if len(req.spec.value) > MAX_JSON:
+            raise RpcError(Code.INVALID_ARGUMENT, f"exec process spec over {MAX_JSON} bytes")
+        process = with_path(parse_process(req.spec.value, f"exec {req.exec_id} process"))
+        proc = Proc(task.id, req.exec_id, spb.TaskIO(stdin=req.stdin, stdout=req.stdout,
+                    stderr=req.stderr, terminal=req.terminal), process=process)  # fmt: skip
+        proc.host = await asyncio.to_thread(
+            open_stdio, req.stdin, req.stdout, req.stderr, task.id, self.namespace
+        )
+        task.execs[req.exec_id] = proc
+        self.events.publish(spb.TaskExecAdded(container_id=task.id, exec_id=req.exec_id))
+        return empty_pb2.Empty()
+
+    async def kill(self, req: spb.KillRequest) -> empty_pb2.Empty:
+        task, proc = self._proc(req.id, req.exec_id)
+        if proc.status == spb.STOPPED and not req.all:
+            raise RpcError(Code.NOT_FOUND, f"{proc.event_id}: process already finished")
+        if proc.status == spb.CREATED and req.exec_id:
+            raise RpcError(Code.FAILED_PRECONDITION, f"{proc.event_id}: not started")
+        await self.agent.signal_process(task.id, req.exec_id, req.signal, req.all)
+        return empty_pb2.Empty()
+
+    async def wait(self, req: spb.WaitRequest) -> spb.WaitResponse:
+        _, proc = self._proc(req.id, req.exec_id)
+        await proc.exited.wait()
+        return spb.WaitResponse(exit_status=proc.exit_status, exited_at=proc.exited_at)
+
+    async def state(self, req: spb.StateRequest) -> spb.StateResponse:
+        task, proc = self._proc(req.id, req.exec_id)
+        return proc.state(str(task.bundle), task.paused)
+
+    async def close_io(self, req: spb.CloseIORequest) -> empty_pb2.Empty:
+        _, proc = self._proc(req.id, req.exec_id)
+        if req.stdin:
+            await proc.close_stdin(self.agent)
+        return empty_pb2.Empty()
+
+    async def resize_pty(self, req: spb.ResizePtyRequest) -> empty_pb2.Empty:
+        task, proc = self._proc(req.id, req.exec_id)
+        if proc.status == spb.RUNNING or (proc.status == spb.CREATED and not req.exec_id):
+            await self.agent.tty_win_resize(task.id, req.exec_id, req.height, req.width)
+        return empty_pb2.Empty()
+
+    # --- the container as a whole -----------------------------------------------------
+    async def pids(self, req: spb.PidsRequest) -> spb.PidsResponse:
+        task = self._task(req.id)
+        pids = await self.agent.list_processes(task.id)
+        return spb.PidsResponse(processes=[spb.ProcessInfo(pid=pid) for pid in pids])
+
+    async def pause(self, req: spb.PauseRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        await self.agent.pause_container(task.id)
+        task.paused = True
+        self.events.publish(spb.TaskPaused(container_id=task.id))
+        return empty_pb2.Empty()
+
+    async def resume(self, req: spb.ResumeRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        await self.agent.resume_container(task.id)
+        task.paused = False
+        self.events.publish(spb.TaskResumed(container_id=task.id))
+        return empty_pb2.Empty()
+
+    async def update(self, req: spb.UpdateTaskRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        if len(req.resources.value) > MAX_JSON:
+            raise RpcError(Code.INVALID_ARGUMENT, f"resources over {MAX_JSON} bytes")
+        try:
+            json.loads(req.resources.value or b"{}")
+        except ValueError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"resources: not JSON: {exc}") from exc
+        await self.agent.update_container(task.id, req.resources.value or b"{}")
+        return empty_pb2.Empty()
+
+    async def stats(self, req: spb.StatsRequest) -> spb.StatsResponse:
+        task = self._task(req.id)
+        s = await self.agent.stats_container(task.id)
+        metrics = spb.CgroupsV2Metrics(
+            pids=spb.PidsStat(current=s.pids_current, limit=s.pids_max),
+            cpu=spb.CPUStat(usage_usec=s.cpu_usage_usec, user_usec=s.cpu_user_usec,
+                            system_usec=s.cpu_system_usec),
+            memory=spb.MemoryStat(usage=s.memory_current, usage_limit=s.memory_max),
+            memory_events=spb.MemoryEvents(oom_kill=s.memory_oom_kills),
+        )  # fmt: skip
+        stats = any_pb2.Any(type_url=METRICS_TYPE_URL, value=metrics.SerializeToString())
+        return spb.StatsResponse(stats=stats)
+
+    async def checkpoint(self, req: spb.CheckpointTaskRequest) -> empty_pb2.Empty:
+        raise RpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by runvm")
+
+    # --- the shim ---------------------------------------------------------------------
+    async def connect(self, req: spb.ConnectRequest) -> spb.ConnectResponse:
+        return spb.ConnectResponse(shim_pid=os.getpid(), task_pid=self.vm_pid, version=VERSION)
+
+    async def shutdown(self, req: spb.ShutdownRequest) -> empty_pb2.Empty:
+        if not self.tasks:
+            self.done.set()
+        return empty_pb2.Empty()
+
+    async def close(self) -> None:
+        """The shim is going away: end every task and stop the VM."""
+        async with self.lock:
+            for task in list(self.tasks.values()):
+                for proc in (task.init, *task.execs.values()):
+                    proc.release()
+                await self._undo_create(task)
+            self.tasks.clear()
+            await self._stop_vm()
+
+
+def _task_io(req: spb.CreateTaskRequest) -> spb.TaskIO:
+    return spb.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
+                      terminal=req.terminal)  # fmt: skip
+
+
+def _delete_response(proc: Proc) -> spb.DeleteResponse:
+    return spb.DeleteResponse(pid=proc.pid, exit_status=proc.exit_status,
+                              exited_at=proc.exited_at)  # fmt: skip

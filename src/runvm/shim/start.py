@@ -1,0 +1,99 @@
+"""``containerd-shim-runvm-v2 ... start``: find or start the group's shim, print its address.
+
+Cheap by design (containerd runs it for every container): read the runtime options on stdin
+and the bundle's annotations, compute the group's socket; if a shim already answers there
+(a pod's later containers), just write the ``address`` file and print the address. Otherwise
+bind the socket, fork the server with it (detached from containerd's pipes, in a new
+session), wait until it is ready, then write and print the address. Concurrent starts of one
+group are serialized by a lock file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from runvm import config as cfg
+from runvm.cli.spawn import fork_helper
+from runvm.errors import RunvmError
+from runvm.shim import bundle as bundle_files
+from runvm.shim import wire
+from runvm.shim.cmdline import ShimArgs, container_kind, group_id
+from runvm.shim.layout import Layout
+
+MAX_OPTIONS = 1 << 20
+CONNECT_TIMEOUT = 2.0
+
+
+def read_options() -> str | None:
+    """The config path from the runtime options containerd writes on stdin, if any."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    data = sys.stdin.buffer.read(MAX_OPTIONS + 1)
+    if len(data) > MAX_OPTIONS:
+        raise RunvmError(f"runtime options on stdin are larger than {MAX_OPTIONS} bytes")
+    return wire.parse_options(data)
+
+
+def alive(path: Path) -> bool:
+    """True if a server accepts connections on the unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def start_main(args: ShimArgs) -> int:
+    config_path = read_options()
+    config = cfg.load(Path(config_path) if config_path else None)
+    bundle = Path(args.bundle or os.getcwd())
+    annotations = bundle_files.read_annotations(bundle)
+    group = group_id(annotations, args.id)
+    layout = Layout.of(config, args.address, args.namespace, group)
+    layout.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with locked(layout.lock):
+        if not alive(layout.socket):
+            if container_kind(annotations, args.id) == "container":
+                raise RunvmError(f"container {args.id}: its pod sandbox {group} has no "
+                                 "running shim (create the sandbox first)")  # fmt: skip
+            _spawn_server(args, layout, config, bundle)
+    bundle_files.write_address(bundle, layout.address)
+    sys.stdout.write(layout.address)
+    sys.stdout.flush()
+    return 0
+
+
+def _spawn_server(args: ShimArgs, layout: Layout, config: cfg.RunvmConfig, bundle: Path) -> None:
+    from runvm.shim.server import ServeArgs, serve_main
+
+    layout.socket.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(layout.socket))
+        os.chmod(layout.socket, 0o600)
+        sock.listen(128)
+        serve = ServeArgs(layout, config, bundle, sock.fileno(), args.debug)
+        fork_helper(lambda ready: serve_main(serve, ready), keep=(sock.fileno(),))
+    except BaseException:
+        layout.socket.unlink(missing_ok=True)
+        raise
+    finally:
+        sock.close()
