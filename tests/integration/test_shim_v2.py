@@ -130,3 +130,155 @@ def test_detached_task_exec_ps_metrics_pause_kill_delete(containerd: Any, image:
                 "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"]  # fmt: skip
     assert topics == expected, topics
     assert events.field("bg1", "/tasks/exit")[-1].get("exit_status") == 9
+
+
+SANDBOX = "io.kubernetes.cri.container-type=sandbox"
+CONTAINER = "io.kubernetes.cri.container-type=container"
+
+
+def pod_args(kind: str, sandbox_id: str) -> list[str]:
+    return ["--annotation", kind, "--annotation", f"io.kubernetes.cri.sandbox-id={sandbox_id}"]
+
+
+def exec_out(containerd: Any, task_id: str, exec_id: str, *cmd: str) -> str:
+    r = containerd.ctr("task", "exec", "--exec-id", exec_id, task_id, *cmd)
+    assert r.returncode == 0, r.stderr
+    return str(r.stdout.decode().strip())
+
+
+def procs_with(*needles: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if all(n in args for n in needles):
+                found.append(int(entry.name))
+    return found
+
+
+def test_pod_containers_share_one_vm_and_one_shim(
+    containerd: Any, image: str, state_root: Path
+) -> None:
+    run = ["run", "-d", "--runtime", RUNTIME]
+    ids = ["s1", "a1", "a2"]
+    try:
+        r = containerd.ctr(*run, *pod_args(SANDBOX, "s1"), image, "s1", "sleep", "1000")
+        assert r.returncode == 0, r.stderr
+        vm_pid = int(task_row(containerd, "s1")[1])
+        r = containerd.ctr(*run, *pod_args(CONTAINER, "s1"), "--with-ns",
+                           f"uts:/proc/{vm_pid}/ns/uts", image, "a1", "sleep", "1000")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = containerd.ctr(*run, *pod_args(CONTAINER, "s1"), image, "a2", "sleep", "1000")
+        assert r.returncode == 0, r.stderr
+
+        assert [int(task_row(containerd, i)[1]) for i in ids] == [vm_pid] * 3
+        assert len(procs_with("qemu-system", str(state_root))) == 1
+        assert len(procs_with("containerd-shim-runvm-v2", containerd.address)) == 1
+        records = list((state_root / "k" / "default").glob("*.json"))
+        assert len(records) == 1, records
+        import json
+
+        record = json.loads(records[0].read_text())
+        assert record["tasks"] == sorted(ids) and record["agent_instance"]
+
+        uts = {i: exec_out(containerd, i, f"u-{i}", "readlink", "/proc/self/ns/uts") for i in ids}
+        assert uts["s1"] == uts["a1"] != uts["a2"], uts
+        # Each container has its own root filesystem.
+        exec_out(containerd, "a1", "touch", "touch", "/only-in-a1")
+        r = containerd.ctr("task", "exec", "--exec-id", "ls", "s1", "ls", "/only-in-a1")
+        assert r.returncode != 0
+
+        # The VM outlives its app containers and stops with the last container.
+        for task_id in ("a1", "a2"):
+            containerd.ctr("task", "kill", "-s", "SIGKILL", task_id)
+            wait_for("exit", lambda t=task_id: task_row(containerd, t)[2:3] == ["STOPPED"])
+            assert containerd.ctr("task", "delete", task_id).returncode == 0
+        assert exec_out(containerd, "s1", "still", "echo", "alive") == "alive"
+        containerd.ctr("task", "kill", "-s", "SIGKILL", "s1")
+        wait_for("exit", lambda: task_row(containerd, "s1")[2:3] == ["STOPPED"])
+        assert containerd.ctr("task", "delete", "s1").returncode == 0
+        wait_for("the VM to stop", lambda: not procs_with("qemu-system", str(state_root)))
+    finally:
+        for task_id in reversed(ids):
+            containerd.ctr("task", "delete", "-f", task_id)
+            containerd.ctr("container", "delete", task_id)
+
+
+def test_pods_that_need_the_host_are_refused(containerd: Any, image: str) -> None:
+    run = ["run", "--rm", "--runtime", RUNTIME]
+    r = containerd.ctr(*run, "--net-host", *pod_args(SANDBOX, "h1"), image, "h1", "true")
+    assert r.returncode != 0
+    assert b"host network is not possible in a VM pod" in r.stderr, r.stderr
+    r = containerd.ctr(*run, *pod_args(CONTAINER, "nosuchpod"), image, "o1", "true")
+    assert r.returncode != 0
+    assert b"pod sandbox nosuchpod has no running shim" in r.stderr, r.stderr
+    r = containerd.ctr(*run, "--runtime-config-path", "/nonexistent/runvm.toml", image, "b1",
+                       "true")  # fmt: skip
+    assert r.returncode != 0
+    assert b"/nonexistent/runvm.toml" in r.stderr, r.stderr
+    for task_id in ("h1", "o1", "b1"):
+        containerd.ctr("container", "delete", task_id)
+    assert containerd.ctr("container", "ls", "-q").stdout.strip() == b""
+
+
+def test_containerd_restart_then_shim_killed(containerd: Any, image: str, state_root: Path) -> None:
+    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, image, "r1", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    try:
+        vm_pid = int(task_row(containerd, "r1")[1])
+        # The pod's host processes are accounted in the cgroup its config names.
+        memory = [ln for ln in Path(f"/proc/{vm_pid}/cgroup").read_text().splitlines()
+                  if ":memory:" in ln or ln.startswith("0::")]  # fmt: skip
+        assert memory and memory[0].endswith("/default/r1"), memory
+
+        containerd.restart()
+        events = containerd.events()  # (a subscription ends with the daemon)
+        assert task_row(containerd, "r1")[2] == "RUNNING"
+        assert exec_out(containerd, "r1", "after-restart", "echo", "still-here") == "still-here"
+
+        import json
+        import os
+        import signal
+
+        record = json.loads((state_root / "k" / "default" / "r1.json").read_text())
+        os.kill(record["shim_pid"], signal.SIGKILL)
+        wait_for("containerd to see the exit",
+                 lambda: task_row(containerd, "r1")[2:3] in (["STOPPED"], []))  # fmt: skip
+        wait_for("the exit event", lambda: [e for e in events.field("r1", "/tasks/exit")
+                                            if e.get("id") == "r1"], 30)  # fmt: skip
+        vm_gone = lambda: not procs_with("qemu-system", str(state_root))  # noqa: E731
+        wait_for("the VM to die with its shim", vm_gone)
+    finally:
+        containerd.ctr("task", "delete", "-f", "r1")
+        containerd.ctr("container", "delete", "r1")
+    exits = events.field("r1", "/tasks/exit")
+    assert exits and exits[-1].get("exit_status") == 137, (
+        events.records("r1"),
+        (containerd.base / "containerd.log").read_text()[-5000:],
+    )
+    assert not Path("/sys/fs/cgroup/memory/default/r1").exists()
+
+
+def test_log_uris_file_and_binary(containerd: Any, image: str, tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "l1.log"
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--log-uri", f"file://{log_file}",
+                       image, "l1", "sh", "-c", "echo to-file; echo err-file >&2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(log_file.read_text().split()) == ["err-file", "to-file"]
+
+    logger = tmp_path / "logger.sh"
+    logger.write_text('#!/bin/sh\nexec 5>&-\ncat <&3 >"$2.out" &\ncat <&4 >"$2.err"\nwait\n'
+                      'echo "$CONTAINER_ID $CONTAINER_NAMESPACE" >"$2.env"\n')  # fmt: skip
+    logger.chmod(0o755)
+    prefix = tmp_path / "l2"
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--log-uri",
+                       f"binary://{logger}?out={prefix}", image, "l2", "sh", "-c",
+                       "echo to-binary; echo err-binary >&2; exit 5")  # fmt: skip
+    assert r.returncode == 5, r.stderr
+    wait_for("the logger to finish", lambda: Path(f"{prefix}.env").exists(), 20)
+    assert Path(f"{prefix}.out").read_text() == "to-binary\n"
+    assert Path(f"{prefix}.err").read_text() == "err-binary\n"
+    assert Path(f"{prefix}.env").read_text() == "l2 default\n"

@@ -70,11 +70,15 @@ def start_main(args: ShimArgs) -> int:
     layout = Layout.of(config, args.address, args.namespace, group)
     layout.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with locked(layout.lock):
-        if not alive(layout.socket):
-            if container_kind(annotations, args.id) == "container":
-                raise RunvmError(f"container {args.id}: its pod sandbox {group} has no "
-                                 "running shim (create the sandbox first)")  # fmt: skip
-            _spawn_server(args, layout, config, bundle)
+        try:
+            if not alive(layout.socket):
+                if container_kind(annotations, args.id) == "container":
+                    raise RunvmError(f"container {args.id}: its pod sandbox {group} has no "
+                                     "running shim (create the sandbox first)")  # fmt: skip
+                _spawn_server(args, layout, config, bundle)
+        except BaseException:
+            layout.lock.unlink(missing_ok=True)  # no shim: nothing of the group may stay
+            raise
     bundle_files.write_address(bundle, layout.address)
     sys.stdout.write(layout.address)
     sys.stdout.flush()

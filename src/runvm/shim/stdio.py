@@ -92,7 +92,9 @@ def open_stdio(
             io.stdout = io.stderr = _log_file(uri.path)
             io._fds.append(io.stdout)
         elif uri.scheme == "binary":
-            _start_logger(io, uri.path, parse_qsl(uri.query), container_id, namespace)
+            _start_logger(
+                io, uri.path, parse_qsl(uri.query, keep_blank_values=True), container_id, namespace
+            )
         else:
             raise ConfigError(f"stdout {stdout}: unknown scheme {uri.scheme!r} "
                               "(use a FIFO path, file:// or binary://)")  # fmt: skip
@@ -122,7 +124,7 @@ def _start_logger(
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     io._fds += [out_w, err_w]
     io.stdout, io.stderr = out_w, err_w
-    args = [path] + [item for pair in query for item in pair if item]
+    args = [path] + [item for pair in query for item in pair]  # as containerd: key, value
     env = {"CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
