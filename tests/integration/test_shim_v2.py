@@ -55,13 +55,17 @@ def task_row(containerd: Any, task_id: str) -> list[str]:
 
 
 def ctr_on_terminal(containerd: Any, *args: str, answer: bytes = b"") -> tuple[bytes, int]:
-    """Run ctr on a new pseudo-terminal (for ``-t``); returns (output, exit code)."""
+    """Run ctr on a new 33x111 pseudo-terminal (for ``-t``); returns (output, exit code)."""
+    import fcntl
     import os
     import pty
     import select
+    import struct
+    import termios
 
     pid, master = pty.fork()
     if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
         os.execvp("ctr", ["ctr", "--address", containerd.address, *args])
     out = b""
     deadline = time.monotonic() + 120
@@ -83,7 +87,73 @@ def ctr_on_terminal(containerd: Any, *args: str, answer: bytes = b"") -> tuple[b
     return out, os.waitstatus_to_exitcode(status)
 
 
-def test_detached_task_exec_ps_metrics_pause_kill_delete(containerd: Any, image: str) -> None:
+def test_stdin_reaches_the_task_and_no_output_is_lost(containerd: Any, image: str) -> None:
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "io1", "sh", "-c",
+                       "read x; echo got-$x; seq 1 30000; exit 3", input=b"piped-in\n")  # fmt: skip
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "got-piped-in", r.stderr
+    assert lines[1:] == [str(i) for i in range(1, 30001)]
+    assert r.returncode == 3
+
+
+def test_oom_event_and_config_from_runtime_options(
+    containerd: Any, image: str, tmp_path: Path, accel_cache: Path
+) -> None:
+    import shutil
+    import tempfile
+
+    other_root = Path(tempfile.mkdtemp(prefix="rvo-", dir="/tmp"))
+    config = tmp_path / "small.toml"
+    config.write_text(f'[runtime]\nstate_root = "{other_root}"\ncache_dir = "{accel_cache}"\n'
+                      "[hypervisor]\nmemory_mib = 300\n")  # fmt: skip
+    events = containerd.events()
+    try:
+        r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--runtime-config-path",
+                           str(config), "--memory-limit", str(32 << 20), image, "oom1", "sh",
+                           "-c", "grep MemTotal /proc/meminfo; "
+                           "dd if=/dev/zero of=/dev/null bs=128M count=1")  # fmt: skip
+        mem_kib = int(r.stdout.split()[1])
+        assert 200 * 1024 < mem_kib < 300 * 1024, r.stdout  # the options' config was used
+        assert r.returncode == 137, r.stderr  # killed by the OOM killer (SIGKILL)
+        wait_for("the oom event", lambda: events.topics("oom1").count("/tasks/oom"), 20)
+        topics = events.topics("oom1")
+        assert topics[0] == "/tasks/create" and topics[-1] == "/tasks/delete", topics
+        wait_for("the shim to clean up", lambda: not [p for p in other_root.rglob("*")
+                                                      if not p.is_dir()], 20)  # fmt: skip
+    finally:
+        shutil.rmtree(other_root, ignore_errors=True)
+
+
+def update_memory_limit(state_root: Path, task_id: str, limit: int) -> None:
+    import asyncio
+    import json
+
+    from google.protobuf import any_pb2
+
+    from runvm.shim import shim_api_pb2 as spb
+    from runvm.shim import wire
+    from runvm.ttrpc import Client
+
+    record = json.loads((state_root / "k" / "default" / f"{task_id}.json").read_text())
+    resources = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode(),
+    )
+    request = spb.UpdateTaskRequest(id=task_id, resources=resources)
+
+    async def call() -> None:
+        client = await Client.connect_unix(record["socket"])
+        try:
+            await client.call(wire.TASK_SERVICE, "Update", request.SerializeToString(), timeout=30)
+        finally:
+            await client.close()
+
+    asyncio.run(call())
+
+
+def test_detached_task_exec_ps_metrics_pause_kill_delete(
+    containerd: Any, image: str, state_root: Path
+) -> None:
     events = containerd.events()
     script = 'trap "echo bye; exit 9" TERM; echo up; while :; do sleep 0.2; done'
     r = containerd.ctr("run", "-d", "--runtime", RUNTIME, image, "bg1", "sh", "-c", script)
@@ -98,8 +168,9 @@ def test_detached_task_exec_ps_metrics_pause_kill_delete(containerd: Any, image:
         assert (r.stdout, r.returncode) == (b"exec-out\n", 3), r.stderr
 
         out, code = ctr_on_terminal(containerd, "task", "exec", "-t", "--exec-id", "e2", "bg1",
-                                    "sh", "-c", "tty; exit 4")  # fmt: skip
+                                    "sh", "-c", "tty; stty size; exit 4")  # fmt: skip
         assert b"/dev/pts/" in out and code == 4, out
+        assert b"33 111" in out, out  # ResizePty carried the client's terminal size
 
         r = containerd.ctr("task", "ps", "bg1")
         assert r.returncode == 0, r.stderr
@@ -110,6 +181,13 @@ def test_detached_task_exec_ps_metrics_pause_kill_delete(containerd: Any, image:
         rows = dict(line.split()[:2] for line in r.stdout.decode().splitlines()
                     if len(line.split()) >= 2)  # fmt: skip
         assert int(rows["memory.usage"]) > 0 and int(rows["pids.current"]) >= 2, r.stdout
+
+        # ctr 1.6 has no `task update`: call the shim's Update as containerd would.
+        update_memory_limit(state_root, "bg1", 200000000)
+        r = containerd.ctr("task", "metrics", "bg1")
+        limit = next(int(ln.split()[1]) for ln in r.stdout.decode().splitlines()
+                     if ln.startswith("memory.usage_limit"))  # fmt: skip
+        assert 200000000 - 4096 < limit <= 200000000, r.stdout  # (the kernel rounds to pages)
 
         assert containerd.ctr("task", "pause", "bg1").returncode == 0
         assert task_row(containerd, "bg1")[2] == "PAUSED"

@@ -55,3 +55,17 @@ def test_missing_path_gets_the_default() -> None:
     assert out["process"]["env"][0].startswith("PATH=/usr/local/sbin:")
     spec["process"]["env"] = ["PATH=/custom"]
     assert guest_spec(spec, "c1", "/r", share([]))["process"]["env"] == ["PATH=/custom"]
+
+
+def test_pod_namespaces_are_joined_through_the_map() -> None:
+    spec = default_spec()
+    ns = [n for n in spec["linux"]["namespaces"] if n["type"] not in ("uts", "ipc")]
+    spec["linux"]["namespaces"] = [*ns, {"type": "uts", "path": "/proc/42/ns/uts"},
+                                   {"type": "ipc", "path": "/proc/42/ns/ipc"}]  # fmt: skip
+    join = {"/proc/42/ns/uts": "/proc/7/ns/uts", "/proc/42/ns/ipc": "/proc/7/ns/ipc"}
+    out = guest_spec(spec, "c1", "/r", share([]), join)
+    paths = {n["type"]: n.get("path") for n in out["linux"]["namespaces"]}
+    assert paths["uts"] == "/proc/7/ns/uts" and paths["ipc"] == "/proc/7/ns/ipc"
+    spec["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/43/ns/cgroup"})
+    with pytest.raises(ConfigError, match="host cgroup namespace /proc/43"):
+        guest_spec(spec, "c1", "/r", share([]), join)

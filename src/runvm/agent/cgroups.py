@@ -46,3 +46,8 @@ def stats(cgroup: Path) -> pb.StatsContainerResponse:
         paused=events.get("frozen", 0) == 1,
         memory_oom_kills=memory_events.get("oom_kill", 0),
     )
+
+
+def oom_kills(cgroup: Path) -> int:
+    """How many processes the OOM killer took from this cgroup (memory.events oom_kill)."""
+    return _keyed(_read(cgroup / "memory.events")).get("oom_kill", 0)

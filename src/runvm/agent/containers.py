@@ -34,6 +34,7 @@ MAX_CONTAINERS = 1024
 MAX_EXECS = 1024
 MAX_LISTED = 65536
 CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
+OOM_POLL = 0.25  # seconds between looks at memory.events (WaitOOM)
 
 
 @dataclass
@@ -332,6 +333,15 @@ class ContainerService:
         container = self._get(req.container_id)
         return cgroups.stats(Path(CGROUP_ROOT, container.id))
 
+    async def wait_oom(self, req: pb.WaitOOMRequest) -> pb.WaitOOMResponse:
+        cgroup = Path(CGROUP_ROOT, self._get(req.container_id).id)
+        while True:
+            count = cgroups.oom_kills(cgroup)
+            if count > req.seen:
+                return pb.WaitOOMResponse(oom_kills=count)
+            await asyncio.sleep(OOM_POLL)
+            self._get(req.container_id)  # NOT_FOUND once it was removed
+
     async def remove_container(self, req: pb.RemoveContainerRequest) -> pb.Empty:
         container = self._get(req.container_id)
         if not container.init.exited.is_set():
@@ -366,4 +376,5 @@ class ContainerService:
             "ResumeContainer": unary(pb.ResumeContainerRequest, self.resume_container),
             "UpdateContainer": unary(pb.UpdateContainerRequest, self.update_container),
             "StatsContainer": unary(pb.StatsContainerRequest, self.stats_container),
+            "WaitOOM": unary(pb.WaitOOMRequest, self.wait_oom),
         }

@@ -271,6 +271,20 @@ class VersionResponse(_message.Message):
     protocol: int
     def __init__(self, agent_version: _Optional[str] = ..., protocol: _Optional[int] = ...) -> None: ...
 
+class WaitOOMRequest(_message.Message):
+    __slots__ = ["container_id", "seen"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    seen: int
+    def __init__(self, container_id: _Optional[str] = ..., seen: _Optional[int] = ...) -> None: ...
+
+class WaitOOMResponse(_message.Message):
+    __slots__ = ["oom_kills"]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    oom_kills: int
+    def __init__(self, oom_kills: _Optional[int] = ...) -> None: ...
+
 class WaitProcessRequest(_message.Message):
     __slots__ = ["container_id", "exec_id"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -158,6 +158,11 @@ class AgentClient:
         request = pb.StatsContainerRequest(container_id=container_id)
         return await self._agent("StatsContainer", request, pb.StatsContainerResponse)
 
+    async def wait_oom(self, container_id: str, seen: int) -> int:
+        """Block (no deadline) until the container had more than ``seen`` OOM kills."""
+        request = pb.WaitOOMRequest(container_id=container_id, seen=seen)
+        return (await self._agent("WaitOOM", request, pb.WaitOOMResponse, None)).oom_kills
+
     async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
         request = pb.TtyWinResizeRequest(
             container_id=container_id, exec_id=exec_id, row=rows, column=cols

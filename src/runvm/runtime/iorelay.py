@@ -28,6 +28,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 async def _wait_fd(fd: int, writer: bool) -> None:
+    """Wait until ``fd`` is ready. The fd stays registered with the loop until this returns
+    or its cancellation is done: close it only after that, or a reused fd number loses its
+    new registration."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -55,6 +58,26 @@ async def write_nonblocking(fd: int, data: bytes) -> None:
             await _wait_fd(fd, writer=True)
 
 
+async def _readable_or_stopped(fd: int, stop: asyncio.Event) -> None:
+    """Wait until ``fd`` is readable or ``stop`` is set. The fd is unregistered before this
+    returns, even when cancelled (so closing it afterwards is always safe)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(wake)
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        stopping.cancel()
+
+
 async def pump_owned_input(
     agent: AgentClient, cid: str, eid: str, fd: int, stop: asyncio.Event
 ) -> None:
@@ -62,7 +85,6 @@ async def pump_owned_input(
     after ``stop`` whatever is already in the fd is still copied, then the guest stdin is
     closed. So no byte written before ``CloseIO`` is lost."""
     os.set_blocking(fd, False)
-    stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
             try:
@@ -70,9 +92,7 @@ async def pump_owned_input(
             except BlockingIOError:
                 if stop.is_set():
                     break
-                readable = asyncio.ensure_future(_wait_fd(fd, writer=False))
-                await asyncio.wait([readable, stopping], return_when=asyncio.FIRST_COMPLETED)
-                readable.cancel()
+                await _readable_or_stopped(fd, stop)
                 continue
             except OSError:
                 break
@@ -82,8 +102,6 @@ async def pump_owned_input(
         await agent.close_stdin(cid, eid)
     except (RpcError, AgentError):
         return  # the process is gone or its stdin was closed
-    finally:
-        stopping.cancel()
 
 
 async def pump_output(

@@ -1,4 +1,9 @@
-"""What the shim reads from and writes to a task's bundle directory."""
+"""What the shim reads from and writes to a task's bundle directory.
+
+Besides containerd's ``address`` file, ``start`` leaves ``runvm-config`` (the config path
+from the runtime options, if any) so that ``delete``, which gets no options, finds the same
+state root.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from runvm.errors import ConfigError
 
 MAX_CONFIG = 4 << 20
+CONFIG_PATH_FILE = "runvm-config"
 
 
 def read_annotations(bundle: Path) -> dict[str, str]:
@@ -38,3 +44,15 @@ def write_address(bundle: Path, address: str) -> None:
     tmp = bundle / ".address"
     tmp.write_text(address)
     os.replace(tmp, bundle / "address")
+
+
+def write_config_path(bundle: Path, config_path: str | None) -> None:
+    if config_path:
+        (bundle / CONFIG_PATH_FILE).write_text(config_path)
+
+
+def read_config_path(bundle: Path) -> str | None:
+    try:
+        return (bundle / CONFIG_PATH_FILE).read_text()[:4096] or None
+    except OSError:
+        return None

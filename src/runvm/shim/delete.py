@@ -35,7 +35,9 @@ KILLED_STATUS = 128 + signal.SIGKILL
 def delete_main(args: ShimArgs) -> int:
     bundle = Path(args.bundle or os.getcwd())
     group = group_id(bundle_files.read_annotations(bundle), args.id)
-    layout = Layout.of(cfg.load(None), args.address, args.namespace, group)
+    config_path = bundle_files.read_config_path(bundle)
+    config = cfg.load(Path(config_path) if config_path else None)
+    layout = Layout.of(config, args.address, args.namespace, group)
     if layout.socket.parent.is_dir():
         with locked(layout.lock):
             if not alive(layout.socket):

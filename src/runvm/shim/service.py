@@ -25,7 +25,7 @@ from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import DecodeError, Message
 
 from runvm import config as cfg
-from runvm.errors import ConfigError, RpcError, RunvmError
+from runvm.errors import AgentError, ConfigError, RpcError, RunvmError
 from runvm.network import netns
 from runvm.oci import parse_process
 from runvm.protocol import agent_pb2 as apb
@@ -86,9 +86,11 @@ class TaskService:
                 request = request_type.FromString(payload)
             except DecodeError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, f"{name}: {exc}") from exc
+            log.debug("-> %s %s", name, request)
             try:
                 return (await fn(request)).SerializeToString()
-            except RpcError:
+            except RpcError as exc:
+                log.debug("<- %s: %s", name, exc)
                 raise
             except ConfigError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
@@ -142,6 +144,7 @@ class TaskService:
                 await self._undo_create(task)
                 raise
             self.tasks[task.id] = task
+            task.oom_watch = asyncio.ensure_future(self._watch_oom(task.id))
             self.on_change()
         self.events.publish(spb.TaskCreate(
             container_id=task.id, bundle=req.bundle, rootfs=req.rootfs, io=task.init.io,
@@ -195,8 +198,24 @@ class TaskService:
         log.info("pod %s: VM up (pid %d, %s)", self.group, self.vm_pid,
                  self.sandbox.accel.accel.value if self.sandbox.accel else "?")  # fmt: skip
 
+    async def _watch_oom(self, task_id: str) -> None:
+        """Publish /tasks/oom each time the guest counts a new OOM kill in the container."""
+        while (task := self.tasks.get(task_id)) is not None:
+            try:
+                count = await self.agent.wait_oom(task_id, task.oom_seen)
+            except (RpcError, AgentError):  # removed, VM gone, or an agent without WaitOOM
+                return
+            self._oom(task, count)
+
+    def _oom(self, task: Task, count: int) -> None:
+        if count > task.oom_seen:
+            task.oom_seen = count
+            self.events.publish(spb.TaskOOM(container_id=task.id))
+
     async def _undo_create(self, task: Task) -> None:
-        task.init.release()
+        if task.oom_watch is not None:
+            task.oom_watch.cancel()
+        await task.init.release()
         if task.init.watcher is not None:
             task.init.watcher.cancel()
         if task.container is not None:
@@ -219,6 +238,10 @@ class TaskService:
             self.cgroup = None
 
     async def _exited(self, proc: Proc) -> None:
+        task = self.tasks.get(proc.container_id)
+        if task is not None and not proc.exec_id:  # an OOM kill that ended it comes first
+            with contextlib.suppress(RunvmError):
+                self._oom(task, (await self.agent.stats_container(task.id)).memory_oom_kills)
         self.events.publish(spb.TaskExit(
             container_id=proc.container_id, id=proc.event_id, pid=proc.pid,
             exit_status=proc.exit_status, exited_at=proc.exited_at,
@@ -256,7 +279,7 @@ class TaskService:
             raise RpcError(Code.FAILED_PRECONDITION,
                            f"{proc.event_id}: cannot delete a running process")  # fmt: skip
         if req.exec_id:
-            proc.release()
+            await proc.release()
             del task.execs[req.exec_id]
             return _delete_response(proc)
         async with self.lock:
@@ -266,8 +289,8 @@ class TaskService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.exited.wait(), 10)
             for other in task.execs.values():
-                other.release()
-            proc.release()
+                await other.release()
+            await proc.release()
             await self._undo_create(task)
             self.tasks.pop(task.id, None)
             if not self.tasks:
@@ -390,7 +413,7 @@ class TaskService:
         async with self.lock:
             for task in list(self.tasks.values()):
                 for proc in (task.init, *task.execs.values()):
-                    proc.release()
+                    await proc.release()
                 await self._undo_create(task)
             self.tasks.clear()
             await self._stop_vm()

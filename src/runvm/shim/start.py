@@ -65,6 +65,7 @@ def start_main(args: ShimArgs) -> int:
     config_path = read_options()
     config = cfg.load(Path(config_path) if config_path else None)
     bundle = Path(args.bundle or os.getcwd())
+    bundle_files.write_config_path(bundle, config_path)
     annotations = bundle_files.read_annotations(bundle)
     group = group_id(annotations, args.id)
     layout = Layout.of(config, args.address, args.namespace, group)

@@ -101,7 +101,7 @@ class Proc:
             status, when_ns = LOST_STATUS, time.time_ns()
         if self.outputs:
             await asyncio.wait(self.outputs, timeout=DRAIN_TIMEOUT)
-        self.release()
+        await self.release()
         async with self.start_lock:
             self.status = spb.STOPPED
             self.exit_status = wire.exit_status(status) if status >= 0 else LOST_STATUS
@@ -110,11 +110,15 @@ class Proc:
             await on_exit(self)
         self.exited.set()
 
-    def release(self) -> None:
-        """Stop the relays and close the host ends (idempotent)."""
-        for task in (*self.outputs, self.stdin_pump):
-            if task is not None:
-                task.cancel()
+    async def release(self) -> None:
+        """Stop the relays, then close the host ends (idempotent). The fds close only after
+        the relays let go of them: a closed fd number is reused at once (by the next
+        connection), and a relay unregistering "its" fd later would silence the new user."""
+        relays = [t for t in (*self.outputs, self.stdin_pump) if t is not None]
+        for task in relays:
+            task.cancel()
+        if relays:
+            await asyncio.gather(*relays, return_exceptions=True)
         if self.host is not None:
             self.host.close()
         if self._null is not None:
@@ -145,6 +149,8 @@ class Task:
     execs: dict[str, Proc] = field(default_factory=dict)
     rootfs_mounted: bool = False
     paused: bool = False
+    oom_watch: asyncio.Future[None] | None = None
+    oom_seen: int = 0  # OOM kills already published
 
     def proc(self, exec_id: str) -> Proc | None:
         return self.execs.get(exec_id) if exec_id else self.init
