@@ -53,17 +53,26 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    # How the pod's interfaces reach the VM: tcfilter (a tap per interface, tc mirred
+    # redirects both ways), macvtap, or none (no NIC).
+    model: str = "tcfilter"
+
+
+@dataclass(frozen=True)
 class RunvmConfig:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
 _CHOICES = {
     ("hypervisor", "accelerator"): ("auto", "kvm", "tcg"),
     ("hypervisor", "machine"): ("pc", "q35", "microvm"),
     ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
+    ("network", "model"): ("tcfilter", "macvtap", "none"),
 }
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),

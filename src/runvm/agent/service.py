@@ -13,6 +13,7 @@ from pathlib import Path
 from runvm import __version__
 from runvm.agent import syscalls as sc
 from runvm.agent.containers import ContainerService
+from runvm.agent.network import NetworkService, loopback_up
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import unary
 from runvm.errors import RpcError
@@ -90,6 +91,7 @@ class SandboxService:
             sc.sethostname(request.hostname[:64])
         for storage in request.storages:
             mount_storage(storage)
+        loopback_up()
         self.state.sandbox_id = request.sandbox_id or "sandbox"
         return pb.Empty()
 
@@ -139,5 +141,6 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
         "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
         **ContainerService(reaper).handlers(),
+        **NetworkService().handlers(),
     }
     server.register(AGENT_SERVICE, methods)

@@ -49,7 +49,22 @@ class VirtioFsSpec:
     queue_size: int = 1024
 
 
-DeviceSpec = AgentChannelSpec | VirtioFsSpec
+@dataclass(frozen=True)
+class NetSpec:
+    """A virtio-net NIC on an open tap (or macvtap) device: QEMU inherits ``fds`` (one per
+    queue) under the same numbers; ``vhost_fds`` (one per queue) enable vhost-net."""
+
+    id: str
+    mac: str
+    fds: tuple[int, ...]
+    vhost_fds: tuple[int, ...] = ()
+
+    @property
+    def queues(self) -> int:
+        return len(self.fds)
+
+
+DeviceSpec = AgentChannelSpec | VirtioFsSpec | NetSpec
 
 
 @dataclass(frozen=True)

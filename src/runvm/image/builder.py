@@ -29,7 +29,8 @@ from runvm.image.spec import DEFAULT_SPEC, FORMAT_VERSION, ImageSpec
 
 DEFAULT_CACHE_DIR = Path("/var/lib/runvm/images")
 AGENT_DIR = "usr/lib/runvm"  # sys.path entry of the agent in the guest
-_PROTOBUF = "usr/lib/python3/dist-packages/google"
+_DIST_PACKAGES = "usr/lib/python3/dist-packages"
+_PURE_PACKAGES = ("google", "pyroute2")  # copied whole (pure Python), pruned by the closure
 _EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt", "etc/runvm")
 _NO_IMAGE = "no guest image built; run `runvm image build`"
 
@@ -213,7 +214,7 @@ def _install_python(
 ) -> str:
     """Put the agent's import closure into root as bytecode; return the Python version.
 
-    The agent and protobuf are copied in whole, imported with the staged interpreter, and
+    The agent, protobuf and pyroute2 are copied in whole, imported with the staged interpreter, and
     whatever that did not load is dropped again.
     """
     report("python import closure")
@@ -222,9 +223,11 @@ def _install_python(
     for rel, data in agent.items():
         (agent_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (agent_dir / rel).write_bytes(data)
-    if (staging / _PROTOBUF).is_dir():
-        ignore = shutil.ignore_patterns("*.so", "__pycache__")  # pure-Python protobuf only
-        shutil.copytree(staging / _PROTOBUF, agent_dir / "google", ignore=ignore)
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")  # pure-Python protobuf only
+    for package in _PURE_PACKAGES:
+        if (staging / _DIST_PACKAGES / package).is_dir():
+            shutil.copytree(staging / _DIST_PACKAGES / package, agent_dir / package,
+                            ignore=ignore)  # fmt: skip
     names = [name for rel in spec.shipped for name in pyprune.modules_under(agent_dir, rel)]
     if spec.entry_module in names:  # import it first, as /init does
         names.remove(spec.entry_module)

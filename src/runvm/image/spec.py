@@ -24,12 +24,14 @@ KERNEL_MODULES = (
     "vmw_vsock_virtio_transport",
 )
 
-#: Debian packages holding the interpreter, its standard library and protobuf.
+#: Debian packages holding the interpreter, its standard library, protobuf and pyroute2
+#: (the agent configures the guest's NICs over netlink).
 PYTHON_PACKAGES = (
     "python3.11-minimal",
     "libpython3.11-minimal",
     "libpython3.11-stdlib",
     "python3-protobuf",
+    "python3-pyroute2",
 )
 
 #: Programs the agent runs (paths inside their packages) and the packages holding them.

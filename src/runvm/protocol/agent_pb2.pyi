@@ -6,6 +6,22 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ARPNeighbor(_message.Message):
+    __slots__ = ["address", "device", "lladdr"]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LLADDR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    device: str
+    lladdr: str
+    def __init__(self, address: _Optional[str] = ..., lladdr: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class AddARPNeighborsRequest(_message.Message):
+    __slots__ = ["neighbors"]
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    neighbors: _containers.RepeatedCompositeFieldContainer[ARPNeighbor]
+    def __init__(self, neighbors: _Optional[_Iterable[_Union[ARPNeighbor, _Mapping]]] = ...) -> None: ...
+
 class CheckRequest(_message.Message):
     __slots__ = ["service"]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +137,28 @@ class HealthCheckResponse(_message.Message):
     status: HealthCheckResponse.ServingStatus
     def __init__(self, status: _Optional[_Union[HealthCheckResponse.ServingStatus, str]] = ...) -> None: ...
 
+class IPAddress(_message.Message):
+    __slots__ = ["address", "family", "prefix"]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    family: int
+    prefix: int
+    def __init__(self, family: _Optional[int] = ..., address: _Optional[str] = ..., prefix: _Optional[int] = ...) -> None: ...
+
+class Interface(_message.Message):
+    __slots__ = ["addresses", "hw_addr", "mtu", "name"]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    HW_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedCompositeFieldContainer[IPAddress]
+    hw_addr: str
+    mtu: int
+    name: str
+    def __init__(self, name: _Optional[str] = ..., hw_addr: _Optional[str] = ..., mtu: _Optional[int] = ..., addresses: _Optional[_Iterable[_Union[IPAddress, _Mapping]]] = ...) -> None: ...
+
 class ListProcessesRequest(_message.Message):
     __slots__ = ["container_id"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +206,24 @@ class ResumeContainerRequest(_message.Message):
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ["dest", "dest_len", "device", "family", "gateway", "scope", "source"]
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    DEST_LEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    dest: str
+    dest_len: int
+    device: str
+    family: int
+    gateway: str
+    scope: int
+    source: str
+    def __init__(self, family: _Optional[int] = ..., dest: _Optional[str] = ..., dest_len: _Optional[int] = ..., gateway: _Optional[str] = ..., device: _Optional[str] = ..., source: _Optional[str] = ..., scope: _Optional[int] = ...) -> None: ...
 
 class SignalProcessRequest(_message.Message):
     __slots__ = ["all", "container_id", "exec_id", "signal"]
@@ -254,6 +310,12 @@ class UpdateContainerRequest(_message.Message):
     container_id: str
     resources_json: bytes
     def __init__(self, container_id: _Optional[str] = ..., resources_json: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRoutesRequest(_message.Message):
+    __slots__ = ["routes"]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class VersionRequest(_message.Message):
     __slots__ = ["host_protocol", "host_version"]

@@ -163,6 +163,16 @@ class AgentClient:
         request = pb.WaitOOMRequest(container_id=container_id, seen=seen)
         return (await self._agent("WaitOOM", request, pb.WaitOOMResponse, None)).oom_kills
 
+    async def update_interface(self, interface: pb.Interface) -> pb.Interface:
+        return await self._agent("UpdateInterface", interface, pb.Interface)
+
+    async def update_routes(self, routes: list[pb.Route]) -> None:
+        await self._agent("UpdateRoutes", pb.UpdateRoutesRequest(routes=routes), pb.Empty)
+
+    async def add_arp_neighbors(self, neighbors: list[pb.ARPNeighbor]) -> None:
+        request = pb.AddARPNeighborsRequest(neighbors=neighbors)
+        await self._agent("AddARPNeighbors", request, pb.Empty)
+
     async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
         request = pb.TtyWinResizeRequest(
             container_id=container_id, exec_id=exec_id, row=rows, column=cols

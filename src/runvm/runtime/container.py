@@ -19,7 +19,8 @@ from runvm.errors import ConfigError, RpcError
 from runvm.oci import load_spec
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime.guestspec import guest_spec
-from runvm.runtime.sandbox import Sandbox, check_id
+from runvm.runtime.names import check_id
+from runvm.runtime.sandbox import Sandbox
 
 
 @dataclass

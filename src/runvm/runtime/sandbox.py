@@ -11,46 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
+from runvm.network.plug import PodNetwork
 from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.names import check_id, run_dir_name
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, TAG, SharedDir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 POWEROFF_WAIT = 5.0
-
-
-def check_id(value: str, what: str = "sandbox") -> str:
-    if not ID_PATTERN.match(value):
-        raise ConfigError(f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'")
-    return value
-
-
-def run_dir_name(sandbox_id: str) -> str:
-    """A short directory name: unix socket paths inside it must stay under 108 bytes."""
-    if len(sandbox_id) <= 16:
-        return sandbox_id
-    return hashlib.sha256(sandbox_id.encode()).hexdigest()[:16]
 
 
 def channel_kind(wanted: str) -> str:
@@ -69,6 +58,9 @@ class SandboxOptions:
     extra_kernel_params: list[str] = field(default_factory=list)
     guest_files: GuestFiles | None = None  # overrides the built image (tests, image variants)
     share_fs: bool = True  # export a shared directory over virtio-fs (container rootfs)
+    # Wire the interfaces of the caller's network namespace into the VM (config's model).
+    # Only for a namespace of the pod's own: never the host's.
+    network: bool = False
 
 
 class Sandbox:
@@ -120,6 +112,11 @@ class Sandbox:
                 devices.append(await steps.run("virtio-fs", sandbox._share_fs()))
                 storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
                                            mount_point=GUEST_ROOT))  # fmt: skip
+            net: PodNetwork | None = None
+            if options.network:
+                net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
+                steps.add_undo("network", _async(net.unplug))
+                devices += await steps.run("network", _async(net.plug)())
             kind = channel_kind(config.agent.channel)
             channel = AgentChannelSpec(
                 kind=kind,
@@ -140,6 +137,8 @@ class Sandbox:
             booted = time.monotonic()
             sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
             steps.add_undo("qemu", vm.stop)
+            if net is not None:
+                net.handed_over()  # the taps now live as long as QEMU
             sandbox.agent = await steps.run(
                 "agent-ready",
                 sandbox._connect(channel, hv_cfg.boot_timeout - (time.monotonic() - booted)),
@@ -153,6 +152,8 @@ class Sandbox:
                 storages=storages,
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
+            if net is not None:
+                await steps.run("network-config", net.configure(sandbox.agent))
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         return sandbox
@@ -205,6 +206,16 @@ class Sandbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.vm.wait(), POWEROFF_WAIT)
         await self.steps.close()
+
+
+def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """Run ``fn`` on the loop's thread: netlink work must stay in the network namespace
+    that thread entered (worker threads may be in another)."""
+
+    async def run() -> T:
+        return fn()
+
+    return run
 
 
 def _guest_cid(sandbox_id: str) -> int:

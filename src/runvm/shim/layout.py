@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runvm import config as cfg
-from runvm.runtime.sandbox import run_dir_name
+from runvm.runtime.names import run_dir_name
 from runvm.shim.cmdline import socket_address
 
 

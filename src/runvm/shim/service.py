@@ -192,8 +192,8 @@ class TaskService:
             except (OSError, RunvmError) as exc:
                 log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
         hostname = spec.get("hostname") or task.id[:63]
-        self.sandbox = await Sandbox.start(self.group, self.config,
-                                           SandboxOptions(hostname=hostname))  # fmt: skip
+        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0])
+        self.sandbox = await Sandbox.start(self.group, self.config, options)
         self.sandbox_task = task.id
         log.info("pod %s: VM up (pid %d, %s)", self.group, self.vm_pid,
                  self.sandbox.accel.accel.value if self.sandbox.accel else "?")  # fmt: skip

@@ -22,7 +22,6 @@ from runvm import config as cfg
 from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
-from runvm.shim import wire
 from runvm.shim.cmdline import ShimArgs, container_kind, group_id
 from runvm.shim.layout import Layout
 
@@ -37,6 +36,10 @@ def read_options() -> str | None:
     data = sys.stdin.buffer.read(MAX_OPTIONS + 1)
     if len(data) > MAX_OPTIONS:
         raise RunvmError(f"runtime options on stdin are larger than {MAX_OPTIONS} bytes")
+    if not data:
+        return None
+    from runvm.shim import wire  # protobuf: only when there are options to decode
+
     return wire.parse_options(data)
 
 

@@ -174,7 +174,8 @@ class Monitor:
             raise RunvmError("cannot allocate tty if runvm will detach without setting "
                              "console socket")  # fmt: skip
         hostname = self.spec.get("hostname") or cid[:63]
-        self.sandbox = await Sandbox.start(cid, self.args.config, SandboxOptions(hostname=hostname))
+        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(self.spec)[0])
+        self.sandbox = await Sandbox.start(cid, self.args.config, options)
         self.state.sandbox_dir = str(self.sandbox.run_dir)
         stdin_open = terminal or not is_devnull(0)
         self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open)

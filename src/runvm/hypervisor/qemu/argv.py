@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runvm.hypervisor.base import Accel, AgentChannelSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.base import Accel, AgentChannelSpec, NetSpec, VirtioFsSpec, VMSpec
 
 BASE_KERNEL_PARAMS = (
     "console=ttyS0",
@@ -57,7 +57,26 @@ def _device_args(spec: VMSpec) -> list[str]:
             "-device",
             f"vhost-user-fs-pci,chardev=fs{i},tag={share.tag},queue-size={share.queue_size}",
         ]  # fmt: skip
+    for nic in (d for d in spec.devices if isinstance(d, NetSpec)):
+        args += ["-netdev", netdev_arg(nic), "-device", net_device_arg(nic)]
     return args
+
+
+def netdev_arg(nic: NetSpec) -> str:
+    """``-netdev`` (also the ``netdev_add`` arguments for hot-plug) for an open tap."""
+    fds = ":".join(str(fd) for fd in nic.fds)
+    out = f"tap,id={nic.id},{'fds' if nic.queues > 1 else 'fd'}={fds}"
+    if nic.vhost_fds:
+        vhost = ":".join(str(fd) for fd in nic.vhost_fds)
+        return out + f",vhost=on,{'vhostfds' if nic.queues > 1 else 'vhostfd'}={vhost}"
+    return out + ",vhost=off"
+
+
+def net_device_arg(nic: NetSpec) -> str:
+    out = f"virtio-net-pci,netdev={nic.id},id=dev-{nic.id},mac={nic.mac}"
+    if nic.queues > 1:  # one MSI-X vector per queue each way, plus config and control
+        out += f",mq=on,vectors={2 * nic.queues + 2}"
+    return out
 
 
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:

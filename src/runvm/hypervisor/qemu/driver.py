@@ -20,7 +20,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from runvm.errors import HypervisorError, LaunchError
-from runvm.hypervisor.base import Accel, Capabilities, VMSpec
+from runvm.hypervisor.base import Accel, Capabilities, NetSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, qmp_socket
 from runvm.process import Child, ChildSpec, read_tail
 
@@ -129,6 +129,12 @@ class QemuVM:
             sock.unlink(missing_ok=True)
 
 
+def inherited_fds(spec: VMSpec) -> tuple[int, ...]:
+    """The open tap (and vhost) fds QEMU must inherit for the spec's NICs."""
+    nics = [d for d in spec.devices if isinstance(d, NetSpec)]
+    return tuple(fd for nic in nics for fd in (*nic.fds, *nic.vhost_fds))
+
+
 class QemuHypervisor:
     """Starts QEMU guests; see the module docstring."""
 
@@ -144,12 +150,14 @@ class QemuHypervisor:
         return found
 
     async def launch(self, spec: VMSpec) -> QemuVM:
+        """Start QEMU for ``spec`` and connect QMP (see the module docstring)."""
         argv = build_argv(spec, self.resolve_binary())
         for path in (spec.kernel, spec.initrd):
             if not path.is_file():
                 raise LaunchError(f"guest file {path} does not exist", argv, None)
+        log_path = spec.run_dir / "qemu.log"
         child = await Child.launch(
-            ChildSpec(name="qemu", argv=argv, log_path=spec.run_dir / "qemu.log")
+            ChildSpec(name="qemu", argv=argv, log_path=log_path, pass_fds=inherited_fds(spec))
         )
         qmp = QMPClient(f"runvm-{spec.name}")
 

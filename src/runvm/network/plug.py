@@ -1,0 +1,119 @@
+"""A pod's network namespace wired into its VM, and the same network configured in the guest.
+
+Contract of :class:`PodNetwork` (run in the pod's network namespace, on the thread that
+entered it): :meth:`plug` gives each pod interface (see ``netlink.scan``) a device QEMU opens
+by fd, per the model: ``tcfilter`` (a tap in the same namespace, tc mirred redirects both
+ways; one queue per vCPU) or ``macvtap`` (a macvtap in passthru mode on the interface). The
+guest NIC takes the interface's MAC. :meth:`handed_over` closes our copies once QEMU holds
+the fds (the devices then live exactly as long as QEMU). :meth:`configure` applies the
+addresses, MTU, routes and permanent neighbours through the agent. :meth:`unplug` removes
+what we added on the host (qdiscs, filters, macvtaps); it is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runvm.errors import ConfigError
+from runvm.hypervisor.base import NetSpec
+from runvm.network import netlink
+from runvm.protocol import agent_pb2 as pb
+from runvm.protocol.client import AgentClient
+
+log = logging.getLogger(__name__)
+
+MODELS = ("tcfilter", "macvtap", "none")
+
+
+@dataclass
+class Plugged:
+    iface: netlink.Interface
+    fds: list[int]
+    spec: NetSpec
+    host_link: int = 0  # the tap or macvtap we made
+
+
+@dataclass
+class PodNetwork:
+    model: str
+    queues: int = 1
+    work_dir: Path | None = None  # where a macvtap's device node is made
+    plugged: list[Plugged] = field(default_factory=list)
+    topology: netlink.Topology | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"network model {self.model!r}: use one of {', '.join(MODELS)}")
+
+    def plug(self) -> list[NetSpec]:
+        if self.model == "none":
+            return []
+        self.topology = netlink.scan()
+        try:
+            for i, iface in enumerate(self.topology.interfaces):
+                self.plugged.append(self._plug_one(i, iface))
+        except BaseException:
+            self.unplug()
+            raise
+        return [p.spec for p in self.plugged]
+
+    def _plug_one(self, i: int, iface: netlink.Interface) -> Plugged:
+        if self.model == "tcfilter":
+            name = netlink.tap_name(iface)
+            fds = netlink.open_tap(name, self.queues, iface.mtu)
+            try:
+                tap = netlink.link_index(name)
+                netlink.redirect(iface.index, tap)
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+        else:
+            assert self.work_dir is not None
+            tap, fd = netlink.open_macvtap(iface, self.work_dir)
+            fds = [fd]
+        log.info("network: %s (%s) -> %s fds %s", iface.name, iface.mac, self.model, fds)
+        return Plugged(iface, fds, NetSpec(id=f"net{i}", mac=iface.mac, fds=tuple(fds)), tap)
+
+    def handed_over(self) -> None:
+        for p in self.plugged:
+            for fd in p.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            p.fds = []
+
+    def unplug(self) -> None:
+        self.handed_over()
+        for p in self.plugged:
+            if self.model == "tcfilter":
+                netlink.unredirect(p.iface.index)
+            else:
+                netlink.delete_link(p.host_link)
+        self.plugged.clear()
+
+    async def configure(self, agent: AgentClient) -> None:
+        if not self.plugged or self.topology is None:
+            return
+        for p in self.plugged:
+            iface = p.iface
+            await agent.update_interface(pb.Interface(
+                name=iface.name, hw_addr=iface.mac, mtu=iface.mtu,
+                addresses=[pb.IPAddress(family=a.family, address=a.address, prefix=a.prefix)
+                           for a in iface.addresses],
+            ))  # fmt: skip
+        topo = self.topology
+        if topo.routes:
+            await agent.update_routes([
+                pb.Route(family=r.family, dest=r.dest, dest_len=r.dest_len, gateway=r.gateway,
+                         device=r.device, source=r.source, scope=r.scope)
+                for r in sorted(topo.routes, key=lambda r: bool(r.gateway))  # links first
+            ])  # fmt: skip
+        if topo.neighbours:
+            await agent.add_arp_neighbors([
+                pb.ARPNeighbor(address=n.address, lladdr=n.lladdr, device=n.device)
+                for n in topo.neighbours
+            ])  # fmt: skip

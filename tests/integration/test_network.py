@@ -1,0 +1,131 @@
+"""Pod networking into the VM: two VM pods on a bridge in a router namespace the test made.
+
+Every packet stays inside namespaces created here: a "router" netns holds the bridge and the
+gateway address; each pod netns holds one end of a veth (the other end is on the bridge),
+as a CNI bridge plugin would leave it. The containers run through the CLI, whose config
+names the pod netns.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runvm.image.busybox import make_bundle
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+RUNVM = ["runvm"]
+SERVER = "#!/bin/sh\nread line\necho echo-$line\n"
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+class Pods:
+    """A router netns with bridge br0 (10.77.0.1/24) and pod netns p1, p2 (10.77.0.1N)."""
+
+    def __init__(self, mtu: int = 1400) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.router = f"rvr{tag}"
+        self.pods = [f"rvp1{tag}", f"rvp2{tag}"]
+        self.mtu = mtu
+        ip("netns", "add", self.router)
+        for pod in self.pods:
+            ip("netns", "add", pod)
+        r = ["-n", self.router]
+        ip(*r, "link", "add", "br0", "mtu", str(mtu), "type", "bridge")
+        ip(*r, "addr", "add", "10.77.0.1/24", "dev", "br0")
+        ip(*r, "link", "set", "br0", "up")
+        for k, pod in enumerate(self.pods, start=1):
+            ip(*r, "link", "add", f"v{k}", "mtu", str(mtu), "type", "veth", "peer", "name",
+               "eth0", "netns", pod)  # fmt: skip
+            ip(*r, "link", "set", f"v{k}", "master", "br0", "up")
+            ip("-n", pod, "addr", "add", f"10.77.0.1{k}/24", "dev", "eth0")
+            ip("-n", pod, "link", "set", "eth0", "mtu", str(mtu), "up")
+            ip("-n", pod, "link", "set", "lo", "up")
+            ip("-n", pod, "route", "add", "default", "via", "10.77.0.1")
+
+    def path(self, k: int) -> str:
+        return f"/var/run/netns/{self.pods[k]}"
+
+    def host_side_clean(self, k: int) -> bool:
+        """No runvm tap/macvtap and no ingress qdisc left in pod ``k``'s namespace."""
+        links = ip("-n", self.pods[k], "-o", "link")
+        qdiscs = subprocess.run(["tc", "-n", self.pods[k], "qdisc", "show", "dev", "eth0"],
+                                capture_output=True, text=True).stdout  # fmt: skip
+        return "_rv" not in links and "ingress" not in qdiscs
+
+    def delete(self) -> None:
+        for ns in (*self.pods, self.router):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def pods() -> Iterator[Pods]:
+    made = Pods()
+    try:
+        yield made
+    finally:
+        made.delete()
+
+
+def pod_bundle(path: Path, netns: str, script: str) -> Path:
+    spec = make_bundle(path, ["sh", "-c", script])
+    (path / "rootfs/srv.sh").write_text(SERVER)
+    (path / "rootfs/srv.sh").chmod(0o755)
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = netns
+    caps = spec["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        caps[kind] = [*caps.get(kind, []), "CAP_NET_RAW"]
+    (path / "config.json").write_text(json.dumps(spec))
+    return path
+
+
+def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*RUNVM, "--root", env["RUNVM_TEST_ROOT"], *args], env=env,
+                          capture_output=True, timeout=240, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["tcfilter", "macvtap"])
+def test_two_vm_pods_on_a_bridge(
+    model: str, pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    conf = Path(cli_env["RUNVM_CONFIG"])
+    conf.write_text(conf.read_text() + f'[network]\nmodel = "{model}"\n')
+    server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
+    client = pod_bundle(
+        tmp_path / "client", pods.path(1),
+        "cat /sys/class/net/eth0/mtu; ping -c 2 -W 10 10.77.0.11 >/dev/null && echo ping-peer; "
+        "ping -c 1 -W 10 10.77.0.1 >/dev/null && echo ping-gateway; "
+        "echo hi | nc -w 10 10.77.0.11 5000",
+    )  # fmt: skip
+    # Detached: the monitor keeps its stdio, so give it files rather than our pipes.
+    with (tmp_path / "srv.err").open("wb") as err:
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-d", "-b",
+                            str(server), "srv"], env=cli_env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=err, timeout=240)  # fmt: skip
+    assert r.returncode == 0, (tmp_path / "srv.err").read_text()
+    try:
+        r = runvm(cli_env, "run", "-b", str(client), "cli", stdin=subprocess.DEVNULL)
+        assert r.stdout.decode().split() == ["1400", "ping-peer", "ping-gateway", "echo-hi"], (
+            r.stdout, r.stderr)  # fmt: skip
+        assert r.returncode == 0
+        # The gateway (in the router namespace) reaches the VM pod too.
+        ping = subprocess.run(["ip", "netns", "exec", pods.router, "busybox", "ping", "-c", "1",
+                               "-W", "10", "10.77.0.11"], capture_output=True)  # fmt: skip
+        assert ping.returncode == 0, ping.stdout
+    finally:
+        runvm(cli_env, "kill", "srv", "KILL")
+        runvm(cli_env, "delete", "--force", "srv")
+        runvm(cli_env, "delete", "--force", "cli")
+    assert pods.host_side_clean(0) and pods.host_side_clean(1)
