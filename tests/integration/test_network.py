@@ -129,3 +129,48 @@ def test_two_vm_pods_on_a_bridge(
         runvm(cli_env, "delete", "--force", "srv")
         runvm(cli_env, "delete", "--force", "cli")
     assert pods.host_side_clean(0) and pods.host_side_clean(1)
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 90) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"no {text!r} in {path}: {path.read_text()!r}"
+        time.sleep(0.3)
+
+
+def test_interfaces_added_and_removed_later_are_hot_plugged(
+    pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    late = f"{pods.router}l"
+    ip("netns", "add", late)
+    pods.pods.append(late)  # deleted with the others
+    script = (
+        "until ping -c 1 -W 1 10.77.0.1 >/dev/null 2>&1; do sleep 0.5; done; echo reached; "
+        "while [ -e /sys/class/net/eth0 ]; do sleep 0.5; done; echo gone; sleep 1000"
+    )
+    b = pod_bundle(tmp_path / "late", f"/var/run/netns/{late}", script)
+    out = tmp_path / "late.out"
+    with out.open("wb") as sink:
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-d", "-b",
+                            str(b), "late"], env=cli_env, stdin=subprocess.DEVNULL, stdout=sink,
+                           stderr=sink, timeout=240)  # fmt: skip
+    assert r.returncode == 0, out.read_text()
+    try:
+        # The VM runs; now the pod gets its interface, as a hook or a CNI plugin would add it.
+        r_ns = ["-n", pods.router]
+        ip(*r_ns, "link", "add", "v9", "mtu", "1400", "type", "veth", "peer", "name", "eth0",
+           "netns", late)  # fmt: skip
+        ip(*r_ns, "link", "set", "v9", "master", "br0", "up")
+        ip("-n", late, "addr", "add", "10.77.0.19/24", "dev", "eth0")
+        ip("-n", late, "link", "set", "eth0", "mtu", "1400", "up")
+        ip("-n", late, "route", "add", "default", "via", "10.77.0.1")
+        wait_for_text(out, "reached")
+        ip("-n", late, "link", "del", "eth0")
+        wait_for_text(out, "gone")
+    finally:
+        runvm(cli_env, "kill", "late", "KILL")
+        runvm(cli_env, "delete", "--force", "late")
+    links = ip("-n", late, "-o", "link")
+    assert "_rv" not in links, links

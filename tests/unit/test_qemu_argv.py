@@ -59,3 +59,21 @@ def test_kernel_cmdline_ends_vm_on_panic() -> None:
     line = kernel_cmdline(spec(Accel.TCG))
     assert "panic=-1" in line.split() and line.endswith("runvm.channel=virtio-serial")
     assert "-no-reboot" in build_argv(spec(Accel.TCG))
+
+
+def test_nics_on_open_taps() -> None:
+    from runvm.hypervisor.base import NetSpec
+    from runvm.hypervisor.qemu.argv import net_device_arg, netdev_arg
+    from runvm.hypervisor.qemu.driver import inherited_fds
+
+    one = NetSpec(id="net0", mac="02:00:00:00:00:01", fds=(7,))
+    four = NetSpec(id="net1", mac="02:00:00:00:00:02", fds=(8, 9, 10, 11),
+                   vhost_fds=(12, 13, 14, 15))  # fmt: skip
+    assert netdev_arg(one) == "tap,id=net0,fd=7,vhost=off"
+    assert netdev_arg(four) == "tap,id=net1,fds=8:9:10:11,vhost=on,vhostfds=12:13:14:15"
+    assert net_device_arg(one) == "virtio-net-pci,netdev=net0,id=dev-net0,mac=02:00:00:00:00:01"
+    assert net_device_arg(four).endswith(",mq=on,vectors=10")
+    vm = spec(Accel.TCG, devices=(one, four))
+    argv = build_argv(vm)
+    assert argv[argv.index("-netdev") + 1] == netdev_arg(one)
+    assert inherited_fds(vm) == (7, 8, 9, 10, 11, 12, 13, 14, 15)

@@ -18,8 +18,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runvm.errors import ConfigError
+from runvm.errors import ConfigError, RunvmError
 from runvm.hypervisor.base import NetSpec
+from runvm.hypervisor.qemu.driver import QemuVM
 from runvm.network import netlink
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
@@ -44,6 +45,7 @@ class PodNetwork:
     work_dir: Path | None = None  # where a macvtap's device node is made
     plugged: list[Plugged] = field(default_factory=list)
     topology: netlink.Topology | None = None
+    next_id: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -54,14 +56,15 @@ class PodNetwork:
             return []
         self.topology = netlink.scan()
         try:
-            for i, iface in enumerate(self.topology.interfaces):
-                self.plugged.append(self._plug_one(i, iface))
+            for iface in self.topology.interfaces:
+                self.plugged.append(self._plug_one(iface))
         except BaseException:
             self.unplug()
             raise
         return [p.spec for p in self.plugged]
 
-    def _plug_one(self, i: int, iface: netlink.Interface) -> Plugged:
+    def _plug_one(self, iface: netlink.Interface) -> Plugged:
+        i, self.next_id = self.next_id, self.next_id + 1
         if self.model == "tcfilter":
             name = netlink.tap_name(iface)
             fds = netlink.open_tap(name, self.queues, iface.mtu)
@@ -79,26 +82,63 @@ class PodNetwork:
         log.info("network: %s (%s) -> %s fds %s", iface.name, iface.mac, self.model, fds)
         return Plugged(iface, fds, NetSpec(id=f"net{i}", mac=iface.mac, fds=tuple(fds)), tap)
 
-    def handed_over(self) -> None:
-        for p in self.plugged:
+    def handed_over(self, only: list[Plugged] | None = None) -> None:
+        for p in self.plugged if only is None else only:
             for fd in p.fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             p.fds = []
 
+    def _remove(self, p: Plugged) -> None:
+        self.handed_over([p])
+        if self.model == "tcfilter":
+            netlink.unredirect(p.iface.index)
+        else:
+            netlink.delete_link(p.host_link)
+
     def unplug(self) -> None:
-        self.handed_over()
         for p in self.plugged:
-            if self.model == "tcfilter":
-                netlink.unredirect(p.iface.index)
-            else:
-                netlink.delete_link(p.host_link)
+            self._remove(p)
         self.plugged.clear()
 
-    async def configure(self, agent: AgentClient) -> None:
+    async def sync(self, vm: QemuVM, agent: AgentClient) -> None:
+        """Hot-plug interfaces that appeared since (a prestart hook's veth), unplug the
+        ones that went away. Must run on the thread that is in the pod's namespace."""
+        if self.model == "none":
+            return
+        topology = netlink.scan()
+        present = {i.index: i for i in topology.interfaces}
+        for p in [p for p in self.plugged if p.iface.index not in present]:
+            log.info("network: %s went away: unplugging %s", p.iface.name, p.spec.id)
+            self.plugged.remove(p)
+            await vm.unplug_nic(p.spec.id)
+            with contextlib.suppress(RunvmError):
+                await agent.remove_interface(pb.Interface(name=p.iface.name, hw_addr=p.iface.mac))
+            self._remove(p)
+        known = {p.iface.index for p in self.plugged}
+        added = []
+        for iface in topology.interfaces:
+            if iface.index in known:
+                continue
+            p = self._plug_one(iface)
+            self.plugged.append(p)
+            try:
+                await vm.hotplug_nic(p.spec)
+            except BaseException:
+                self.plugged.remove(p)
+                self._remove(p)
+                raise
+            self.handed_over([p])
+            added.append(p)
+            log.info("network: hot-plugged %s as %s", iface.name, p.spec.id)
+        self.topology = topology
+        if added:
+            await self.configure(agent, added)
+
+    async def configure(self, agent: AgentClient, only: list[Plugged] | None = None) -> None:
         if not self.plugged or self.topology is None:
             return
-        for p in self.plugged:
+        for p in self.plugged if only is None else only:
             iface = p.iface
             await agent.update_interface(pb.Interface(
                 name=iface.name, hw_addr=iface.mac, mtu=iface.mtu,

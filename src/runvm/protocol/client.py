@@ -166,6 +166,9 @@ class AgentClient:
     async def update_interface(self, interface: pb.Interface) -> pb.Interface:
         return await self._agent("UpdateInterface", interface, pb.Interface)
 
+    async def remove_interface(self, interface: pb.Interface) -> None:
+        await self._agent("RemoveInterface", interface, pb.Empty)
+
     async def update_routes(self, routes: list[pb.Route]) -> None:
         await self._agent("UpdateRoutes", pb.UpdateRoutesRequest(routes=routes), pb.Empty)
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from runvm.config import RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, ConfigError, VersionMismatch
+from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
+from runvm.network import netlink
 from runvm.network.plug import PodNetwork
 from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
@@ -78,6 +79,9 @@ class Sandbox:
         self.shared: SharedDir | None = None
         self.virtiofsd: Child | None = None
         self.failure = ""  # why the sandbox died under us, if it did
+        self.network: PodNetwork | None = None
+        self._net_lock = asyncio.Lock()
+        self._net_watcher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -114,7 +118,7 @@ class Sandbox:
                                            mount_point=GUEST_ROOT))  # fmt: skip
             net: PodNetwork | None = None
             if options.network:
-                net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
+                sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
                 steps.add_undo("network", _async(net.unplug))
                 devices += await steps.run("network", _async(net.plug)())
             kind = channel_kind(config.agent.channel)
@@ -156,7 +160,41 @@ class Sandbox:
                 await steps.run("network-config", net.configure(sandbox.agent))
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
+        if sandbox.network is not None and sandbox.network.model != "none":
+            sandbox._net_watcher = asyncio.ensure_future(sandbox._watch_network())
         return sandbox
+
+    async def sync_network(self) -> None:
+        """Bring the VM's NICs in line with the pod namespace's interfaces now (hot-plug
+        what appeared, unplug what went). Call on the thread that is in that namespace."""
+        if self.network is None or self.vm is None or self.agent is None:
+            return
+        async with self._net_lock:
+            await self.network.sync(self.vm, self.agent)
+
+    async def _watch_network(self) -> None:
+        """Follow link changes in the pod namespace (netlink) and sync after each burst."""
+        events = netlink.LinkEvents()
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            if events.drain():
+                changed.set()
+
+        loop.add_reader(events.fileno(), readable)
+        try:
+            while True:
+                await changed.wait()
+                await asyncio.sleep(0.3)  # one sync for a burst of changes
+                changed.clear()
+                try:
+                    await self.sync_network()
+                except (RunvmError, OSError) as exc:
+                    log.warning("sandbox %s: network change not applied: %s", self.id, exc)
+        finally:
+            loop.remove_reader(events.fileno())
+            events.close()
 
     async def _watch_helpers(self) -> None:
         """A helper that dies takes the VM down with it: the guest's files would hang."""
@@ -198,8 +236,9 @@ class Sandbox:
         if self._stopped:
             return
         self._stopped = True
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for watcher in (self._watcher, self._net_watcher):
+            if watcher is not None:
+                watcher.cancel()
         if self.agent and self.vm and self.vm.child.returncode is None:
             with contextlib.suppress(AgentError, OSError):
                 await self.agent.destroy_sandbox()

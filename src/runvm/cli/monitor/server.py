@@ -189,6 +189,7 @@ class Monitor:
         self.io.start_relay(terminal, stdin_open)
         for kind in ("prestart", "createRuntime", "createContainer"):
             await self._hooks(kind)
+        await self.sandbox.sync_network()  # interfaces a hook added (Docker's veth)
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
         server.register(AGENT_SERVICE, {m: self._proxy(m, t) for m, t in PROXIED.items()})

@@ -106,6 +106,45 @@ class QemuVM:
         except Exception as exc:
             raise HypervisorError(f"QMP {command} failed: {exc}") from exc
 
+    async def hotplug_nic(self, nic: NetSpec) -> None:
+        """Add a virtio-net NIC on ``nic``'s open fds (sent over QMP) to the running VM."""
+        names = []
+        for i, fd in enumerate(nic.fds):
+            name = f"{nic.id}-q{i}"
+            try:
+                self.qmp.send_fd_scm(fd)
+            except Exception as exc:
+                raise HypervisorError(f"QMP: sending the fd of {nic.id} failed: {exc}") from exc
+            await self.execute("getfd", {"fdname": name})
+            names.append(name)
+        netdev: dict[str, object] = {"type": "tap", "id": nic.id, "vhost": False}
+        netdev["fds" if nic.queues > 1 else "fd"] = ":".join(names)
+        await self.execute("netdev_add", netdev)
+        device: dict[str, object] = {"driver": "virtio-net-pci", "netdev": nic.id,
+                                     "id": f"dev-{nic.id}", "mac": nic.mac}  # fmt: skip
+        if nic.queues > 1:
+            device.update(mq=True, vectors=2 * nic.queues + 2)
+        try:
+            await self.execute("device_add", device)
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self.execute("netdev_del", {"id": nic.id})
+            raise
+
+    async def unplug_nic(self, nic_id: str, timeout: float = 10.0) -> None:
+        """Remove a NIC: ask the guest to eject it, wait for the removal, drop its backend."""
+        with contextlib.suppress(HypervisorError):
+            await self.execute("device_del", {"id": f"dev-{nic_id}"})
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            devices = await self.execute("qom-list", {"path": "/machine/peripheral"})
+            names = {d.get("name") for d in devices} if isinstance(devices, list) else set()
+            if f"dev-{nic_id}" not in names:
+                break
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(HypervisorError):
+            await self.execute("netdev_del", {"id": nic_id})
+
     async def wait(self) -> int:
         return await self.child.wait()
 
