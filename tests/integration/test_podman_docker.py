@@ -6,6 +6,7 @@ are `none`: no traffic leaves the containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,14 +30,19 @@ def _run(argv: list[str], env: dict[str, str], timeout: float = 180, **kw: Any) 
     return subprocess.run(argv, env=env, capture_output=True, timeout=timeout, **kw)
 
 
-@pytest.fixture
-def podman(tmp_path: Path, cli_env: dict[str, str], runvm_binary: str) -> Iterator[Any]:
+@contextlib.contextmanager
+def podman_client(
+    tmp_path: Path, cli_env: dict[str, str], runvm_binary: str, wrap: list[str]
+) -> Iterator[Any]:
+    """A podman with private storage and network configs; ``wrap`` prefixes every call
+    (``nsenter --net=...`` to run it inside a test network namespace)."""
     if not shutil.which("podman"):
         pytest.skip("needs podman (Debian podman)")
     base = Path(tempfile.mkdtemp(prefix="rvp-", dir="/tmp"))
-    argv = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"),
-            "--tmpdir", str(base / "tmp"), "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file", "--runtime", runvm_binary]  # fmt: skip
+    argv = [*wrap, "podman", "--root", str(base / "storage"), "--runroot", str(base / "run"),
+            "--tmpdir", str(base / "tmp"), "--network-config-dir", str(base / "networks"),
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+            "--runtime", runvm_binary]  # fmt: skip
 
     def call(*args: str, **kw: Any) -> Any:
         return _run([*argv, *args], cli_env, **kw)
@@ -53,6 +59,12 @@ def podman(tmp_path: Path, cli_env: dict[str, str], runvm_binary: str) -> Iterat
         call("system", "reset", "-f", timeout=120)
         subprocess.run(["umount", "-R", str(base)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def podman(tmp_path: Path, cli_env: dict[str, str], runvm_binary: str) -> Iterator[Any]:
+    with podman_client(tmp_path, cli_env, runvm_binary, []) as call:
+        yield call
 
 
 def test_podman_run_exec_stop_rm(podman: Any) -> None:
@@ -100,17 +112,23 @@ def test_podman_run_interactive_tty(podman: Any) -> None:
     interactive(podman)
 
 
-@pytest.fixture
-def docker(
-    containerd: Any, tmp_path: Path, cli_env: dict[str, str], runvm_binary: str
+@contextlib.contextmanager
+def docker_client(
+    containerd: Any,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    runvm_binary: str,
+    wrap: list[str],
 ) -> Iterator[Any]:
+    """A dockerd of the test's own on the test's containerd; ``wrap`` prefixes the daemon
+    (``nsenter --net=...``: its networks then live in a test network namespace)."""
     if not (Path(DOCKER).exists() and shutil.which("dockerd") and shutil.which("skopeo")):
         pytest.skip("needs Debian docker.io and skopeo")
     base = Path(tempfile.mkdtemp(prefix="rvd-", dir="/tmp"))
     sock = base / "d.sock"
     log = (base / "dockerd.log").open("wb")
     daemon = subprocess.Popen(
-        ["dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+        [*wrap, "dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
          "-H", f"unix://{sock}", "--pidfile", str(base / "d.pid"), "--iptables=false",
          "--ip-masq=false", "--bridge=none", "--containerd", containerd.address,
          "--add-runtime", f"runvm={runvm_binary}"],
@@ -136,7 +154,7 @@ def docker(
         assert call("load", "-i", str(docker_tar)).returncode == 0
         yield call
     finally:
-        call("rm", "-f", "bg", timeout=60)
+        call("rm", "-f", "bg", "srv", timeout=60)
         daemon.terminate()
         try:
             daemon.wait(30)
@@ -147,6 +165,14 @@ def docker(
         subprocess.run(["umount", "-R", str(base / "exec")], capture_output=True)
         subprocess.run(["umount", "-R", str(base / "data")], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def docker(
+    containerd: Any, tmp_path: Path, cli_env: dict[str, str], runvm_binary: str
+) -> Iterator[Any]:
+    with docker_client(containerd, tmp_path, cli_env, runvm_binary, []) as call:
+        yield call
 
 
 def test_docker_run_exec_stop(docker: Any) -> None:
@@ -166,3 +192,57 @@ def test_docker_run_exec_stop(docker: Any) -> None:
     assert r.stdout.strip() == b"3"
     assert docker("rm", "-f", "bg").returncode == 0
     interactive(docker, "--runtime", "runvm")
+
+
+@pytest.fixture
+def test_netns() -> Iterator[str]:
+    """A network namespace of the test's own (only lo), where the engines make networks."""
+    import uuid
+
+    name = f"rve{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def two_containers_talk(client: Any, network: str, runtime: list[str]) -> None:
+    """A server and a client container on ``network``: ping, and a TCP answer."""
+    r = client("run", "-d", "--name", "srv", *runtime, "--network", network, "--hostname",
+               "srvhost", IMAGE, "nc", "-ll", "-p", "5000", "-e", "/bin/hostname")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    addr = client("inspect", "--format", fmt, "srv").stdout.decode().strip()
+    assert addr, "no address for the server"
+    r = client("run", "--rm", *runtime, "--network", network, "--cap-add", "NET_RAW", IMAGE,
+               "sh", "-c", f"ping -c 1 -W 10 {addr} >/dev/null && echo pinged; "
+               f"nc -w 10 {addr} 5000; cat /sys/class/net/eth0/mtu")  # fmt: skip
+    assert r.stdout.decode().split() == ["pinged", "srvhost", "1500"], (r.stdout, r.stderr)
+    assert client("rm", "-f", "srv").returncode == 0
+
+
+def test_podman_network_in_a_test_netns(
+    tmp_path: Path, cli_env: dict[str, str], runvm_binary: str, test_netns: str
+) -> None:
+    wrap = ["nsenter", f"--net=/var/run/netns/{test_netns}"]
+    with podman_client(tmp_path, cli_env, runvm_binary, wrap) as podman:
+        r = podman("network", "create", "--subnet", "10.89.7.0/24", "rvnet")
+        assert r.returncode == 0, r.stderr
+        two_containers_talk(podman, "rvnet", [])
+
+
+def test_docker_network_in_a_test_netns(
+    containerd: Any,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    runvm_binary: str,
+    test_netns: str,
+) -> None:
+    wrap = ["nsenter", f"--net=/var/run/netns/{test_netns}"]
+    with docker_client(containerd, tmp_path, cli_env, runvm_binary, wrap) as docker:
+        r = docker("network", "create", "--subnet", "10.90.7.0/24", "rvdnet")
+        assert r.returncode == 0, r.stderr
+        two_containers_talk(docker, "rvdnet", ["--runtime", "runvm"])
+        assert docker("network", "rm", "rvdnet").returncode == 0
