@@ -103,12 +103,26 @@ def test_two_vm_pods_on_a_bridge(
     conf = Path(cli_env["RUNVM_CONFIG"])
     conf.write_text(conf.read_text() + f'[network]\nmodel = "{model}"\n')
     server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
+    # A permanent neighbour in the pod's namespace is copied into the guest.
+    ip("-n", pods.pods[1], "neigh", "add", "10.77.0.99", "lladdr", "02:00:00:00:00:99", "dev",
+       "eth0", "nud", "permanent")  # fmt: skip
     client = pod_bundle(
         tmp_path / "client", pods.path(1),
         "cat /sys/class/net/eth0/mtu; ping -c 2 -W 10 10.77.0.11 >/dev/null && echo ping-peer; "
         "ping -c 1 -W 10 10.77.0.1 >/dev/null && echo ping-gateway; "
-        "echo hi | nc -w 10 10.77.0.11 5000",
+        "echo hi | nc -w 10 10.77.0.11 5000; "
+        "grep -q '10.77.0.99.*02:00:00:00:00:99' /proc/net/arp && echo neighbour; "
+        "cat /etc/resolv.conf /etc/hosts",
     )  # fmt: skip
+    # resolv.conf and hosts come as bind mounts, as engines provide them.
+    (tmp_path / "resolv.conf").write_text("nameserver 10.77.0.53\n")
+    (tmp_path / "hosts").write_text("10.77.0.11 server-pod\n")
+    spec = json.loads((client / "config.json").read_text())
+    for name in ("resolv.conf", "hosts"):
+        source = str(tmp_path / name)
+        spec["mounts"].append({"destination": f"/etc/{name}", "type": "bind", "source": source,
+                               "options": ["rbind", "ro"]})  # fmt: skip
+    (client / "config.json").write_text(json.dumps(spec))
     # Detached: the monitor keeps its stdio, so give it files rather than our pipes.
     with (tmp_path / "srv.err").open("wb") as err:
         r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-d", "-b",
@@ -117,8 +131,9 @@ def test_two_vm_pods_on_a_bridge(
     assert r.returncode == 0, (tmp_path / "srv.err").read_text()
     try:
         r = runvm(cli_env, "run", "-b", str(client), "cli", stdin=subprocess.DEVNULL)
-        assert r.stdout.decode().split() == ["1400", "ping-peer", "ping-gateway", "echo-hi"], (
-            r.stdout, r.stderr)  # fmt: skip
+        expected = ["1400", "ping-peer", "ping-gateway", "echo-hi", "neighbour",
+                    "nameserver", "10.77.0.53", "10.77.0.11", "server-pod"]  # fmt: skip
+        assert r.stdout.decode().split() == expected, (r.stdout, r.stderr)
         assert r.returncode == 0
         # The gateway (in the router namespace) reaches the VM pod too.
         ping = subprocess.run(["ip", "netns", "exec", pods.router, "busybox", "ping", "-c", "1",
@@ -174,3 +189,29 @@ def test_interfaces_added_and_removed_later_are_hot_plugged(
         runvm(cli_env, "delete", "--force", "late")
     links = ip("-n", late, "-o", "link")
     assert "_rv" not in links, links
+
+
+def test_model_none_gives_the_vm_no_nic(
+    pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    conf = Path(cli_env["RUNVM_CONFIG"])
+    conf.write_text(conf.read_text() + '[network]\nmodel = "none"\n')
+    b = pod_bundle(tmp_path / "b", pods.path(0), "ls /sys/class/net")
+    r = runvm(cli_env, "run", "-b", str(b), "nonet", stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout.split()) == (0, [b"lo"]), r.stderr
+    assert pods.host_side_clean(0)
+
+
+def test_vhost_net_where_the_host_has_it(hardware_skip: Any) -> None:
+    from runvm.network.plug import VHOST_NET, open_vhost
+
+    if not Path(VHOST_NET).exists():
+        hardware_skip("vhost-net", f"{VHOST_NET} does not exist on this host")
+    fds = open_vhost(2)
+    try:
+        assert len(fds) == 2
+    finally:
+        for fd in fds:
+            import os
+
+            os.close(fd)

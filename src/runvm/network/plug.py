@@ -1,5 +1,7 @@
 """A pod's network namespace wired into its VM, and the same network configured in the guest.
 
+Where ``/dev/vhost-net`` exists the NICs use it (one fd per queue), otherwise vhost is off.
+
 Contract of :class:`PodNetwork` (run in the pod's network namespace, on the thread that
 entered it): :meth:`plug` gives each pod interface (see ``netlink.scan``) a device QEMU opens
 by fd, per the model: ``tcfilter`` (a tap in the same namespace, tc mirred redirects both
@@ -28,6 +30,26 @@ from runvm.protocol.client import AgentClient
 log = logging.getLogger(__name__)
 
 MODELS = ("tcfilter", "macvtap", "none")
+
+
+VHOST_NET = "/dev/vhost-net"
+
+
+def open_vhost(queues: int) -> list[int]:
+    """One /dev/vhost-net fd per queue where the host has vhost-net (in-kernel virtio-net
+    backend), none otherwise (QEMU then moves the packets itself)."""
+    if not os.path.exists(VHOST_NET):
+        return []
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fds.append(os.open(VHOST_NET, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        log.warning("vhost-net unusable (%s): QEMU moves the packets", exc)
+        return []
+    return fds
 
 
 @dataclass
@@ -79,8 +101,11 @@ class PodNetwork:
             assert self.work_dir is not None
             tap, fd = netlink.open_macvtap(iface, self.work_dir)
             fds = [fd]
-        log.info("network: %s (%s) -> %s fds %s", iface.name, iface.mac, self.model, fds)
-        return Plugged(iface, fds, NetSpec(id=f"net{i}", mac=iface.mac, fds=tuple(fds)), tap)
+        vhost = open_vhost(len(fds))
+        log.info("network: %s (%s) -> %s fds %s vhost %s", iface.name, iface.mac, self.model,
+                 fds, vhost)  # fmt: skip
+        spec = NetSpec(id=f"net{i}", mac=iface.mac, fds=tuple(fds), vhost_fds=tuple(vhost))
+        return Plugged(iface, [*fds, *vhost], spec, tap)
 
     def handed_over(self, only: list[Plugged] | None = None) -> None:
         for p in self.plugged if only is None else only:
