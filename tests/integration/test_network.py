@@ -96,19 +96,22 @@ def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedPro
                           capture_output=True, timeout=240, **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize("model", ["tcfilter", "macvtap"])
+@pytest.mark.parametrize(("model", "vcpus"), [("tcfilter", 2), ("macvtap", 1)])
 def test_two_vm_pods_on_a_bridge(
-    model: str, pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+    model: str, vcpus: int, pods: Pods, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
+    """tcfilter with 2 vCPUs: a multi-queue tap, one queue pair per vCPU."""
     conf = Path(cli_env["RUNVM_CONFIG"])
-    conf.write_text(conf.read_text() + f'[network]\nmodel = "{model}"\n')
+    conf.write_text(conf.read_text() + f'[network]\nmodel = "{model}"\n'
+                    f"[hypervisor]\nvcpus = {vcpus}\n")  # fmt: skip
     server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
     # A permanent neighbour in the pod's namespace is copied into the guest.
     ip("-n", pods.pods[1], "neigh", "add", "10.77.0.99", "lladdr", "02:00:00:00:00:99", "dev",
        "eth0", "nud", "permanent")  # fmt: skip
     client = pod_bundle(
         tmp_path / "client", pods.path(1),
-        "cat /sys/class/net/eth0/mtu; ping -c 2 -W 10 10.77.0.11 >/dev/null && echo ping-peer; "
+        "ls /sys/class/net/eth0/queues | grep -c rx; cat /sys/class/net/eth0/mtu; "
+        "ping -c 2 -W 10 10.77.0.11 >/dev/null && echo ping-peer; "
         "ping -c 1 -W 10 10.77.0.1 >/dev/null && echo ping-gateway; "
         "echo hi | nc -w 10 10.77.0.11 5000; "
         "grep -q '10.77.0.99.*02:00:00:00:00:99' /proc/net/arp && echo neighbour; "
@@ -131,7 +134,7 @@ def test_two_vm_pods_on_a_bridge(
     assert r.returncode == 0, (tmp_path / "srv.err").read_text()
     try:
         r = runvm(cli_env, "run", "-b", str(client), "cli", stdin=subprocess.DEVNULL)
-        expected = ["1400", "ping-peer", "ping-gateway", "echo-hi", "neighbour",
+        expected = [str(vcpus), "1400", "ping-peer", "ping-gateway", "echo-hi", "neighbour",
                     "nameserver", "10.77.0.53", "10.77.0.11", "server-pod"]  # fmt: skip
         assert r.stdout.decode().split() == expected, (r.stdout, r.stderr)
         assert r.returncode == 0
