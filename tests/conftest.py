@@ -175,15 +175,21 @@ def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
 class PrivateContainerd:
     """A containerd of the test's own: config, root, state and sockets in a temp dir."""
 
-    def __init__(self, base: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, base: Path, env: dict[str, str], cri: str = "", wrap: tuple[str, ...] = ()
+    ) -> None:
+        """``cri``: the CRI plugin's config table body (the plugin is off without it);
+        ``wrap`` prefixes the daemon's command (``nsenter --net=...``)."""
         self.base = base
         self.address = str(base / "c.sock")
+        self.wrap = wrap
+        top = "" if cri else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        plugins = f'[plugins."io.containerd.grpc.v1.cri"]\n{cri}' if cri else ""
         (base / "config.toml").write_text(
             "version = 2\n"
-            f'root = "{base / "root"}"\nstate = "{base / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'root = "{base / "root"}"\nstate = "{base / "state"}"\n{top}'
             f'[grpc]\n  address = "{self.address}"\n'
-            f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
+            f'[ttrpc]\n  address = "{self.address}.ttrpc"\n{plugins}'
         )
         self.log = (base / "containerd.log").open("wb")
         self.env = env
@@ -193,7 +199,7 @@ class PrivateContainerd:
     def start(self) -> None:
         base, env = self.base, self.env
         self.proc = subprocess.Popen(
-            ["containerd", "--config", str(base / "config.toml")],
+            [*self.wrap, "containerd", "--config", str(base / "config.toml")],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 30

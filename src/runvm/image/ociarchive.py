@@ -47,8 +47,11 @@ def _descriptor(media: str, data: bytes, **extra: Any) -> dict[str, Any]:
             "size": len(data), **extra}  # fmt: skip
 
 
-def busybox_archive(out: Path, ref: str = "localhost/runvm/busybox:latest") -> Path:
-    """Write the archive to ``out``; returns ``out``."""
+def busybox_archive(
+    out: Path, ref: str = "localhost/runvm/busybox:latest", cmd: tuple[str, ...] = ("sh",)
+) -> Path:
+    """Write the archive to ``out``; returns ``out``. ``cmd`` is the image's default
+    command (a pod's pause image: something that waits forever)."""
     with tempfile.TemporaryDirectory(prefix="runvm-img-") as tmp:
         make_rootfs(Path(tmp))
         layer_tar = _tar_tree(Path(tmp))
@@ -56,7 +59,7 @@ def busybox_archive(out: Path, ref: str = "localhost/runvm/busybox:latest") -> P
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": [DEFAULT_PATH], "Cmd": ["sh"]},
+        "config": {"Env": [DEFAULT_PATH], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }, sort_keys=True).encode()  # fmt: skip
     manifest = json.dumps({
