@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from runvm.protocol import agent_pb2 as pb
 from runvm.ttrpc import Code
 
 BUNDLES = Path("/run/runvm/bundles")
+CONSOLES = Path("/run/runvm/consoles")
 SHARED_ROOT = "/run/runvm/shared/"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_CONTAINERS = 1024
@@ -111,7 +113,10 @@ async def _spawn_with_io(
     console: crun.ConsoleSocket | None = None
     try:
         if terminal:
-            console = crun.ConsoleSocket(bundle / f"console-{proc.exec_id or 'init'}.sock")
+            # A short path of its own: ids (64 characters from CRI) would break the 108-byte
+            # limit of unix socket paths.
+            CONSOLES.mkdir(parents=True, exist_ok=True)
+            console = crun.ConsoleSocket(CONSOLES / f"{uuid.uuid4().hex[:16]}.sock")
             master_task = asyncio.ensure_future(console.receive_master())
             try:
                 await crun.run_crun(reaper, [*args[:1], "--console-socket", str(console.path),

@@ -1,0 +1,238 @@
+"""Kubernetes' path, up to containerd: CRI v1 -> containerd's CRI plugin -> CNI -> runvm.
+
+A private containerd runs inside a network namespace the test made (so the CNI bridge, the
+pod's gateway and the streaming server live there), with the CRI plugin on, a runtime
+handler ``runvm`` (io.containerd.runvm.v2), a locally built pause image, and Debian's CNI
+bridge + host-local plugins configured in a private directory. The test speaks CRI over
+gRPC as kubelet does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runvm.image.ociarchive import busybox_archive
+from runvm.network import netns
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+PAUSE = "localhost/runvm/pause:1"
+IMAGE = "localhost/runvm/busybox:latest"
+SUBNET = "10.91.0"
+
+
+class Cri:
+    """A containerd with CRI in netns ``ns``, its CRI client and the pod log directory."""
+
+    def __init__(self, daemon: Any, client: Any, ns: str, base: Path) -> None:
+        self.daemon, self.client, self.ns, self.base = daemon, client, ns, base
+
+    def in_netns(self, fn: Any) -> Any:
+        """Run ``fn()`` on a thread inside the daemon's namespace (the streaming server
+        listens on its loopback)."""
+        result: list[Any] = []
+
+        def body() -> None:
+            netns.enter(f"/var/run/netns/{self.ns}")
+            try:
+                result.append(fn())
+            except BaseException as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+
+@pytest.fixture
+def cri(state_root: Path, accel_cache: Path, tmp_path: Path) -> Iterator[Cri]:
+    for tool in ("containerd", "ctr", "nsenter"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}")
+    if not Path("/usr/lib/cni/bridge").exists():
+        pytest.skip("needs Debian's containernetworking-plugins")
+    from conftest import PrivateContainerd
+    from cri.client import CriClient
+
+    ns = f"rvk{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
+    conf = tmp_path / "runvm.toml"
+    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    (base / "cni").mkdir()
+    (base / "cni" / "10-rvpods.conflist").write_text(json.dumps({
+        "cniVersion": "0.4.0", "name": "rvpods",
+        "plugins": [{
+            "type": "bridge", "bridge": "rvbr0", "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "dataDir": str(base / "ipam"),
+                     "ranges": [[{"subnet": f"{SUBNET}.0/24"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]},
+        }],
+    }))  # fmt: skip
+    table = 'plugins."io.containerd.grpc.v1.cri"'
+    cri_config = (
+        f'  sandbox_image = "{PAUSE}"\n  restrict_oom_score_adj = true\n'
+        '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
+        f"[{table}.containerd]\n  snapshotter = \"overlayfs\"\n"
+        '  default_runtime_name = "runvm"\n'
+        f"[{table}.containerd.runtimes.runvm]\n"
+        '  runtime_type = "io.containerd.runvm.v2"\n'
+        f"[{table}.containerd.runtimes.runvm.options]\n  ConfigPath = \"{conf}\"\n"
+        f'[{table}.cni]\n  bin_dir = "/usr/lib/cni"\n  conf_dir = "{base / "cni"}"\n'
+    )  # fmt: skip
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RUNVM_CONFIG": str(conf), "PATH": path}
+    daemon = PrivateContainerd(base, env, cri=cri_config,
+                               wrap=("nsenter", f"--net=/var/run/netns/{ns}"))  # fmt: skip
+    client = CriClient(daemon.address)
+    try:
+        wait_ready(client, base)
+        for ref, cmd in ((PAUSE, ("sleep", "2147483647")), (IMAGE, ("sh",))):
+            archive = busybox_archive(tmp_path / f"{ref.rsplit('/', 1)[1]}.tar", ref, cmd)
+            r = daemon.ctr("-n", "k8s.io", "image", "import", str(archive))
+            assert r.returncode == 0, r.stderr
+        yield Cri(daemon, client, ns, base)
+    finally:
+        import grpc
+
+        with contextlib.suppress(grpc.RpcError):
+            for pod in client.list_pod_sandbox():
+                client.stop_pod_sandbox(pod.id)
+                client.remove_pod_sandbox(pod.id)
+        client.close()
+        daemon.stop()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def wait_ready(client: Any, base: Path, timeout: float = 30) -> None:
+    """Until the CRI plugin answers (its log tail if it never does)."""
+    import time
+
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.version()
+            return
+        except grpc.RpcError as exc:
+            if time.monotonic() > deadline:
+                log = (base / "containerd.log").read_text(errors="replace")
+                lines = [ln for ln in log.splitlines() if "cri" in ln.lower()]
+                raise AssertionError("CRI did not come up:\n" + "\n".join(lines[-15:])) from exc
+            time.sleep(0.5)
+
+
+def pod_config(api: Any, name: str, logs: Path, host_network: bool = False) -> Any:
+    mode = api.NODE if host_network else api.POD
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        hostname=f"{name}-host", log_directory=str(logs),
+        linux=api.LinuxPodSandboxConfig(
+            cgroup_parent=f"/rvpods/{name}",
+            security_context=api.LinuxSandboxSecurityContext(
+                namespace_options=api.NamespaceOption(network=mode, pid=api.CONTAINER,
+                                                      ipc=api.POD)),
+        ),
+    )  # fmt: skip
+
+
+def container_config(api: Any, name: str, script: str, **kw: Any) -> Any:
+    return api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=name), image=api.ImageSpec(image=IMAGE),
+        command=["sh", "-c", script], log_path=f"{name}.log", **kw,
+    )  # fmt: skip
+
+
+def qemu_count(state_root: Path) -> int:
+    out = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+    return sum("qemu-system" in line and str(state_root) in line for line in out.splitlines())
+
+
+def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None:
+    import grpc
+    from cri import api_pb2 as api
+    from cri.stream import run_stream
+
+    client = cri.client
+    assert client.version().runtime_name == "containerd"
+    logs = cri.base / "logs"
+    logs.mkdir()
+    sandbox = pod_config(api, "pod1", logs)
+    pod = client.run_pod_sandbox(sandbox, "runvm")
+    status = client.pod_sandbox_status(pod).status
+    pod_ip = status.network.ip
+    assert pod_ip.startswith(f"{SUBNET}."), status
+    assert qemu_count(state_root) == 1
+
+    c1 = client.create_container(pod, container_config(api, "c1", "sleep 1000"), sandbox)
+    c2 = client.create_container(
+        pod, container_config(api, "c2", "read x; echo got-$x", stdin=True, stdin_once=True),
+        sandbox,
+    )  # fmt: skip
+    for cid in (c1, c2):
+        client.start_container(cid)
+
+    probe = ["sh", "-c", "hostname; cat /proc/sys/kernel/random/boot_id; "
+             "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; exit 3"]  # fmt: skip
+    seen = []
+    for cid in (c1, c2):
+        code, out, err = client.exec_sync(cid, probe, timeout=60)
+        assert code == 3, err
+        seen.append(out.decode().split())
+    assert seen[0] == seen[1], seen  # one VM: same boot id, same NIC
+    assert seen[0][0] == "pod1-host" and seen[0][-1] == pod_ip, seen
+    assert qemu_count(state_root) == 1
+    records = list((state_root / "k" / "k8s.io").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["agent_instance"]
+
+    # Exec with a terminal, and Attach, through the streaming server.
+    # (-it, as kubectl does: with a terminal, containerd ends the output when stdin ends)
+    url = client.exec(c1, ["sh", "-c", "read x; tty; stty size; echo got-$x; exit 4"], tty=True,
+                      stdin=True)  # fmt: skip
+    out, _, code = cri.in_netns(
+        lambda: run_stream(url, stdin=b"line\r", tty=True, resize=(100, 30), close_stdin=False)
+    )
+    assert b"/dev/pts/" in out and b"30 100" in out and b"got-line" in out, out
+    assert code == 4
+    url = client.attach(c2, stdin=True)
+    out, _, _ = cri.in_netns(lambda: run_stream(url, stdin=b"hello\n"))
+    assert out == b"got-hello\n", out
+
+    stats = client.container_stats(c1)
+    assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
+    client.update_container_resources(c1, api.LinuxContainerResources(
+        memory_limit_in_bytes=150 << 20, cpu_period=100000, cpu_quota=50000))  # fmt: skip
+    r = cri.daemon.ctr("-n", "k8s.io", "task", "metrics", c1)
+    limit = next(int(ln.split()[1]) for ln in r.stdout.decode().splitlines()
+                 if ln.startswith("memory.usage_limit"))  # fmt: skip
+    assert limit == 150 << 20, r.stdout
+
+    # A pod on the host's network cannot be a VM pod.
+    with pytest.raises(grpc.RpcError) as refused:
+        client.run_pod_sandbox(pod_config(api, "hostnet", logs, host_network=True), "runvm")
+    assert "host network is not possible in a VM pod" in (refused.value.details() or "")
+
+    client.stop_pod_sandbox(pod)
+    client.remove_pod_sandbox(pod)
+    assert qemu_count(state_root) == 0
+    assert client.list_pod_sandbox() == []
+    links = subprocess.run(["ip", "-n", cri.ns, "-o", "link"], capture_output=True, text=True)
+    assert "_rv" not in links.stdout
