@@ -99,8 +99,12 @@ def cri(state_root: Path, accel_cache: Path, tmp_path: Path) -> Iterator[Cri]:
     )  # fmt: skip
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     env = {**os.environ, "RUNVM_CONFIG": str(conf), "PATH": path}
-    daemon = PrivateContainerd(base, env, cri=cri_config,
-                               wrap=("nsenter", f"--net=/var/run/netns/{ns}"))  # fmt: skip
+    try:
+        daemon = PrivateContainerd(base, env, cri=cri_config,
+                                   wrap=("nsenter", f"--net=/var/run/netns/{ns}"))  # fmt: skip
+    except BaseException:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        raise
     client = CriClient(daemon.address)
     try:
         wait_ready(client, base)

@@ -8,8 +8,8 @@ from runvm.runtime.guestspec import guest_spec
 
 
 def share(calls: list[tuple[int, str]]):  # type: ignore[no-untyped-def]
-    def inner(i: int, source: str) -> str:
-        calls.append((i, source))
+    def inner(i: int, source: str, readonly: bool = False) -> str:
+        calls.append((i, source) if not readonly else (i, f"ro:{source}"))
         return f"/run/runvm/shared/c1/mounts/{i}"
 
     return inner
@@ -25,7 +25,7 @@ def test_rewrites_root_binds_hooks_network_and_cgroup() -> None:
     calls: list[tuple[int, str]] = []
     out = guest_spec(spec, "c1", "/run/runvm/shared/c1/rootfs", share(calls))
     assert out["root"]["path"] == "/run/runvm/shared/c1/rootfs"
-    assert calls == [(7, "/host/hosts")]
+    assert calls == [(7, "ro:/host/hosts")]  # read-only on the host side of the share too
     assert out["mounts"][7]["source"] == "/run/runvm/shared/c1/mounts/7"
     assert out["mounts"][7]["type"] == "bind"
     assert "hooks" not in out

@@ -67,10 +67,13 @@ class Container:
             raise ConfigError(f"sandbox {sandbox.id} has no shared filesystem for containers")
         container = cls(container_id, bundle.resolve(), spec, sandbox)
         try:
-            share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
+            readonly_root = bool(spec.get("root", {}).get("readonly"))
+            share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs,
+                                            readonly_root)  # fmt: skip
 
-            def share_bind(index: int, source: str) -> str:
-                return shared.guest_path(shared.add_bind(container_id, index, Path(source)))
+            def share_bind(index: int, source: str, readonly: bool) -> str:
+                path = shared.add_bind(container_id, index, Path(source), readonly)
+                return shared.guest_path(path)
 
             gspec = guest_spec(spec, container_id, shared.guest_path(share), share_bind, join)
             request = pb.CreateContainerRequest(

@@ -42,11 +42,12 @@ def guest_spec(
     spec: dict[str, Any],
     container_id: str,
     rootfs_guest: str,
-    share_bind: Callable[[int, str], str],
+    share_bind: Callable[[int, str, bool], str],
     join: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The guest's config.json. ``share_bind(i, host_source)`` shares one bind source and
-    returns its guest path; ``join`` maps host namespace paths to guest ones."""
+    """The guest's config.json. ``share_bind(i, host_source, readonly)`` shares one bind
+    source (read-only on the host side too when the mount has ``ro``) and returns its guest
+    path; ``join`` maps host namespace paths to guest ones."""
     out = copy.deepcopy(spec)
     out["root"]["path"] = rootfs_guest
     if "process" in out:
@@ -57,7 +58,7 @@ def guest_spec(
             source = mount.get("source")
             if not source or not source.startswith("/"):
                 raise ConfigError(f"mounts[{i}]: bind mount needs an absolute source")
-            mount["source"] = share_bind(i, source)
+            mount["source"] = share_bind(i, source, "ro" in (mount.get("options") or []))
             mount["type"] = "bind"
     linux = out.setdefault("linux", {})
     namespaces = []

@@ -103,11 +103,11 @@ class Proc:
             await asyncio.wait(self.outputs, timeout=DRAIN_TIMEOUT)
         await self.release()
         async with self.start_lock:
-            self.status = spb.STOPPED
             self.exit_status = wire.exit_status(status) if status >= 0 else LOST_STATUS
             when = datetime.fromtimestamp((when_ns or time.time_ns()) / 1e9, UTC)
             self.exited_at = wire.timestamp(when)
-            await on_exit(self)
+            await on_exit(self)  # the exit event is queued before anyone can see "stopped"
+            self.status = spb.STOPPED  # (and so before a Delete, which needs "stopped")
         self.exited.set()
 
     async def release(self) -> None:

@@ -41,17 +41,20 @@ class SharedDir:
     def guest_path(self, host_path: Path) -> str:
         return f"{GUEST_ROOT}/{host_path.relative_to(self.path)}"
 
-    def add_rootfs(self, container_id: str, rootfs: Path) -> Path:
+    def add_rootfs(self, container_id: str, rootfs: Path, readonly: bool = False) -> Path:
         """Bind ``rootfs`` at ``<cid>/rootfs``; returns the host path of the share."""
         if not rootfs.is_dir():
             raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
         target = self.path / container_id / "rootfs"
         target.mkdir(parents=True)
         mounts.mount(str(rootfs), str(target), None, mounts.MS_BIND | mounts.MS_REC)
+        if readonly:
+            _readonly(target)
         return target
 
-    def add_bind(self, container_id: str, index: int, source: Path) -> Path:
-        """Bind a file or directory at ``<cid>/mounts/<index>``."""
+    def add_bind(self, container_id: str, index: int, source: Path, readonly: bool = False) -> Path:
+        """Bind a file or directory at ``<cid>/mounts/<index>``; ``readonly`` makes the host
+        side of the share read-only, so a guest that remounts it read-write gains nothing."""
         if not source.exists():
             raise ConfigError(f"bind mount source {source} does not exist")
         target = self.path / container_id / "mounts" / str(index)
@@ -61,6 +64,8 @@ class SharedDir:
         else:
             target.touch()
         mounts.mount(str(source), str(target), None, mounts.MS_BIND | mounts.MS_REC)
+        if readonly:
+            _readonly(target)
         return target
 
     def remove_container(self, container_id: str) -> None:
@@ -80,6 +85,12 @@ class SharedDir:
             with contextlib.suppress(OSError):
                 mounts.umount(target)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _readonly(target: Path) -> None:
+    """Make the bind at ``target`` read-only (its own mount; submounts keep their flags)."""
+    mounts.mount(None, str(target), None,
+                 mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY)  # fmt: skip
 
 
 def _mounts_under(base: Path) -> list[str]:

@@ -1,0 +1,101 @@
+"""Shared volumes seen from both sides, and a guest that tries to write where it may not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runvm.image.busybox import make_bundle
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+RUNVM = [sys.executable, "-m", "runvm.cli.main"]
+
+SCRIPT = r"""
+# read-only volume: refused, and still refused after remounting it read-write inside
+echo x > /ro/new 2>/dev/null && echo ro-writable || echo ro-refused
+mount -o remount,rw,bind /ro && echo remounted
+echo x > /ro/new 2>/dev/null && echo ro-writable-after-remount || echo ro-still-refused
+# read-write volume: written here, seen on the host; written there, seen here
+echo from-guest > /rw/guest.txt && echo rw-written
+until [ -e /rw/host.txt ]; do sleep 0.2; done; cat /rw/host.txt
+# a file mount edited on the host is seen here
+cat /etc/config.txt
+i=0; until grep -q v2 /etc/config.txt || [ $i -ge 20 ]; do sleep 0.1; i=$((i+1)); done
+cat /etc/config.txt
+echo done
+"""
+
+
+def test_volumes_both_ways_and_readonly_on_the_host_side(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "keep.txt").write_text("host data\n")
+    config = tmp_path / "config.txt"
+    config.write_text("v1\n")
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["sh", "-c", SCRIPT])
+    spec["mounts"] += [
+        {"destination": "/ro", "type": "bind", "source": str(ro), "options": ["rbind", "ro"]},
+        {"destination": "/rw", "type": "bind", "source": str(rw), "options": ["rbind", "rw"]},
+        {"destination": "/etc/config.txt", "type": "bind", "source": str(config),
+         "options": ["rbind", "ro"]},
+    ]  # fmt: skip
+    caps = spec["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        caps[kind] = [*caps.get(kind, []), "CAP_SYS_ADMIN"]  # the guest may remount
+    (b / "config.json").write_text(json.dumps(spec))
+    out = tmp_path / "out.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b",
+                                 str(b), "vols"], env=cli_env, stdout=sink,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not (rw / "guest.txt").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(0.2)
+            assert (rw / "guest.txt").read_text() == "from-guest\n"
+            (rw / "host.txt").write_text("from-host\n")
+            time.sleep(0.5)
+            config.write_text("v2\n")  # in place: the same inode, as kubelet's atomic writer
+            assert proc.wait(120) == 0, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
+                            "vols"], env=cli_env, capture_output=True)  # fmt: skip
+    lines = out.read_text().split()
+    assert lines[:4] == ["ro-refused", "remounted", "ro-still-refused", "rw-written"], lines
+    assert lines[4:] == ["from-host", "v1", "v2", "done"], lines
+    assert sorted(p.name for p in ro.iterdir()) == ["keep.txt"]  # the host side never changed
+
+
+def test_mount_destination_symlink_does_not_reach_the_host(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A rootfs symlink pointing at a host path, used as a mount destination, stays inside
+    the container (the CVE-2020-2026 class): the host directory is untouched."""
+    host_target = tmp_path / "host-target"
+    host_target.mkdir()
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["sh", "-c", "echo x > /evil/pwned && echo wrote"])
+    (b / "rootfs" / "evil").symlink_to(host_target)
+    spec["mounts"].append({"destination": "/evil", "type": "tmpfs", "source": "tmpfs"})
+    (b / "config.json").write_text(json.dumps(spec))
+    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                        "cve"], env=cli_env, capture_output=True, timeout=180)  # fmt: skip
+    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "cve"],
+                   env=cli_env, capture_output=True)  # fmt: skip
+    assert list(host_target.iterdir()) == [], r.stdout
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(host_target) not in mounts
