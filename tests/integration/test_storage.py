@@ -18,14 +18,14 @@ RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 
 SCRIPT = r"""
 # read-only volume: refused, and still refused after remounting it read-write inside
-echo x > /ro/new 2>/dev/null && echo ro-writable || echo ro-refused
+{ echo x > /ro/new; } 2>/dev/null && echo ro-writable || echo ro-refused
 mount -o remount,rw,bind /ro && echo remounted
-echo x > /ro/new 2>/dev/null && echo ro-writable-after-remount || echo ro-still-refused
+{ echo x > /ro/new; } 2>/dev/null && echo ro-writable-after-remount || echo ro-still-refused
 # read-write volume: written here, seen on the host; written there, seen here
 echo from-guest > /rw/guest.txt && echo rw-written
 until [ -e /rw/host.txt ]; do sleep 0.2; done; cat /rw/host.txt
 # a file mount edited on the host is seen here
-cat /etc/config.txt
+cat /etc/config.txt; touch /rw/seen-v1
 i=0; until grep -q v2 /etc/config.txt || [ $i -ge 20 ]; do sleep 0.1; i=$((i+1)); done
 cat /etc/config.txt
 echo done
@@ -65,8 +65,10 @@ def test_volumes_both_ways_and_readonly_on_the_host_side(
                 time.sleep(0.2)
             assert (rw / "guest.txt").read_text() == "from-guest\n"
             (rw / "host.txt").write_text("from-host\n")
-            time.sleep(0.5)
-            config.write_text("v2\n")  # in place: the same inode, as kubelet's atomic writer
+            while not (rw / "seen-v1").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(0.1)
+            config.write_text("v2\n")  # edited in place, on the host
             assert proc.wait(120) == 0, out.read_text()
         finally:
             if proc.poll() is None:

@@ -67,9 +67,8 @@ class Container:
             raise ConfigError(f"sandbox {sandbox.id} has no shared filesystem for containers")
         container = cls(container_id, bundle.resolve(), spec, sandbox)
         try:
-            readonly_root = bool(spec.get("root", {}).get("readonly"))
-            share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs,
-                                            readonly_root)  # fmt: skip
+            # (root.readonly is applied in the guest, after the mount points were made)
+            share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
 
             def share_bind(index: int, source: str, readonly: bool) -> str:
                 path = shared.add_bind(container_id, index, Path(source), readonly)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -77,3 +78,39 @@ def mount_spec(kind: str, source: str, target: str, options: list[str]) -> None:
             mount(None, target, None, flags | MS_REMOUNT)
         return
     mount(source, target, kind, flags, data)
+
+
+# The new mount API (Linux 5.12+): a detached copy gets its flags before anyone sees it.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64
+_AT_FDCWD = -100
+_OPEN_TREE_CLONE, _AT_RECURSIVE, _AT_EMPTY_PATH = 0x1, 0x8000, 0x1000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind ``source`` (recursively) on ``target`` read-only from the first moment.
+
+    A bind made writable and remounted read-only afterwards is read-only only in this mount
+    namespace: copies already propagated to peers (virtiofsd's namespace) stay writable.
+    Here the copy is made detached, set read-only (with its submounts), then attached, so
+    every propagated copy is read-only too.
+    """
+    fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(),
+                              _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE),
+                f"open_tree {source}")  # fmt: skip
+    try:
+        attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+                             attr, len(attr)), f"mount_setattr {source}")  # fmt: skip
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, target.encode(),
+                             _MOVE_MOUNT_F_EMPTY_PATH), f"move_mount {target}")  # fmt: skip
+    finally:
+        os.close(fd)

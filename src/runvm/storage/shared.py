@@ -47,9 +47,7 @@ class SharedDir:
             raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
         target = self.path / container_id / "rootfs"
         target.mkdir(parents=True)
-        mounts.mount(str(rootfs), str(target), None, mounts.MS_BIND | mounts.MS_REC)
-        if readonly:
-            _readonly(target)
+        _bind(rootfs, target, readonly)
         return target
 
     def add_bind(self, container_id: str, index: int, source: Path, readonly: bool = False) -> Path:
@@ -63,9 +61,7 @@ class SharedDir:
             target.mkdir()
         else:
             target.touch()
-        mounts.mount(str(source), str(target), None, mounts.MS_BIND | mounts.MS_REC)
-        if readonly:
-            _readonly(target)
+        _bind(source, target, readonly)
         return target
 
     def remove_container(self, container_id: str) -> None:
@@ -87,10 +83,13 @@ class SharedDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _readonly(target: Path) -> None:
-    """Make the bind at ``target`` read-only (its own mount; submounts keep their flags)."""
-    mounts.mount(None, str(target), None,
-                 mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY)  # fmt: skip
+def _bind(source: Path, target: Path, readonly: bool) -> None:
+    """A recursive bind; a read-only one is read-only in every namespace it propagates to
+    (virtiofsd's included), with its submounts."""
+    if readonly:
+        mounts.bind_readonly(str(source), str(target))
+    else:
+        mounts.mount(str(source), str(target), None, mounts.MS_BIND | mounts.MS_REC)
 
 
 def _mounts_under(base: Path) -> list[str]:
