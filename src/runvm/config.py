@@ -53,6 +53,14 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    # virtiofsd's cache mode: auto (metadata and data cached briefly, revalidated: host-side
+    # edits reach the container within about a second), always (cached until the guest drops
+    # it: fastest, host-side edits may stay unseen), none (every access goes to the host).
+    virtiofs_cache: str = "auto"
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     # How the pod's interfaces reach the VM: tcfilter (a tap per interface, tc mirred
     # redirects both ways), macvtap, or none (no NIC).
@@ -66,6 +74,7 @@ class RunvmConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 _CHOICES = {
@@ -73,6 +82,7 @@ _CHOICES = {
     ("hypervisor", "machine"): ("pc", "q35", "microvm"),
     ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
     ("network", "model"): ("tcfilter", "macvtap", "none"),
+    ("storage", "virtiofs_cache"): ("auto", "always", "none"),
 }
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),

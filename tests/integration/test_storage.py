@@ -35,6 +35,8 @@ echo done
 def test_volumes_both_ways_and_readonly_on_the_host_side(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
+    conf = Path(cli_env["RUNVM_CONFIG"])  # every access goes to the host: no stale views
+    conf.write_text(conf.read_text() + '[storage]\nvirtiofs_cache = "none"\n')
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
     rw.mkdir()
@@ -64,6 +66,10 @@ def test_volumes_both_ways_and_readonly_on_the_host_side(
                 assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
                 time.sleep(0.2)
             assert (rw / "guest.txt").read_text() == "from-guest\n"
+            ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+            virtiofsd = [a for a in ps.splitlines()
+                         if a.split()[0].endswith("/virtiofsd") and "/vols/" in a]  # fmt: skip
+            assert virtiofsd and all("cache=none" in a for a in virtiofsd), virtiofsd
             (rw / "host.txt").write_text("from-host\n")
             while not (rw / "seen-v1").exists():
                 assert proc.poll() is None and time.monotonic() < deadline, out.read_text()

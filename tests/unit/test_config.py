@@ -19,8 +19,10 @@ def test_defaults_when_file_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_values_are_read(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[hypervisor]\nvcpus = 2\nmemory_mib = 512\nboot_timeout = 30\n'
-                    '[agent]\nchannel = "virtio-serial"\n')  # fmt: skip
+                    '[agent]\nchannel = "virtio-serial"\n[network]\nmodel = "macvtap"\n'
+                    '[storage]\nvirtiofs_cache = "none"\n')  # fmt: skip
     conf = cfg.load(path)
+    assert conf.network.model == "macvtap" and conf.storage.virtiofs_cache == "none"
     assert (conf.hypervisor.vcpus, conf.hypervisor.memory_mib) == (2, 512)
     assert conf.hypervisor.boot_timeout == 30.0 and conf.agent.channel == "virtio-serial"
 
@@ -35,6 +37,8 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[hypervisor]\nvcpus = 0\n", "outside 1..256"),
         ("[hypervisor]\naccelerator = 'hvf'\n", "must be one of auto, kvm, tcg"),
         ("[hypervisor\n", "c.toml"),
+        ("[network]\nmodel = 'bridge'\n", "must be one of tcfilter, macvtap, none"),
+        ("[storage]\nvirtiofs_cache = 'metadata'\n", "must be one of auto, always, none"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -> None:

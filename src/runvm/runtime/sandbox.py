@@ -213,7 +213,8 @@ class Sandbox:
         shared.setup()
         self.shared = shared
         sock = self.run_dir / "virtiofsd.sock"
-        child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log")
+        child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log",
+                                      self.config.storage.virtiofs_cache)  # fmt: skip
         self.steps.add_undo("virtiofsd", child.stop)
         self.virtiofsd = child
         return VirtioFsSpec(tag=TAG, socket_path=sock)

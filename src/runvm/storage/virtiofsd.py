@@ -17,17 +17,19 @@ VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 READY_TIMEOUT = 10.0
 
 
-def argv(socket_path: Path, source: Path, binary: str = VIRTIOFSD) -> list[str]:
+def argv(
+    socket_path: Path, source: Path, binary: str = VIRTIOFSD, cache: str = "auto"
+) -> list[str]:
     return [
         binary, f"--socket-path={socket_path}", "-o", f"source={source}",
-        "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "xattr",
+        "-o", f"cache={cache}", "-o", "sandbox=namespace", "-o", "xattr",
         "--rlimit-nofile=0",
     ]  # fmt: skip
 
 
-async def start(socket_path: Path, source: Path, log_path: Path) -> Child:
+async def start(socket_path: Path, source: Path, log_path: Path, cache: str = "auto") -> Child:
     """Start virtiofsd; returns once its socket exists (it then waits for QEMU)."""
-    args = argv(socket_path, source)
+    args = argv(socket_path, source, cache=cache)
     if not os.access(VIRTIOFSD, os.X_OK):
         raise LaunchError(
             f"{VIRTIOFSD} not found: install the Debian package qemu-system-common", args, None
