@@ -107,3 +107,21 @@ def test_mount_destination_symlink_does_not_reach_the_host(
     assert list(host_target.iterdir()) == [], r.stdout
     mounts = Path("/proc/self/mounts").read_text()
     assert str(host_target) not in mounts
+
+
+def test_guest_local_mounts_keep_their_options(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """tmpfs mounts (and /dev/shm with its size) are made in the guest, options intact."""
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["sh", "-c", "df -k /dev/shm /scratch | tail -n 2 | awk '{print $2}'"])
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"]
+    spec["mounts"] += [
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=16m"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=8m"]},
+    ]  # fmt: skip
+    (b / "config.json").write_text(json.dumps(spec))
+    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                        "shm"], env=cli_env, capture_output=True, timeout=180)  # fmt: skip
+    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "shm"],
+                   env=cli_env, capture_output=True)  # fmt: skip
+    assert (r.returncode, r.stdout.split()) == (0, [b"16384", b"8192"]), r.stderr
