@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from hostbin import copy_program  # bench/ is the script's directory
+
 from runvm import config as cfg
 from runvm.hypervisor.base import NetSpec
 from runvm.image.busybox import make_bundle
@@ -51,25 +53,9 @@ def add_pod(router: str, name: str, address: str, k: int) -> None:
     ip("-n", name, "link", "set", "lo", "up")
 
 
-def with_iperf(rootfs: Path) -> None:
-    """Copy iperf3 and the libraries it loads into a busybox rootfs."""
-    binary = Path(shutil.which("iperf3") or "/usr/bin/iperf3")
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    files = [binary] + [Path(w) for line in out.splitlines() for w in line.split()
-                        if w.startswith("/")]  # fmt: skip
-    for path in files:
-        target = rootfs / str(path.resolve()).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path.resolve(), target)
-        link = rootfs / str(path).lstrip("/")
-        if link != target and not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(path.resolve())
-
-
 def client_bundle(path: Path, netns_path: str | None, seconds: int) -> Path:
     spec = make_bundle(path, ["iperf3", "-c", PEER, "-t", str(seconds), "-J"])
-    with_iperf(path / "rootfs")
+    copy_program(path / "rootfs", "iperf3")
     spec["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
     for ns in spec["linux"]["namespaces"]:
         if ns["type"] == "network" and netns_path:

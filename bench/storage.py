@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from hostbin import copy_program  # bench/ is the script's directory
+
 from runvm.image.busybox import make_bundle
 
 JOBS = [  # name, fio rw mode, block size
@@ -48,21 +50,6 @@ def figures(output: str) -> dict[str, float]:
     return out
 
 
-def with_fio(rootfs: Path) -> None:
-    binary = Path(shutil.which("fio") or "/usr/bin/fio")
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    files = [binary] + [Path(w) for line in out.splitlines() for w in line.split()
-                        if w.startswith("/")]  # fmt: skip
-    for path in files:
-        target = rootfs / str(path.resolve()).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path.resolve(), target)
-        link = rootfs / str(path).lstrip("/")
-        if link != target and not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(path.resolve())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="MiB per job file")
@@ -86,7 +73,7 @@ def main() -> None:
             bundle = tmp / where.replace(" ", "-")
             script = f"mkdir -p /work && exec {' '.join(fio_args(directory, args.size))}"
             spec = make_bundle(bundle, ["sh", "-c", script])
-            with_fio(bundle / "rootfs")
+            copy_program(bundle / "rootfs", "fio")
             spec["root"]["readonly"] = False
             spec["mounts"].append({"destination": "/vol", "type": "bind", "source": str(volume),
                                    "options": ["rbind", "rw"]})  # fmt: skip
