@@ -172,6 +172,30 @@ def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     assert not problems, "leaks:\n" + "\n".join(problems)
 
 
+def in_netns(name: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a thread that entered network namespace ``name`` (namespaces are per
+    thread: the test process itself stays where it is)."""
+    import threading
+
+    from runvm.network import netns
+
+    out: list[Any] = []
+
+    def body() -> None:
+        netns.enter(f"/var/run/netns/{name}")
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
 class PrivateContainerd:
     """A containerd of the test's own: config, root, state and sockets in a temp dir."""
 

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 import pytest
 
 from runvm.image.ociarchive import busybox_archive
-from runvm.network import netns
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
@@ -41,23 +39,10 @@ class Cri:
         self.daemon, self.client, self.ns, self.base = daemon, client, ns, base
 
     def in_netns(self, fn: Any) -> Any:
-        """Run ``fn()`` on a thread inside the daemon's namespace (the streaming server
-        listens on its loopback)."""
-        result: list[Any] = []
+        """``fn()`` inside the daemon's namespace (the streaming server is on its loopback)."""
+        from conftest import in_netns
 
-        def body() -> None:
-            netns.enter(f"/var/run/netns/{self.ns}")
-            try:
-                result.append(fn())
-            except BaseException as exc:
-                result.append(exc)
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        thread.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0]
+        return in_netns(self.ns, fn)
 
 
 @pytest.fixture

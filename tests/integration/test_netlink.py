@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
+from conftest import in_netns
 
-from runvm.network import netlink, netns
+from runvm.network import netlink
 
 
 @pytest.fixture
@@ -33,27 +32,8 @@ def pod_ns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def inside(name: str, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on a thread that entered the namespace (namespaces are per thread)."""
-    out: list[Any] = []
-
-    def body() -> None:
-        netns.enter(f"/var/run/netns/{name}")
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
-
-
 def test_scan_sees_the_pod_interfaces_routes_and_neighbours(pod_ns: str) -> None:
-    topo = inside(pod_ns, netlink.scan)
+    topo = in_netns(pod_ns, netlink.scan)
     names = sorted(i.name for i in topo.interfaces)
     assert names == ["eth0", "peer0"]  # veths; never lo
     eth0 = next(i for i in topo.interfaces if i.name == "eth0")
@@ -74,7 +54,7 @@ def test_tap_redirect_and_cleanup(pod_ns: str) -> None:
         netlink.unredirect(eth0)  # idempotent
         return fds, both, netlink.has_ingress(eth0), [i.name for i in netlink.scan().interfaces]
 
-    fds, both, left, names = inside(pod_ns, plug)
+    fds, both, left, names = in_netns(pod_ns, plug)
     assert len(fds) == 2 and both and not left
     assert "tap9_rv" not in names  # runvm's own links are never pod interfaces
     filters = subprocess.run(["tc", "-n", pod_ns, "filter", "show", "dev", "tap9_rv", "ingress"],
