@@ -60,9 +60,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _image_ready() -> str | None:
     try:
-        from runvm import image
+        from runvm import config
+        from runvm.runtime.guestimage import resolve_guest_files
 
-        image.current()
+        resolve_guest_files(config.load())
     except Exception as exc:
         return f"no guest image ({exc}); run `runvm image build`"
     return None

@@ -36,6 +36,12 @@ class HypervisorConfig:
 @dataclass(frozen=True)
 class ImageConfig:
     dir: str = ""  # guest image cache; "" = $RUNVM_IMAGE_DIR or /var/lib/runvm/images
+    # Which built image sandboxes boot: debian (Debian's cloud kernel + modules) or minimal
+    # (runvm's own kernel config, everything built in; `runvm image build --variant minimal`).
+    variant: str = "debian"
+    # How the kernel is loaded: auto (the uncompressed vmlinux through its PVH entry when the
+    # image has one, else the bzImage), bzimage, pvh.
+    boot: str = "auto"
     kernel: str = ""  # explicit kernel path instead of the built image
     initrd: str = ""  # explicit initrd path instead of the built image
 
@@ -80,6 +86,8 @@ class RunvmConfig:
 _CHOICES = {
     ("hypervisor", "accelerator"): ("auto", "kvm", "tcg"),
     ("hypervisor", "machine"): ("pc", "q35", "microvm"),
+    ("image", "variant"): ("debian", "minimal"),
+    ("image", "boot"): ("auto", "bzimage", "pvh"),
     ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
     ("network", "model"): ("tcfilter", "macvtap", "none"),
     ("storage", "virtiofs_cache"): ("auto", "always", "none"),

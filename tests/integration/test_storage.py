@@ -125,3 +125,75 @@ def test_guest_local_mounts_keep_their_options(tmp_path: Path, cli_env: dict[str
     subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "shm"],
                    env=cli_env, capture_output=True)  # fmt: skip
     assert (r.returncode, r.stdout.split()) == (0, [b"16384", b"8192"]), r.stderr
+
+
+def _ext4_image(tmp_path: Path, rootfs: Path) -> Path:
+    image = tmp_path / "rootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(image), "64M"], check=True)
+    return image
+
+
+def _read_from_image(image: Path, path: str) -> str:
+    """A file's text as the host kernel sees the filesystem (journal replayed)."""
+    mnt = image.parent / "check-mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        return (mnt / path).read_text()
+    finally:
+        subprocess.run(["umount", "-d", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["image-file", "loop-device"])
+def test_block_device_rootfs_boots_and_is_writable(
+    tmp_path: Path, cli_env: dict[str, str], kind: str
+) -> None:
+    """A rootfs on an ext4 disk (image file, or a host block device) is hot-plugged as
+    virtio-blk, not shared: the container runs from it, its writes land in the disk."""
+    b = tmp_path / "bundle"
+    script = "grep ' / ' /proc/mounts; echo written > /new.txt && sync && cat /new.txt"
+    spec = make_bundle(b, ["sh", "-c", script])
+    image = _ext4_image(tmp_path, b / "rootfs")
+    loop = ""
+    if kind == "loop-device":
+        loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+    try:
+        spec["annotations"] = {"io.runvm.rootfs.device": loop or str(image)}
+        spec["root"] = {"path": "absent", "readonly": False}  # the disk is the rootfs
+        (b / "config.json").write_text(json.dumps(spec))
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                            "blk"], env=cli_env, capture_output=True, text=True,
+                           timeout=180)  # fmt: skip
+        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
+                        "blk"], env=cli_env, capture_output=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("/dev/vd") and " ext4 " in r.stdout, r.stdout
+        assert r.stdout.endswith("written\n"), r.stdout
+    finally:
+        if loop:
+            subprocess.run(["losetup", "-d", loop], check=True)
+    assert _read_from_image(image, "new.txt") == "written\n"
+
+
+def test_block_rootfs_mounted_on_the_host_is_refused(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Two kernels must not write one filesystem: a disk the host has mounted is refused."""
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["true"])
+    image = _ext4_image(tmp_path, b / "rootfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        spec["annotations"] = {"io.runvm.rootfs.device": str(image)}
+        (b / "config.json").write_text(json.dumps(spec))
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                            "busy"], env=cli_env, capture_output=True, text=True,
+                           timeout=180)  # fmt: skip
+        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
+                        "busy"], env=cli_env, capture_output=True)  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-d", str(mnt)], check=True)
+    assert r.returncode != 0 and "is mounted on the host" in r.stderr, r.stderr

@@ -26,7 +26,8 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     built: list[str] = []
     monkeypatch.setattr(debs, "host_arch", lambda: "amd64")
     monkeypatch.setattr(debs, "metapackage_target", lambda name: KERNEL.name)
-    monkeypatch.setattr(debs, "packages", lambda names: [KERNEL, *OTHERS])
+    monkeypatch.setattr(debs, "packages",
+                        lambda names: [KERNEL] if names == [KERNEL.name] else OTHERS)  # fmt: skip
 
     def fake_build(work: Path, final: Path, *args: Any) -> ImageInfo:
         built.append(final.name)
@@ -36,11 +37,13 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             (out / name).write_bytes(name.encode() + str(len(built)).encode())
         info = ImageInfo(
             kernel=final / "vmlinuz",
+            kernel_pvh="",
             initrd=final / "initrd.img",
+            variant=args[-2].variant,
             kernel_release="6.1.0-56-cloud-amd64",
             kernel_package=KERNEL.name,
             kernel_version=KERNEL.version,
-            kernel_deb_sha256=KERNEL.sha256,
+            kernel_sha256=KERNEL.sha256,
             python_version="3.11.2",
             packages={},
             sha256=final.name,
@@ -58,7 +61,7 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_build_then_reuse_then_force(tmp_path: Path, fake_apt: list[str]) -> None:
     steps: list[str] = []
     info = builder.build(tmp_path, progress=steps.append)
-    assert steps[0] == "resolve packages" and steps[-1] == "done"
+    assert steps[0] == "resolve packages (debian kernel)" and steps[-1] == "done"
     assert info.kernel == tmp_path / info.sha256 / "vmlinuz"
     assert (tmp_path / "current").resolve() == tmp_path / info.sha256
     assert current(tmp_path) == info
@@ -104,3 +107,30 @@ def test_failed_build_leaves_no_trace(
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
     with pytest.raises(ImageError, match="no guest image built"):
         current(tmp_path)
+
+
+def test_minimal_variant_uses_the_built_kernel_and_its_own_link(
+    tmp_path: Path, fake_apt: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runvm.image import kernel
+    from runvm.image.spec import ImageSpec
+
+    kdir = tmp_path / "kernels" / ("k" * 64)
+    made = kernel.KernelBuild(kdir, "6.1.192", "6.1.192-2")
+    monkeypatch.setattr(kernel, "build", lambda cache, report: made)
+    debian = builder.build(tmp_path)
+    minimal = builder.build(tmp_path, spec=ImageSpec(variant="minimal"))
+    assert minimal.sha256 != debian.sha256 and minimal.variant == "minimal"
+    assert current(tmp_path, "debian") == debian and current(tmp_path, "minimal") == minimal
+    assert current(tmp_path) == minimal  # "current" is the newest build
+    # A different kernel build gives a different image.
+    monkeypatch.setattr(kernel, "build", lambda cache, report: dataclasses.replace(
+        made, directory=tmp_path / "kernels" / ("j" * 64)))  # fmt: skip
+    assert builder.build(tmp_path, spec=ImageSpec(variant="minimal")).sha256 != minimal.sha256
+    with pytest.raises(ImageError, match="unknown guest image variant"):
+        builder.build(tmp_path, spec=ImageSpec(variant="tiny"))
+
+
+def test_missing_variant_names_the_command(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="runvm image build --kernel minimal"):
+        current(tmp_path, "minimal")

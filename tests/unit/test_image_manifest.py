@@ -25,11 +25,13 @@ AGENT = {"runvm/__init__.py": b"", "runvm/agent/main.py": b"def main(): pass\n"}
 def _info(directory: Path) -> ImageInfo:
     return ImageInfo(
         kernel=directory / "vmlinuz",
+        kernel_pvh="",
         initrd=directory / "initrd.img",
+        variant="debian",
         kernel_release="6.1.0-56-cloud-amd64",
         kernel_package=PKGS[0].name,
         kernel_version=PKGS[0].version,
-        kernel_deb_sha256=PKGS[0].sha256,
+        kernel_sha256=PKGS[0].sha256,
         python_version="3.11.2",
         packages={p.name: p.version for p in PKGS},
         sha256=directory.name,

@@ -18,11 +18,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runvm.agent import cgroups, crun
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
 from runvm.agent.stdio import InputStream, OutputStream, set_winsize
+from runvm.agent.storage import mount_all, unmount_all
 from runvm.errors import ConfigError, RpcError
 from runvm.oci import parse_process, parse_spec
 from runvm.protocol import agent_pb2 as pb
@@ -31,6 +33,7 @@ from runvm.ttrpc import Code
 BUNDLES = Path("/run/runvm/bundles")
 CONSOLES = Path("/run/runvm/consoles")
 SHARED_ROOT = "/run/runvm/shared/"
+DISK_ROOT = "/run/runvm/disks/"  # block-device rootfs, mounted per container
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_CONTAINERS = 1024
 MAX_EXECS = 1024
@@ -75,6 +78,7 @@ class Container:
     init: Proc
     started: bool = False
     execs: dict[str, Proc] = field(default_factory=dict)
+    mounts: list[str] = field(default_factory=list)  # the container's storages, unmounted last
 
 
 SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
@@ -183,13 +187,25 @@ class ContainerService:
             spec = parse_spec(req.oci_spec_json)
         except ConfigError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
-        root = os.path.normpath(spec["root"]["path"])
-        if not root.startswith(SHARED_ROOT) or not os.path.isdir(root):
-            raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")
         try:
             apply_vm_sysctls(spec)
         except (OSError, ValueError) as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"sysctl: {exc}") from exc
+        root = os.path.normpath(spec["root"]["path"])
+        if not root.startswith((SHARED_ROOT, DISK_ROOT)):
+            raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")
+        mounted = await mount_all(list(req.storages))
+        try:
+            if not os.path.isdir(root):
+                raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a directory")
+            proc = await self._create(cid, spec, req.stdin)
+        except BaseException:
+            unmount_all(mounted)
+            raise
+        self.containers[cid] = Container(cid, BUNDLES / cid, proc, mounts=mounted)
+        return pb.CreateContainerResponse(pid=proc.pid)
+
+    async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
         bundle = BUNDLES / cid
         bundle.mkdir(parents=True, exist_ok=False)
         (bundle / "config.json").write_text(json.dumps(spec))
@@ -197,13 +213,12 @@ class ContainerService:
         terminal = bool(spec.get("process", {}).get("terminal"))
         args = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid]
         try:
-            await _spawn_with_io(self.reaper, proc, args, bundle, terminal, req.stdin)
+            await _spawn_with_io(self.reaper, proc, args, bundle, terminal, stdin)
             await self._watch_pid(proc, bundle / "init.pid")
         except crun.CrunError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
             raise RpcError(Code.FAILED_PRECONDITION, f"create {cid}: {exc}") from exc
-        self.containers[cid] = Container(cid, bundle, proc)
-        return pb.CreateContainerResponse(pid=proc.pid)
+        return proc
 
     async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
         container = self._get(req.container_id)
@@ -360,6 +375,7 @@ class ContainerService:
         for proc in (container.init, *container.execs.values()):
             proc.close()
         shutil.rmtree(container.bundle, ignore_errors=True)
+        unmount_all(container.mounts)
         del self.containers[container.id]
         return pb.Empty()
 

@@ -16,6 +16,7 @@ from runvm.agent.containers import ContainerService
 from runvm.agent.network import NetworkService, loopback_up
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import unary
+from runvm.agent.storage import STORAGE_HANDLERS, mount_all
 from runvm.errors import RpcError
 from runvm.protocol import AGENT_SERVICE, HEALTH_SERVICE, PROTOCOL_VERSION
 from runvm.protocol import agent_pb2 as pb
@@ -23,7 +24,6 @@ from runvm.ttrpc import Code, Server
 
 log = logging.getLogger("runvm.agent")
 
-STORAGE_HANDLERS = ("virtio-fs", "tmpfs", "local")
 POWEROFF_DELAY = 0.2
 
 
@@ -89,8 +89,7 @@ class SandboxService:
             time.clock_settime_ns(time.CLOCK_REALTIME, request.host_time_ns)
         if request.hostname:
             sc.sethostname(request.hostname[:64])
-        for storage in request.storages:
-            mount_storage(storage)
+        await mount_all(list(request.storages))
         loopback_up()
         self.state.sandbox_id = request.sandbox_id or "sandbox"
         return pb.Empty()
@@ -99,27 +98,6 @@ class SandboxService:
         self.state.shutting_down.set()
         asyncio.get_running_loop().call_later(POWEROFF_DELAY, power_off)
         return pb.Empty()
-
-
-def mount_storage(storage: pb.Storage) -> None:
-    """Mount one storage under /run/runvm; an unknown driver or a path outside is refused."""
-    target = os.path.normpath(storage.mount_point)
-    if not target.startswith("/run/runvm/") or storage.driver not in STORAGE_HANDLERS:
-        raise RpcError(
-            Code.INVALID_ARGUMENT,
-            f"storage {storage.driver!r} at {storage.mount_point!r} is not allowed",
-        )
-    os.makedirs(target, exist_ok=True)
-    if storage.driver == "local":
-        return
-    # Container rootfs shares keep setuid binaries and device nodes working.
-    fstype, flags = (
-        ("virtiofs", 0) if storage.driver == "virtio-fs" else ("tmpfs", sc.MS_NOSUID | sc.MS_NODEV)
-    )
-    try:
-        sc.mount(storage.source, target, fstype, flags, ",".join(storage.options))
-    except OSError as exc:
-        raise RpcError(Code.INTERNAL, f"mount {storage.source} on {target}: {exc}") from exc
 
 
 def power_off() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runvm import config as cfg
+from runvm.image.spec import VARIANTS
 
 
 def add_parser(sub: Any) -> None:
@@ -17,10 +18,16 @@ def add_parser(sub: Any) -> None:
     b = verbs.add_parser("build", help="build (or reuse the cached) guest kernel and initramfs")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--dir", type=Path, help="image cache directory")
+    b.add_argument("--kernel", dest="variant", choices=VARIANTS,
+                   help="debian: Debian's cloud kernel; minimal: built here from linux-source "
+                   "with runvm's config (default: the config's image.variant)")  # fmt: skip
+    b.add_argument("--variant", dest="variant", choices=VARIANTS, help=argparse.SUPPRESS)
     b.set_defaults(func=build)
     s = verbs.add_parser("show", help="describe the current guest image")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--dir", type=Path, help="image cache directory")
+    s.add_argument("--kernel", dest="variant", choices=VARIANTS,
+                   help="default: the config's image.variant")  # fmt: skip
     s.set_defaults(func=show)
 
 
@@ -35,17 +42,24 @@ def _print(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
-    for key in ("kernel_package", "kernel_version", "kernel_release", "kernel", "initrd", "sha256"):
+    keys = ("variant", "kernel_package", "kernel_version", "kernel_release", "kernel",
+            "kernel_pvh", "initrd", "sha256")  # fmt: skip
+    for key in keys:
         print(f"{key + ':':16}{info.get(key)}")
     sizes = info.get("sizes", {})
     print(f"{'sizes:':16}" + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
 
 
+def _variant(args: argparse.Namespace) -> str:
+    return str(args.variant or cfg.load(args.config).image.variant)
+
+
 def build(args: argparse.Namespace) -> int:
     from runvm import image
 
+    spec = image.ImageSpec(variant=_variant(args))
     info = image.build(_dir(args), progress=lambda s: print(f"  {s}", file=sys.stderr),
-                       force=args.force)  # fmt: skip
+                       force=args.force, spec=spec)  # fmt: skip
     _print(info.to_json(), False)
     return 0
 
@@ -53,5 +67,5 @@ def build(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     from runvm import image
 
-    _print(image.current(_dir(args)).to_json(), args.json)
+    _print(image.current(_dir(args), _variant(args)).to_json(), args.json)
     return 0

@@ -64,6 +64,18 @@ class NetSpec:
         return len(self.fds)
 
 
+@dataclass(frozen=True)
+class DiskSpec:
+    """A virtio-blk disk on an open host file or block device ``fd`` (QEMU gets the fd over
+    QMP and never opens the path itself). The guest finds it by ``serial`` (<= 20 chars)."""
+
+    id: str
+    fd: int
+    block_device: bool  # a host block device (else a regular image file)
+    serial: str
+    readonly: bool = False
+
+
 DeviceSpec = AgentChannelSpec | VirtioFsSpec | NetSpec
 
 

@@ -3,7 +3,9 @@
 Layout of the cache directory::
 
     debs/<package>_<version>_<arch>.deb    downloads, reused while the version is current
-    <sha256 of the inputs>/                 vmlinuz, initrd.img, manifest.json
+    kernels/<sha256>/                       minimal kernels (see runvm.image.kernel)
+    <sha256 of the inputs>/                 vmlinuz, [vmlinux,] initrd.img, manifest.json
+    debian, minimal -> <sha256>             the newest build of each variant
     current -> <sha256>                     the newest build
 """
 
@@ -17,15 +19,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import runvm
 from runvm.errors import ImageError
-from runvm.image import cpio, debs, kmod, libs, manifest, pyprune
+from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune
 from runvm.image.debs import DebPackage
 from runvm.image.elf import is_elf
 from runvm.image.manifest import MANIFEST, ImageInfo
-from runvm.image.spec import DEFAULT_SPEC, FORMAT_VERSION, ImageSpec
+from runvm.image.spec import DEFAULT_SPEC, FORMAT_VERSION, VARIANTS, ImageSpec
 
 DEFAULT_CACHE_DIR = Path("/var/lib/runvm/images")
 AGENT_DIR = "usr/lib/runvm"  # sys.path entry of the agent in the guest
@@ -41,10 +44,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RUNVM_IMAGE_DIR") or DEFAULT_CACHE_DIR)
 
 
-def current(cache_dir: Path | None = None) -> ImageInfo:
-    """The newest built image; ImageError if there is none."""
-    link = (cache_dir or default_cache_dir()) / "current"
+def current(cache_dir: Path | None = None, variant: str = "") -> ImageInfo:
+    """The newest built image (of ``variant`` if given); ImageError if there is none."""
+    link = (cache_dir or default_cache_dir()) / (variant or "current")
     if not (link / MANIFEST).is_file():
+        if variant:
+            raise ImageError(f"no {variant} guest image built; run "
+                             f"`runvm image build --kernel {variant}`")  # fmt: skip
         raise ImageError(_NO_IMAGE)
     info = manifest.load(link.resolve())
     if not (info.kernel.is_file() and info.initrd.is_file()):
@@ -59,36 +65,55 @@ def build(
     force: bool = False,
     spec: ImageSpec = DEFAULT_SPEC,
 ) -> ImageInfo:
-    """Build the guest image unless one from the same inputs exists; point ``current`` at it."""
+    """Build the guest image unless one from the same inputs exists.
+
+    Points the links ``<variant>`` and ``current`` at it.
+    """
+    if spec.variant not in VARIANTS:
+        raise ImageError(f"unknown guest image variant {spec.variant!r}: one of {VARIANTS}")
     cache = (cache_dir or default_cache_dir()).resolve()
     report: Progress = progress or (lambda _step: None)
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache):
-        report("resolve packages")
-        arch = debs.host_arch()
-        kernel_name = debs.metapackage_target(spec.kernel_metapackage.format(arch=arch))
-        kernel, *others = debs.packages(
-            [kernel_name, *spec.python_packages, *spec.tool_packages, *spec.library_packages]
-        )
+        report(f"resolve packages ({spec.variant} kernel)")
+        source = _kernel_source(cache, spec, report)
+        others = debs.packages([*spec.python_packages, *spec.tool_packages,
+                                *spec.library_packages])  # fmt: skip
         agent = shipped_sources(Path(runvm.__file__).parent.parent, spec)
-        digest = manifest.inputs_hash([kernel, *others], agent, spec)
+        digest = manifest.inputs_hash([*source.packages, *others], agent, spec, source.built)
         final = cache / digest
         if force or not _complete(final):
             with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
                 work = Path(tmp)
-                _build(work, final, kernel, others, agent, spec, report)
+                _build(work, final, source, others, agent, spec, report)
                 if final.exists():
                     final.rename(work / "old")
                 (work / "out").rename(final)
         else:
             report(f"up to date: {final}")
-        link = cache / ".current.tmp"
-        link.unlink(missing_ok=True)
-        link.symlink_to(digest)
-        link.replace(cache / "current")
+        for name in (spec.variant, "current"):
+            link = cache / f".{name}.tmp"
+            link.unlink(missing_ok=True)
+            link.symlink_to(digest)
+            link.replace(cache / name)
         info = manifest.load(final)
     report("done")
     return info
+
+
+@dataclass(frozen=True)
+class _KernelSource:
+    """Where the image's kernel comes from: a Debian package, or a kernel built here."""
+
+    packages: tuple[DebPackage, ...]  # the kernel package (debian), none (minimal)
+    built: kernel.KernelBuild | None  # the minimal kernel
+
+
+def _kernel_source(cache: Path, spec: ImageSpec, report: Progress) -> _KernelSource:
+    if spec.variant == "minimal":
+        return _KernelSource((), kernel.build(cache, report))
+    name = debs.metapackage_target(spec.kernel_metapackage.format(arch=debs.host_arch()))
+    return _KernelSource(tuple(debs.packages([name])), None)
 
 
 @contextmanager
@@ -126,19 +151,32 @@ def shipped_sources(src: Path, spec: ImageSpec) -> dict[str, bytes]:
 def _build(
     work: Path,
     final: Path,
-    kernel: DebPackage,
+    source: _KernelSource,
     others: list[DebPackage],
     agent: Mapping[str, bytes],
     spec: ImageSpec,
     report: Progress,
 ) -> ImageInfo:
     """Build into ``work/out`` the image that will live at ``final``."""
-    # The kernel is unpacked apart: only vmlinuz and a few modules are taken from it.
+    # A Debian kernel is unpacked apart: only vmlinuz and a few modules are taken from it.
     kernel_tree, staging, root = work / "kernel", work / "staging", work / "root"
-    _fetch_and_unpack(kernel, others, final.parent / "debs", kernel_tree, staging, report)
-    release = _kernel_release(kernel_tree, kernel)
-    report(f"kernel modules for {release}")
-    modules = _install_modules(kernel_tree, root, release, spec)
+    files = _fetch(list(source.packages) + others, final.parent / "debs", report)
+    for pkg in source.packages:
+        debs.extract(files[pkg.name], kernel_tree)
+    for pkg in others:
+        debs.extract(files[pkg.name], staging)
+    if source.built is not None:
+        release, modules = source.built.release, []
+        kernel_file, pvh_file = source.built.bzimage, source.built.vmlinux
+        kernel_name, kernel_version = kernel.SOURCE_PACKAGE, source.built.source_version
+        kernel_sha256 = source.built.directory.name
+    else:
+        (deb,) = source.packages
+        release = _kernel_release(kernel_tree, deb)
+        report(f"kernel modules for {release}")
+        modules = _install_modules(kernel_tree, root, release, spec)
+        kernel_file, pvh_file = kernel_tree / "boot" / f"vmlinuz-{release}", None
+        kernel_name, kernel_version, kernel_sha256 = deb.name, deb.version, deb.sha256
     python_version = _install_python(staging, root, agent, spec, report)
     # Libraries last: their closure starts from every ELF file kept so far.
     report("programs and shared libraries")
@@ -150,9 +188,10 @@ def _build(
     image_json = {
         "format": FORMAT_VERSION,
         "sha256": final.name,
+        "variant": spec.variant,
         "kernel_release": release,
-        "kernel_package": kernel.name,
-        "kernel_version": kernel.version,
+        "kernel_package": kernel_name,
+        "kernel_version": kernel_version,
         "modules": modules,
         "python_version": python_version,
         "agent_sha256": manifest.agent_digest(agent),
@@ -168,45 +207,39 @@ def _build(
     out = work / "out"
     out.mkdir()
     (out / "initrd.img").write_bytes(initrd)
-    shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", out / "vmlinuz")
+    shutil.copyfile(kernel_file, out / "vmlinuz")
+    sizes = {"kernel": (out / "vmlinuz").stat().st_size, "initrd": len(initrd),
+             "initrd_uncompressed": raw_size}  # fmt: skip
+    if pvh_file is not None:
+        shutil.copyfile(pvh_file, out / "vmlinux")
+        sizes["kernel_pvh"] = (out / "vmlinux").stat().st_size
     info = ImageInfo(
         kernel=final / "vmlinuz",
+        kernel_pvh=str(final / "vmlinux") if pvh_file is not None else "",
         initrd=final / "initrd.img",
+        variant=spec.variant,
         kernel_release=release,
-        kernel_package=kernel.name,
-        kernel_version=kernel.version,
-        kernel_deb_sha256=kernel.sha256,
+        kernel_package=kernel_name,
+        kernel_version=kernel_version,
+        kernel_sha256=kernel_sha256,
         python_version=python_version,
-        packages={pkg.name: pkg.version for pkg in (kernel, *others)},
+        packages={pkg.name: pkg.version for pkg in (*source.packages, *others)},
         sha256=final.name,
         initrd_sha256=debs.sha256_file(out / "initrd.img"),
-        sizes={
-            "kernel": (out / "vmlinuz").stat().st_size,
-            "initrd": len(initrd),
-            "initrd_uncompressed": raw_size,
-        },
+        sizes=sizes,
         modules=tuple(modules),
     )
     manifest.write(info, out)
     return info
 
 
-def _fetch_and_unpack(
-    kernel: DebPackage,
-    others: list[DebPackage],
-    debs_dir: Path,
-    kernel_tree: Path,
-    staging: Path,
-    report: Progress,
-) -> None:
-    wanted = [kernel, *others]
+def _fetch(wanted: list[DebPackage], debs_dir: Path, report: Progress) -> dict[str, Path]:
     fetch = [f"{pkg.name} {pkg.version}" for pkg in wanted if debs.cached(pkg, debs_dir) is None]
     if fetch:
         report(f"download {', '.join(fetch)}")
     files = debs.download(wanted, debs_dir)
     report(f"unpack {len(wanted)} packages")
-    for pkg in wanted:
-        debs.extract(files[pkg.name], kernel_tree if pkg is kernel else staging)
+    return files
 
 
 def _install_python(

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from runvm.errors import ImageError
 from runvm.image.debs import DebPackage
+from runvm.image.kernel import KernelBuild
 from runvm.image.spec import FORMAT_VERSION, ImageSpec
 
 MANIFEST = "manifest.json"
@@ -21,12 +22,14 @@ MANIFEST = "manifest.json"
 class ImageInfo:
     """A built guest image; mirrors its ``manifest.json``."""
 
-    kernel: Path
+    kernel: Path  # bzImage: boots on every machine type
+    kernel_pvh: str  # uncompressed vmlinux with a PVH entry ("" if the image has none)
     initrd: Path
+    variant: str  # debian | minimal (see ImageSpec.variant)
     kernel_release: str
-    kernel_package: str
+    kernel_package: str  # the Debian package the kernel was taken or built from
     kernel_version: str
-    kernel_deb_sha256: str
+    kernel_sha256: str  # of the kernel .deb, or the minimal kernel build's hash
     python_version: str
     packages: Mapping[str, str]  # Debian package -> version
     sha256: str  # of the inputs; the image directory's name
@@ -100,10 +103,14 @@ def agent_digest(agent_files: Mapping[str, bytes]) -> str:
 
 
 def inputs_hash(
-    packages: Sequence[DebPackage], agent_files: Mapping[str, bytes], spec: ImageSpec
+    packages: Sequence[DebPackage],
+    agent_files: Mapping[str, bytes],
+    spec: ImageSpec,
+    built_kernel: KernelBuild | None = None,
 ) -> str:
     """sha256 of everything an image is built from; equal inputs give an equal image."""
     canonical = {
+        "kernel": built_kernel.directory.name if built_kernel else "",
         "format": FORMAT_VERSION,
         "packages": sorted([p.name, p.version, p.architecture, p.sha256] for p in packages),
         "agent": agent_digest(agent_files),

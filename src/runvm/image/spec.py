@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: Kernel modules the guest loads; their ``depends=`` closure is added and ordered.
 KERNEL_MODULES = (
@@ -107,6 +107,9 @@ EXCLUDED_MODULES = ("ssl", "_ssl", "_hashlib", "_bz2", "_lzma")
 class ImageSpec:
     """Everything the builder is told; :data:`DEFAULT_SPEC` is the production image."""
 
+    #: ``debian``: Debian's cloud kernel package, its modules loaded by /init; ``minimal``: a
+    #: kernel built here from linux-source with runvm's fragments, everything built in.
+    variant: str = "debian"
     kernel_metapackage: str = "linux-image-cloud-{arch}"
     kernel_modules: tuple[str, ...] = KERNEL_MODULES
     python_packages: tuple[str, ...] = PYTHON_PACKAGES
@@ -124,3 +127,4 @@ class ImageSpec:
 
 
 DEFAULT_SPEC = ImageSpec()
+VARIANTS = ("debian", "minimal")

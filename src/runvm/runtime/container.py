@@ -9,18 +9,22 @@ its shares on the host; it is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runvm.errors import ConfigError, RpcError
+from runvm.errors import ConfigError, RpcError, RunvmError
 from runvm.oci import load_spec
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime.guestspec import guest_spec
 from runvm.runtime.names import check_id
 from runvm.runtime.sandbox import Sandbox
+from runvm.storage import blockdev
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Container:
     sandbox: Sandbox
     guest_pid: int = 0
     removed: bool = False
+    disk_id: str = ""  # a hot-plugged block-device rootfs, unplugged at removal
 
     @property
     def terminal(self) -> bool:
@@ -38,7 +43,9 @@ class Container:
 
     @staticmethod
     def load(container_id: str, bundle: Path) -> tuple[dict[str, Any], Path]:
-        """Validate the id and bundle before any VM work; returns (spec, rootfs)."""
+        """Validate the id and bundle before any VM work; returns (spec, rootfs).
+
+        With a block-device rootfs annotation, root.path need not exist (the disk is it)."""
         check_id(container_id, "container")
         bundle = bundle.resolve()
         spec = load_spec(bundle)
@@ -46,7 +53,8 @@ class Container:
             raise ConfigError(f"{bundle}/config.json: process is required to run a container")
         rootfs = Path(spec["root"]["path"])
         rootfs = rootfs if rootfs.is_absolute() else bundle / rootfs
-        if not rootfs.is_dir():
+        block = blockdev.from_annotations(spec.get("annotations") or {})
+        if block is None and not rootfs.is_dir():
             raise ConfigError(f"rootfs {rootfs} does not exist (root.path in {bundle}/config.json)")
         return spec, rootfs
 
@@ -58,31 +66,69 @@ class Container:
         bundle: Path,
         stdin: bool = True,
         join: Mapping[str, str] | None = None,
+        block: blockdev.BlockRootfs | None = None,
     ) -> Container:
-        """Share the rootfs and create the container (``join``: see ``guest_spec``)."""
+        """Share the rootfs (or hot-plug it: ``block``, or the bundle's block-device
+        annotation) and create the container (``join``: see ``guest_spec``)."""
         spec, rootfs = cls.load(container_id, bundle)
+        block = block or blockdev.from_annotations(spec.get("annotations") or {})
         shared = sandbox.shared
         agent = sandbox.agent
         if shared is None or agent is None:
             raise ConfigError(f"sandbox {sandbox.id} has no shared filesystem for containers")
         container = cls(container_id, bundle.resolve(), spec, sandbox)
         try:
-            # (root.readonly is applied in the guest, after the mount points were made)
-            share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
+            storages: list[pb.Storage] = []
+            if block is not None:
+                root_guest = await container._plug_rootfs(block)
+                storages.append(pb.Storage(
+                    driver="blk", source=container.disk_id[-20:], fstype=block.fstype,
+                    options=list(block.options), mount_point=root_guest,
+                ))  # fmt: skip
+            else:  # (root.readonly is applied in the guest, after the mount points were made)
+                share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
+                root_guest = shared.guest_path(share)
 
             def share_bind(index: int, source: str, readonly: bool) -> str:
                 path = shared.add_bind(container_id, index, Path(source), readonly)
                 return shared.guest_path(path)
 
-            gspec = guest_spec(spec, container_id, shared.guest_path(share), share_bind, join)
+            gspec = guest_spec(spec, container_id, root_guest, share_bind, join)
             request = pb.CreateContainerRequest(
-                container_id=container_id, oci_spec_json=json.dumps(gspec).encode(), stdin=stdin
+                container_id=container_id,
+                oci_spec_json=json.dumps(gspec).encode(),
+                stdin=stdin,
+                storages=storages,
             )
             container.guest_pid = await agent.create_container(request)
         except BaseException:
             await asyncio.to_thread(shared.remove_container, container_id)
+            await container._unplug_rootfs()
             raise
         return container
+
+    async def _plug_rootfs(self, block: blockdev.BlockRootfs) -> str:
+        """Hot-plug the rootfs disk; returns where the guest mounts it."""
+        vm = self.sandbox.vm
+        if vm is None or not self.sandbox.hotplug_blk:
+            raise ConfigError(
+                f"container {self.id}: a block-device rootfs needs disk hot-plug, "
+                f"which machine {self.sandbox.config.hypervisor.machine} lacks"
+            )
+        disk_id = "r" + hashlib.sha256(self.id.encode()).hexdigest()[:15]
+        disk = await asyncio.to_thread(blockdev.open_disk, block, disk_id)
+        try:
+            await vm.hotplug_disk(disk)
+        finally:
+            os.close(disk.fd)
+        self.disk_id = disk_id
+        return f"{blockdev.GUEST_DISK_ROOT}/{self.id}"
+
+    async def _unplug_rootfs(self) -> None:
+        if self.disk_id and self.sandbox.vm is not None:
+            disk_id, self.disk_id = self.disk_id, ""
+            with contextlib.suppress(RunvmError):
+                await self.sandbox.vm.unplug_disk(disk_id)
 
     async def start(self) -> int:
         assert self.sandbox.agent is not None
@@ -101,3 +147,4 @@ class Container:
         finally:
             if self.sandbox.shared is not None:
                 await asyncio.to_thread(self.sandbox.shared.remove_container, self.id)
+            await self._unplug_rootfs()

@@ -16,14 +16,20 @@ class GuestFiles:
 
 
 def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
-    """The config's ``image.kernel``/``image.initrd`` if set, else the current built image."""
+    """The config's ``image.kernel``/``image.initrd`` if set, else the built image of the
+    configured variant (its PVH vmlinux unless ``image.boot`` says otherwise)."""
     if config.image.kernel or config.image.initrd:
         files = GuestFiles(Path(config.image.kernel), Path(config.image.initrd))
     else:
         from runvm import image  # the builder is only needed when no explicit files are set
 
-        info = image.current(Path(config.image.dir) if config.image.dir else None)
-        files = GuestFiles(Path(info.kernel), Path(info.initrd))
+        cache = Path(config.image.dir) if config.image.dir else None
+        info = image.current(cache, config.image.variant)
+        if config.image.boot == "pvh" and not info.kernel_pvh:
+            raise ImageError(f"image.boot = pvh, but the {info.variant} guest image has no "
+                             "PVH kernel (the minimal variant has one)")  # fmt: skip
+        pvh = config.image.boot != "bzimage" and info.kernel_pvh
+        files = GuestFiles(Path(info.kernel_pvh) if pvh else info.kernel, info.initrd)
     for path, what in ((files.kernel, "kernel"), (files.initrd, "initrd")):
         if not path.is_file():
             raise ImageError(f"guest {what} {path} does not exist: run `runvm image build`")

@@ -24,7 +24,7 @@ from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
-from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM
+from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM, machine_capabilities
 from runvm.network import netlink
 from runvm.network.plug import PodNetwork
 from runvm.process import Child
@@ -84,6 +84,10 @@ class Sandbox:
         self._net_watcher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
+
+    @property
+    def hotplug_blk(self) -> bool:
+        return machine_capabilities(self.config.hypervisor.machine).hotplug_blk
 
     @property
     def timings(self) -> dict[str, float]:

@@ -40,7 +40,7 @@ from runvm.shim.cmdline import container_kind
 from runvm.shim.events import Publisher
 from runvm.shim.stdio import open_stdio
 from runvm.shim.tasks import Proc, Task
-from runvm.storage import mounts
+from runvm.storage import blockdev, mounts
 from runvm.ttrpc import CallContext, Code, Handler
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ class TaskService:
 
     async def _create(self, task: Task, req: spb.CreateTaskRequest) -> None:
         rootfs = task.bundle / "rootfs"
-        for m in req.rootfs:
+        # A block filesystem (devmapper snapshotter, loop image) goes to the VM as a disk.
+        block = blockdev.from_mounts((m.type, m.source, m.options) for m in req.rootfs)
+        for m in req.rootfs if block is None else ():
             mounts.mount_spec(m.type, m.source, str(rootfs), list(m.options))
             task.rootfs_mounted = True
         spec, _ = Container.load(task.id, task.bundle)
@@ -172,7 +174,8 @@ class TaskService:
             join = pod.join_map(self.vm_pid, self.tasks[self.sandbox_task].init.guest_pid)
         assert self.sandbox is not None
         stdin = bool(req.stdin) or bool(req.terminal)
-        task.container = await Container.create(self.sandbox, task.id, task.bundle, stdin, join)
+        task.container = await Container.create(self.sandbox, task.id, task.bundle, stdin, join,
+                                                block)  # fmt: skip
         init = task.init
         init.pid, init.guest_pid = self.vm_pid, task.container.guest_pid
         init.host = await asyncio.to_thread(

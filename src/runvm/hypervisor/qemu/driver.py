@@ -20,7 +20,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from runvm.errors import HypervisorError, LaunchError
-from runvm.hypervisor.base import Accel, Capabilities, NetSpec, VMSpec
+from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, qmp_socket
 from runvm.process import Child, ChildSpec, read_tail
 
@@ -133,17 +133,62 @@ class QemuVM:
 
     async def unplug_nic(self, nic_id: str, timeout: float = 10.0) -> None:
         """Remove a NIC: ask the guest to eject it, wait for the removal, drop its backend."""
+        await self._unplug(f"dev-{nic_id}", timeout)
         with contextlib.suppress(HypervisorError):
-            await self.execute("device_del", {"id": f"dev-{nic_id}"})
+            await self.execute("netdev_del", {"id": nic_id})
+
+    async def hotplug_disk(self, disk: DiskSpec) -> None:
+        """Add a virtio-blk disk on ``disk.fd`` (passed into an fd set over QMP)."""
+        try:
+            self.qmp.send_fd_scm(disk.fd)
+        except Exception as exc:
+            raise HypervisorError(f"QMP: sending the fd of {disk.id} failed: {exc}") from exc
+        added = await self.execute("add-fd", {"opaque": disk.id})
+        fdset = added.get("fdset-id") if isinstance(added, dict) else None
+        if not isinstance(fdset, int):
+            raise HypervisorError(f"QMP add-fd for {disk.id} returned {added!r}")
+        node: dict[str, object] = {
+            "node-name": disk.id, "driver": "raw", "read-only": disk.readonly,
+            "file": {"driver": "host_device" if disk.block_device else "file",
+                     "filename": f"/dev/fdset/{fdset}", "read-only": disk.readonly},
+        }  # fmt: skip
+        try:
+            await self.execute("blockdev-add", node)
+            try:
+                await self.execute(
+                    "device_add",
+                    {
+                        "driver": "virtio-blk-pci",
+                        "drive": disk.id,
+                        "id": f"dev-{disk.id}",
+                        "serial": disk.serial,
+                    },
+                )
+            except HypervisorError:
+                with contextlib.suppress(HypervisorError):
+                    await self.execute("blockdev-del", {"node-name": disk.id})
+                raise
+        finally:  # the block node holds its own dup; the set is closed once it is unused
+            with contextlib.suppress(HypervisorError):
+                await self.execute("remove-fd", {"fdset-id": fdset})
+
+    async def unplug_disk(self, disk_id: str, timeout: float = 10.0) -> None:
+        """Remove a disk: the guest ejects it (after unmounting), then its node is dropped."""
+        await self._unplug(f"dev-{disk_id}", timeout)
+        with contextlib.suppress(HypervisorError):
+            await self.execute("blockdev-del", {"node-name": disk_id})
+
+    async def _unplug(self, device_id: str, timeout: float) -> None:
+        """``device_del`` and wait until the guest has released the device (or timeout)."""
+        with contextlib.suppress(HypervisorError):
+            await self.execute("device_del", {"id": device_id})
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             devices = await self.execute("qom-list", {"path": "/machine/peripheral"})
             names = {d.get("name") for d in devices} if isinstance(devices, list) else set()
-            if f"dev-{nic_id}" not in names:
-                break
+            if device_id not in names:
+                return
             await asyncio.sleep(0.2)
-        with contextlib.suppress(HypervisorError):
-            await self.execute("netdev_del", {"id": nic_id})
 
     async def wait(self) -> int:
         return await self.child.wait()
@@ -174,10 +219,17 @@ def inherited_fds(spec: VMSpec) -> tuple[int, ...]:
     return tuple(fd for nic in nics for fd in (*nic.fds, *nic.vhost_fds))
 
 
+def machine_capabilities(machine: str) -> Capabilities:
+    """What QEMU offers on ``machine``: microvm has no PCI bus, so no device hot-plug."""
+    hotplug = machine != "microvm"
+    return Capabilities(virtio_fs=True, vsock=True, virtio_serial=True, hotplug_net=hotplug,
+                        hotplug_blk=hotplug)  # fmt: skip
+
+
 class QemuHypervisor:
     """Starts QEMU guests; see the module docstring."""
 
-    capabilities = Capabilities(virtio_fs=True, vsock=True, virtio_serial=True)
+    capabilities = machine_capabilities("pc")
 
     def __init__(self, binary: str = "qemu-system-x86_64") -> None:
         self.binary = binary
