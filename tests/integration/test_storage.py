@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,3 +199,73 @@ def test_block_rootfs_mounted_on_the_host_is_refused(
     finally:
         subprocess.run(["umount", "-d", str(mnt)], check=True)
     assert r.returncode != 0 and "is mounted on the host" in r.stderr, r.stderr
+
+
+def test_shim_takes_a_block_rootfs_mount_as_a_disk(
+    tmp_path: Path, cli_env: dict[str, str], state_root: Path
+) -> None:
+    """containerd's devmapper snapshotter hands the shim one ext4 mount of a block device:
+    the shim gives that device to the VM instead of mounting it on the host. Shown with a
+    loop device (these hosts have no device-mapper) and the shim driven as containerd does."""
+    import asyncio
+
+    from runvm.shim import shim_api_pb2 as spb
+    from runvm.shim import wire
+    from runvm.ttrpc import Client
+
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["sh", "-c", "grep ' / ' /proc/mounts; echo shim > /shim.txt"])
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (b / "config.json").write_text(json.dumps(spec))
+    image = _ext4_image(tmp_path, b / "rootfs")
+    subprocess.run(["rm", "-rf", str(b / "rootfs")], check=True)
+    (b / "rootfs").mkdir()  # as containerd leaves it: the snapshot lives on the disk only
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    out = tmp_path / "out.txt"
+    env = {**cli_env, "TTRPC_ADDRESS": str(tmp_path / "containerd.sock.ttrpc")}
+    shim = [
+        "containerd-shim-runvm-v2",
+        "-namespace",
+        "blk",
+        "-address",
+        str(tmp_path / "containerd.sock"),
+        "-publish-binary",
+        "/bin/true",
+        "-id",
+        "blk",
+    ]
+    try:
+        started = subprocess.run([*shim, "start"], cwd=b, env=env, input=b"",
+                                 capture_output=True, timeout=60)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        socket = started.stdout.decode().strip().removeprefix("unix://")
+
+        async def drive() -> int:
+            client = await Client.connect_unix(socket)
+
+            async def call(method: str, req: Any, timeout: float = 120) -> bytes:
+                return await client.call(wire.TASK_SERVICE, method, req.SerializeToString(),
+                                         timeout=timeout)  # fmt: skip
+
+            try:
+                mount = spb.Mount(type="ext4", source=loop, options=["rw"])
+                await call("Create", spb.CreateTaskRequest(
+                    id="blk", bundle=str(b), rootfs=[mount], stdout=f"file://{out}"))  # fmt: skip
+                await call("Start", spb.StartRequest(id="blk"))
+                waited = spb.WaitResponse.FromString(await call("Wait", spb.WaitRequest(id="blk")))
+                await call("Delete", spb.DeleteRequest(id="blk"))
+                with contextlib.suppress(Exception):
+                    await call("Shutdown", spb.ShutdownRequest(id="blk"), timeout=10)
+                return waited.exit_status
+            finally:
+                await client.close()
+
+        status = asyncio.run(drive())
+        assert str(b / "rootfs") not in Path("/proc/self/mounts").read_text()
+    finally:
+        subprocess.run([*shim, "delete"], cwd=b, env=env, capture_output=True, timeout=60)
+        subprocess.run(["losetup", "-d", loop], check=True)
+    assert status == 0, out.read_text()
+    assert out.read_text().startswith("/dev/vd"), out.read_text()
+    assert _read_from_image(image, "shim.txt") == "shim\n"
