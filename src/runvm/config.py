@@ -64,6 +64,9 @@ class StorageConfig:
     # edits reach the container within about a second), always (cached until the guest drops
     # it: fastest, host-side edits may stay unseen), none (every access goes to the host).
     virtiofs_cache: str = "auto"
+    # How container rootfs and volumes reach the guest: virtio-fs (virtiofsd per sandbox) or
+    # 9p (served by QEMU itself; needs a guest kernel with 9p: image.variant = "minimal").
+    shared_fs: str = "virtio-fs"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ _CHOICES = {
     ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
     ("network", "model"): ("tcfilter", "macvtap", "none"),
     ("storage", "virtiofs_cache"): ("auto", "always", "none"),
+    ("storage", "shared_fs"): ("virtio-fs", "9p"),
 }
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),

@@ -34,11 +34,17 @@ echo done
 """
 
 
+@pytest.mark.parametrize("share", ["virtio-fs", "9p"])
 def test_volumes_both_ways_and_readonly_on_the_host_side(
-    tmp_path: Path, cli_env: dict[str, str]
+    tmp_path: Path, cli_env: dict[str, str], share: str
 ) -> None:
-    conf = Path(cli_env["RUNVM_CONFIG"])  # every access goes to the host: no stale views
-    conf.write_text(conf.read_text() + '[storage]\nvirtiofs_cache = "none"\n')
+    """Over virtio-fs (cache=none: every access goes to the host) and over 9p (QEMU serves the
+    share; the minimal kernel has 9p): the same guarantees for volumes and file mounts."""
+    conf = Path(cli_env["RUNVM_CONFIG"])
+    extra = f'[storage]\nvirtiofs_cache = "none"\nshared_fs = "{share}"\n'
+    if share == "9p":
+        extra += '[image]\nvariant = "minimal"\n'
+    conf.write_text(conf.read_text() + extra)
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
     rw.mkdir()
@@ -71,7 +77,10 @@ def test_volumes_both_ways_and_readonly_on_the_host_side(
             ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
             virtiofsd = [a for a in ps.splitlines()
                          if a.split()[0].endswith("/virtiofsd") and "/vols/" in a]  # fmt: skip
-            assert virtiofsd and all("cache=none" in a for a in virtiofsd), virtiofsd
+            if share == "9p":
+                assert not virtiofsd and "virtio-9p-pci" in ps
+            else:
+                assert virtiofsd and all("cache=none" in a for a in virtiofsd), virtiofsd
             (rw / "host.txt").write_text("from-host\n")
             while not (rw / "seen-v1").exists():
                 assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
@@ -269,3 +278,14 @@ def test_shim_takes_a_block_rootfs_mount_as_a_disk(
     assert status == 0, out.read_text()
     assert out.read_text().startswith("/dev/vd"), out.read_text()
     assert _read_from_image(image, "shim.txt") == "shim\n"
+
+
+def test_9p_with_a_kernel_without_9p_is_refused(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    conf = Path(cli_env["RUNVM_CONFIG"])
+    conf.write_text(conf.read_text() + '[storage]\nshared_fs = "9p"\n[image]\nvariant = "debian"\n')
+    b = tmp_path / "bundle"
+    make_bundle(b, ["true"])
+    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                        "no9p"], env=cli_env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode != 0 and 'image.variant = "minimal"' in r.stderr, r.stderr

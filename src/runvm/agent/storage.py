@@ -17,7 +17,7 @@ from runvm.errors import RpcError
 from runvm.protocol import agent_pb2 as pb
 from runvm.ttrpc import Code
 
-STORAGE_HANDLERS = ("virtio-fs", "tmpfs", "local", "blk")
+STORAGE_HANDLERS = ("virtio-fs", "9p", "tmpfs", "local", "blk")
 BLOCK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
 SYS_BLOCK = Path("/sys/block")
 DISK_WAIT = 15.0  # seconds for a hot-plugged disk to show up
@@ -71,8 +71,9 @@ async def mount_storage(storage: pb.Storage) -> str:
             elif option not in _IGNORED:
                 data.append(option)
         options = ",".join(data)
-    elif storage.driver == "virtio-fs":  # rootfs shares keep setuid binaries and devices
-        source, fstype, flags, options = storage.source, "virtiofs", 0, ",".join(storage.options)
+    elif storage.driver in ("virtio-fs", "9p"):  # rootfs shares keep setuid and devices
+        fstype = "virtiofs" if storage.driver == "virtio-fs" else "9p"
+        source, flags, options = storage.source, 0, ",".join(storage.options)
     else:
         source, fstype = storage.source, "tmpfs"
         flags, options = sc.MS_NOSUID | sc.MS_NODEV, ",".join(storage.options)

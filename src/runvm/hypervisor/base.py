@@ -50,6 +50,14 @@ class VirtioFsSpec:
 
 
 @dataclass(frozen=True)
+class NinePSpec:
+    """A virtio-9p device: QEMU itself serves ``path`` (no helper process)."""
+
+    tag: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class NetSpec:
     """A virtio-net NIC on an open tap (or macvtap) device: QEMU inherits ``fds`` (one per
     queue) under the same numbers; ``vhost_fds`` (one per queue) enable vhost-net."""
@@ -76,7 +84,7 @@ class DiskSpec:
     readonly: bool = False
 
 
-DeviceSpec = AgentChannelSpec | VirtioFsSpec | NetSpec
+DeviceSpec = AgentChannelSpec | VirtioFsSpec | NinePSpec | NetSpec
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import TypeVar
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect
-from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, NinePSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM, machine_capabilities
 from runvm.network import netlink
 from runvm.network.plug import PodNetwork
@@ -35,7 +35,7 @@ from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.names import check_id, run_dir_name
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
-from runvm.storage.shared import GUEST_ROOT, TAG, SharedDir
+from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,6 +99,12 @@ class Sandbox:
     ) -> Sandbox:
         check_id(sandbox_id)
         options = options or SandboxOptions()
+        if (config.storage.shared_fs == "9p" and config.image.variant == "debian"
+                and not (options.guest_files or config.image.kernel)):  # fmt: skip
+            raise ConfigError(
+                "storage.shared_fs = 9p needs a guest kernel with 9p; Debian's "
+                'cloud kernel has none: set image.variant = "minimal"'
+            )
         hv_cfg = config.hypervisor
         steps = Steps()
         async with steps:
@@ -116,7 +122,12 @@ class Sandbox:
             )  # fmt: skip
             devices = list(options.extra_devices)
             storages = []
-            if options.share_fs:
+            if options.share_fs and config.storage.shared_fs == "9p":
+                devices.append(await steps.run("9p", sandbox._share_9p()))
+                storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
+                                           options=list(NINEP_OPTIONS),
+                                           mount_point=GUEST_ROOT))  # fmt: skip
+            elif options.share_fs:
                 devices.append(await steps.run("virtio-fs", sandbox._share_fs()))
                 storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
                                            mount_point=GUEST_ROOT))  # fmt: skip
@@ -210,12 +221,20 @@ class Sandbox:
             log.error("sandbox %s: %s", self.id, self.failure)
             await self.vm.stop()
 
-    async def _share_fs(self) -> VirtioFsSpec:
-        """The shared directory and its virtiofsd (undone in reverse on failure)."""
+    def _shared_dir(self) -> SharedDir:
         shared = SharedDir(self.run_dir / "shared")
         self.steps.add_undo("shared-dir", lambda: asyncio.to_thread(shared.teardown))
         shared.setup()
         self.shared = shared
+        return shared
+
+    async def _share_9p(self) -> NinePSpec:
+        """The shared directory, served over 9p by QEMU itself."""
+        return NinePSpec(tag=TAG, path=self._shared_dir().path)
+
+    async def _share_fs(self) -> VirtioFsSpec:
+        """The shared directory and its virtiofsd (undone in reverse on failure)."""
+        shared = self._shared_dir()
         sock = self.run_dir / "virtiofsd.sock"
         child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log",
                                       self.config.storage.virtiofs_cache)  # fmt: skip

@@ -22,6 +22,9 @@ from runvm.storage import mounts
 
 GUEST_ROOT = "/run/runvm/shared"
 TAG = "runvm"
+#: How the guest mounts the share when it travels over 9p: no guest page cache beyond what
+#: mmap needs, so host-side changes are seen at once.
+NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap")
 
 
 class SharedDir:

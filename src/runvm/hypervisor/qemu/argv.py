@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runvm.hypervisor.base import Accel, AgentChannelSpec, NetSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.base import (
+    Accel,
+    AgentChannelSpec,
+    NetSpec,
+    NinePSpec,
+    VirtioFsSpec,
+    VMSpec,
+)
 
 BASE_KERNEL_PARAMS = (
     "console=ttyS0",
@@ -56,6 +63,14 @@ def _device_args(spec: VMSpec) -> list[str]:
             "-chardev", f"socket,id=fs{i},path={share.socket_path}",
             "-device",
             f"vhost-user-fs-pci,chardev=fs{i},tag={share.tag},queue-size={share.queue_size}",
+        ]  # fmt: skip
+    # 9p: ids as root on the host (passthrough), inode numbers made unique across the bind
+    # mounts under the share (multidevs=remap).
+    for i, p9 in enumerate(d for d in spec.devices if isinstance(d, NinePSpec)):
+        args += [
+            "-fsdev",
+            f"local,id=p9fs{i},path={p9.path},security_model=passthrough,multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev=p9fs{i},mount_tag={p9.tag}",
         ]  # fmt: skip
     for nic in (d for d in spec.devices if isinstance(d, NetSpec)):
         args += ["-netdev", netdev_arg(nic), "-device", net_device_arg(nic)]
