@@ -62,7 +62,10 @@ class RuntimeConfig:
 class StorageConfig:
     # virtiofsd's cache mode: auto (metadata and data cached briefly, revalidated: host-side
     # edits reach the container within about a second), always (cached until the guest drops
-    # it: fastest, host-side edits may stay unseen), none (every access goes to the host).
+    # it: fastest, host-side edits may stay unseen), none (every access goes to the host: FUSE
+    # direct I/O). bench/storage.py under TCG: none is 4-5x faster for sequential I/O (the
+    # guest's page-cache copies are emulated), auto and always are even. auto stays the default
+    # because with none a 6.1 guest refuses shared writable mmap (ENODEV), which databases use.
     virtiofs_cache: str = "auto"
     # How container rootfs and volumes reach the guest: virtio-fs (virtiofsd per sandbox) or
     # 9p (served by QEMU itself; needs a guest kernel with 9p: image.variant = "minimal").

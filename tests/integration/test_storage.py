@@ -289,3 +289,46 @@ def test_9p_with_a_kernel_without_9p_is_refused(tmp_path: Path, cli_env: dict[st
                         "no9p"], env=cli_env, capture_output=True, text=True,
                        timeout=60)  # fmt: skip
     assert r.returncode != 0 and 'image.variant = "minimal"' in r.stderr, r.stderr
+
+
+MMAP_TEST = r"""
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+int main(int c, char **v) {
+  int fd = open(v[1], O_RDWR | O_CREAT, 0644);
+  if (fd < 0 || ftruncate(fd, 4096) != 0) { perror(v[1]); return 2; }
+  char *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) { printf("failed: %s\n", strerror(errno)); return 1; }
+  strcpy(p, "mapped"); msync(p, 4096, MS_SYNC); puts("ok"); return 0;
+}
+"""
+
+
+def test_shared_writable_mmap_works_on_the_default_share(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Why virtiofs_cache defaults to auto: with cache=none (FUSE direct I/O) a 6.1 guest
+    refuses MAP_SHARED writable mappings, which databases and other programs rely on."""
+    b = tmp_path / "bundle"
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    spec = make_bundle(b, ["sh", "-c", "/mmtest /rootfs.bin && /mmtest /vol/vol.bin"])
+    spec["root"]["readonly"] = False
+    spec["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol),
+                           "options": ["rbind", "rw"]})  # fmt: skip
+    (b / "config.json").write_text(json.dumps(spec))
+    (tmp_path / "m.c").write_text(MMAP_TEST)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(b / "rootfs/mmtest"), str(tmp_path / "m.c")],
+                   check=True)  # fmt: skip
+    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                        "mmap"], env=cli_env, capture_output=True, text=True,
+                       timeout=180)  # fmt: skip
+    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "mmap"],
+                   env=cli_env, capture_output=True)  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "ok\nok\n"), r.stdout + r.stderr
+    assert (vol / "vol.bin").read_bytes().startswith(b"mapped\0")
+    assert (b / "rootfs/rootfs.bin").read_bytes().startswith(b"mapped\0")

@@ -77,3 +77,37 @@ def test_nics_on_open_taps() -> None:
     argv = build_argv(vm)
     assert argv[argv.index("-netdev") + 1] == netdev_arg(one)
     assert inherited_fds(vm) == (7, 8, 9, 10, 11, 12, 13, 14, 15)
+
+
+@pytest.mark.parametrize("machine", ["q35", "microvm"])
+def test_other_machines_match_golden(machine: str) -> None:
+    """q35 gets empty root ports to hot-plug into; microvm gets MMIO devices and, under TCG,
+    the host's TSC rate on the kernel command line."""
+    from runvm.hypervisor.base import NetSpec, NinePSpec
+
+    devices = (
+        AgentChannelSpec(kind="virtio-serial", socket_path=Path("/run/sb1/agent.sock")),
+        NinePSpec(tag="runvm", path=Path("/run/sb1/shared")),
+        NetSpec(id="net0", mac="02:00:00:00:00:01", fds=(5, 6)),
+    )
+    argv = build_argv(spec(Accel.TCG, machine=machine, devices=devices, host_tsc_khz=2100000),
+                      "/usr/bin/qemu-system-x86_64")  # fmt: skip
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / f"qemu-{machine}.argv"
+    if os.environ.get("RUNVM_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
+    pci = [a for a in argv if "-pci" in a]
+    assert (machine == "microvm") == (not pci)
+    assert ("tsc_early_khz=2100000" in kernel_cmdline(spec(Accel.TCG, machine=machine,
+            host_tsc_khz=2100000))) == (machine == "microvm")  # fmt: skip
+    assert "tsc_early_khz" not in kernel_cmdline(spec(Accel.KVM, machine=machine,
+                                                      host_tsc_khz=2100000))  # fmt: skip
+
+
+def test_host_tsc_rate_from_cpuinfo() -> None:
+    from runvm.hypervisor.accel import host_tsc_khz
+
+    assert host_tsc_khz("processor\t: 0\ncpu MHz\t\t: 2100.000\n") == 2100000
+    assert host_tsc_khz("processor\t: 0\n") == 0
+    assert host_tsc_khz("cpu MHz\t: fast\n") == 0

@@ -142,3 +142,19 @@ def report_json(report: AccelReport) -> dict[str, object]:
     data = asdict(report)
     data["accel"] = report.accel.value
     return data
+
+
+def host_tsc_khz(cpuinfo: str | None = None) -> int:
+    """The host's TSC rate in kHz (what a TCG guest's TSC runs at), 0 if unknown."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            try:
+                return int(float(value) * 1000)
+            except ValueError:
+                return 0
+    return 0

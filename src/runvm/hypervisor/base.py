@@ -103,6 +103,7 @@ class VMSpec:
     devices: Sequence[DeviceSpec] = field(default_factory=tuple)
     tcg_tb_size_mib: int = 64
     console_log_max_kib: int = 512
+    host_tsc_khz: int = 0  # given to a microvm guest under TCG (its TSC calibration can hang)
 
 
 class VM(Protocol):

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
-from runvm.hypervisor.accel import AccelReport, detect
+from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, NinePSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM, machine_capabilities
 from runvm.network import netlink
@@ -152,6 +152,7 @@ class Sandbox:
                 devices=(channel, *devices),
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
                 console_log_max_kib=hv_cfg.console_log_max_kib,
+                host_tsc_khz=host_tsc_khz() if hv_cfg.machine == "microvm" else 0,
             )  # fmt: skip
             booted = time.monotonic()
             sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))

@@ -27,6 +27,9 @@ BASE_KERNEL_PARAMS = (
 )
 
 
+HOTPLUG_PORTS = 4
+
+
 def qmp_socket(spec: VMSpec) -> Path:
     return spec.run_dir / "qmp.sock"
 
@@ -36,7 +39,10 @@ def console_socket(spec: VMSpec) -> Path:
 
 
 def kernel_cmdline(spec: VMSpec) -> str:
-    return " ".join((*BASE_KERNEL_PARAMS, *spec.kernel_params))
+    params = [*BASE_KERNEL_PARAMS, *spec.kernel_params]
+    if spec.machine == "microvm" and spec.accel is Accel.TCG and spec.host_tsc_khz:
+        params.append(f"tsc_early_khz={spec.host_tsc_khz}")
+    return " ".join(params)
 
 
 def _accel_args(spec: VMSpec) -> list[str]:
@@ -45,24 +51,37 @@ def _accel_args(spec: VMSpec) -> list[str]:
     return ["-accel", f"tcg,tb-size={spec.tcg_tb_size_mib}", "-cpu", "max"]
 
 
+def transport(machine: str) -> str:
+    """Suffix of the virtio device models on ``machine``: PCI, or MMIO on microvm."""
+    return "device" if machine == "microvm" else "pci"
+
+
+def hotplug_ports(machine: str) -> int:
+    """Empty PCIe root ports created at start on q35 (its root bus cannot hot-plug)."""
+    return HOTPLUG_PORTS if machine == "q35" else 0
+
+
 def _device_args(spec: VMSpec) -> list[str]:
+    t = transport(spec.machine)
     args: list[str] = []
+    for i in range(hotplug_ports(spec.machine)):
+        args += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
     serial_ports = [d for d in spec.devices if isinstance(d, AgentChannelSpec)]
     for i, dev in enumerate(serial_ports):
         if dev.kind == "virtio-serial":
             args += [
-                "-device", f"virtio-serial-pci,id=vser{i}",
+                "-device", f"virtio-serial-{t},id=vser{i}",
                 "-chardev", f"socket,id=agent{i},path={dev.socket_path},server=on,wait=off",
                 "-device", f"virtserialport,bus=vser{i}.0,chardev=agent{i},name={dev.port_name}",
             ]  # fmt: skip
         else:
-            args += ["-device", f"vhost-vsock-pci,id=vsock{i},guest-cid={dev.guest_cid}"]
+            args += ["-device", f"vhost-vsock-{t},id=vsock{i},guest-cid={dev.guest_cid}"]
     shares = [d for d in spec.devices if isinstance(d, VirtioFsSpec)]
     for i, share in enumerate(shares):
         args += [
             "-chardev", f"socket,id=fs{i},path={share.socket_path}",
             "-device",
-            f"vhost-user-fs-pci,chardev=fs{i},tag={share.tag},queue-size={share.queue_size}",
+            f"vhost-user-fs-{t},chardev=fs{i},tag={share.tag},queue-size={share.queue_size}",
         ]  # fmt: skip
     # 9p: ids as root on the host (passthrough), inode numbers made unique across the bind
     # mounts under the share (multidevs=remap).
@@ -70,10 +89,10 @@ def _device_args(spec: VMSpec) -> list[str]:
         args += [
             "-fsdev",
             f"local,id=p9fs{i},path={p9.path},security_model=passthrough,multidevs=remap",
-            "-device", f"virtio-9p-pci,fsdev=p9fs{i},mount_tag={p9.tag}",
+            "-device", f"virtio-9p-{t},fsdev=p9fs{i},mount_tag={p9.tag}",
         ]  # fmt: skip
     for nic in (d for d in spec.devices if isinstance(d, NetSpec)):
-        args += ["-netdev", netdev_arg(nic), "-device", net_device_arg(nic)]
+        args += ["-netdev", netdev_arg(nic), "-device", net_device_arg(nic, t)]
     return args
 
 
@@ -87,11 +106,15 @@ def netdev_arg(nic: NetSpec) -> str:
     return out + ",vhost=off"
 
 
-def net_device_arg(nic: NetSpec) -> str:
-    out = f"virtio-net-pci,netdev={nic.id},id=dev-{nic.id},mac={nic.mac}"
-    if nic.queues > 1:  # one MSI-X vector per queue each way, plus config and control
-        out += f",mq=on,vectors={2 * nic.queues + 2}"
+def net_device_arg(nic: NetSpec, t: str = "pci") -> str:
+    out = f"virtio-net-{t},netdev={nic.id},id=dev-{nic.id},mac={nic.mac}"
+    if nic.queues > 1:
+        out += ",mq=on"
+        if t == "pci":  # one MSI-X vector per queue each way, plus config and control
+            out += f",vectors={2 * nic.queues + 2}"
     return out
+
+
 
 
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
@@ -113,6 +136,6 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         "-qmp", f"unix:{qmp_socket(spec)},server=on,wait=off",
         "-chardev", f"socket,id=console,path={console_socket(spec)},server=on,wait=off",
         "-serial", "chardev:console",
-        "-device", "virtio-rng-pci,id=rng0",
+        "-device", f"virtio-rng-{transport(spec.machine)},id=rng0",
         *_device_args(spec),
     ]  # fmt: skip

@@ -21,7 +21,7 @@ from qemu.qmp import QMPClient
 
 from runvm.errors import HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
-from runvm.hypervisor.qemu.argv import build_argv, console_socket, qmp_socket
+from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
 from runvm.process import Child, ChildSpec, read_tail
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class QemuVM:
         self.qmp = qmp
         self._console_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._ports: dict[str, str] = {}  # hot-plugged device id -> its q35 root port
 
     @property
     def pid(self) -> int:
@@ -106,8 +107,24 @@ class QemuVM:
         except Exception as exc:
             raise HypervisorError(f"QMP {command} failed: {exc}") from exc
 
+    def _slot(self, device_id: str) -> dict[str, object]:
+        """Where ``device_add`` puts a new device: a free root port on q35, the root bus on pc.
+        HypervisorError if the machine cannot hot-plug or every port is taken."""
+        machine = self.spec.machine
+        if not machine_capabilities(machine).hotplug_net:
+            raise HypervisorError(f"machine {machine} cannot hot-plug devices")
+        ports = hotplug_ports(machine)
+        if not ports:
+            return {}
+        free = [f"hp{i}" for i in range(ports) if f"hp{i}" not in self._ports.values()]
+        if not free:
+            raise HypervisorError(f"all {ports} hot-plug ports of the {machine} VM are in use")
+        self._ports[device_id] = free[0]
+        return {"bus": free[0]}
+
     async def hotplug_nic(self, nic: NetSpec) -> None:
         """Add a virtio-net NIC on ``nic``'s open fds (sent over QMP) to the running VM."""
+        slot = self._slot(f"dev-{nic.id}")
         names = []
         for i, fd in enumerate(nic.fds):
             name = f"{nic.id}-q{i}"
@@ -121,12 +138,13 @@ class QemuVM:
         netdev["fds" if nic.queues > 1 else "fd"] = ":".join(names)
         await self.execute("netdev_add", netdev)
         device: dict[str, object] = {"driver": "virtio-net-pci", "netdev": nic.id,
-                                     "id": f"dev-{nic.id}", "mac": nic.mac}  # fmt: skip
+                                     "id": f"dev-{nic.id}", "mac": nic.mac, **slot}  # fmt: skip
         if nic.queues > 1:
             device.update(mq=True, vectors=2 * nic.queues + 2)
         try:
             await self.execute("device_add", device)
         except HypervisorError:
+            self._ports.pop(f"dev-{nic.id}", None)
             with contextlib.suppress(HypervisorError):
                 await self.execute("netdev_del", {"id": nic.id})
             raise
@@ -139,6 +157,14 @@ class QemuVM:
 
     async def hotplug_disk(self, disk: DiskSpec) -> None:
         """Add a virtio-blk disk on ``disk.fd`` (passed into an fd set over QMP)."""
+        slot = self._slot(f"dev-{disk.id}")
+        try:
+            await self._add_disk(disk, slot)
+        except BaseException:
+            self._ports.pop(f"dev-{disk.id}", None)
+            raise
+
+    async def _add_disk(self, disk: DiskSpec, slot: dict[str, object]) -> None:
         try:
             self.qmp.send_fd_scm(disk.fd)
         except Exception as exc:
@@ -187,6 +213,7 @@ class QemuVM:
             devices = await self.execute("qom-list", {"path": "/machine/peripheral"})
             names = {d.get("name") for d in devices} if isinstance(devices, list) else set()
             if device_id not in names:
+                self._ports.pop(device_id, None)
                 return
             await asyncio.sleep(0.2)
 
