@@ -21,9 +21,48 @@ import pytest
 
 from runvm import config as cfg
 
+#: The smoke matrix (scripts/test): e.g. "image.variant=minimal hypervisor.machine=q35" puts
+#: these settings into every config the tests write.
+MATRIX = os.environ.get("RUNVM_TEST_MATRIX", "")
+
 HARDWARE_PREFIX = "hardware:"
 ALLOWED_HARDWARE = ("KVM", "vhost-vsock", "vhost-net", "VFIO")
 LEAK_PATTERNS = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "runvm-monitor")
+
+
+def matrix_settings() -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {}
+    for item in MATRIX.split():
+        key, _, value = item.partition("=")
+        table, _, name = key.partition(".")
+        tables.setdefault(table, {})[name] = int(value) if value.isdigit() else value
+    return tables
+
+
+def _toml(tables: dict[str, dict[str, Any]]) -> str:
+    """TOML for tables of scalars (strings, numbers, booleans)."""
+    out = []
+    for table, values in tables.items():
+        out.append(f"[{table}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(out) + "\n"
+
+
+def add_config(path: Path, text: str) -> None:
+    """Merge the TOML ``text`` into the config file at ``path`` (its tables may exist)."""
+    import tomllib
+
+    merged = tomllib.loads(path.read_text()) if path.exists() else {}
+    for table, values in tomllib.loads(text).items():
+        merged.setdefault(table, {}).update(values)
+    path.write_text(_toml(merged))
+
+
+def write_config(path: Path, state_root: Path, accel_cache: Path) -> Path:
+    """A private config: own state and cache directories, plus the smoke matrix's settings."""
+    path.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    add_config(path, _toml(matrix_settings()))
+    return path
 
 
 def _hardware_skip(what: str, detail: str) -> None:
@@ -115,16 +154,15 @@ def state_root() -> Iterator[Path]:
 @pytest.fixture
 def runvm_config(state_root: Path, accel_cache: Path) -> cfg.RunvmConfig:
     """Defaults with private state and cache directories."""
-    return cfg.RunvmConfig(
-        runtime=cfg.RuntimeConfig(state_root=str(state_root), cache_dir=str(accel_cache))
-    )
+    tables = matrix_settings()
+    tables["runtime"] = {"state_root": str(state_root), "cache_dir": str(accel_cache)}
+    return cfg.parse(tables)
 
 
 @pytest.fixture
 def cli_env(tmp_path: Path, state_root: Path, accel_cache: Path) -> dict[str, str]:
     """Environment for `runvm` subprocesses: private config, state root and --root."""
-    conf = tmp_path / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    conf = write_config(tmp_path / "runvm.toml", state_root, accel_cache)
     return {**os.environ, "RUNVM_CONFIG": str(conf), "RUNVM_TEST_ROOT": str(tmp_path / "root")}
 
 
@@ -311,8 +349,7 @@ def containerd(tmp_path: Path, state_root: Path, accel_cache: Path) -> Iterator[
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
-    conf = tmp_path / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    conf = write_config(tmp_path / "runvm.toml", state_root, accel_cache)
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     env = {**os.environ, "RUNVM_CONFIG": str(conf), "PATH": path}
     daemon = PrivateContainerd(base, env)

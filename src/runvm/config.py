@@ -36,9 +36,9 @@ class HypervisorConfig:
 @dataclass(frozen=True)
 class ImageConfig:
     dir: str = ""  # guest image cache; "" = $RUNVM_IMAGE_DIR or /var/lib/runvm/images
-    # Which built image sandboxes boot: debian (Debian's cloud kernel + modules) or minimal
-    # (runvm's own kernel config, everything built in; `runvm image build --variant minimal`).
-    variant: str = "debian"
+    # Which built image sandboxes boot: minimal (runvm's own kernel config, everything built
+    # in: boots faster, QEMU uses less memory, has 9p) or debian (Debian's cloud kernel).
+    variant: str = "minimal"
     # How the kernel is loaded: auto (the uncompressed vmlinux through its PVH entry when the
     # image has one, else the bzImage), bzimage, pvh.
     boot: str = "auto"

@@ -52,15 +52,14 @@ def cri(state_root: Path, accel_cache: Path, tmp_path: Path) -> Iterator[Cri]:
             pytest.skip(f"needs {tool}")
     if not Path("/usr/lib/cni/bridge").exists():
         pytest.skip("needs Debian's containernetworking-plugins")
-    from conftest import PrivateContainerd
+    from conftest import PrivateContainerd, write_config
     from cri.client import CriClient
 
     ns = f"rvk{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
     base = Path(tempfile.mkdtemp(prefix="rvc-", dir="/tmp"))
-    conf = tmp_path / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    conf = write_config(tmp_path / "runvm.toml", state_root, accel_cache)
     (base / "cni").mkdir()
     (base / "cni" / "10-rvpods.conflist").write_text(json.dumps({
         "cniVersion": "0.4.0", "name": "rvpods",

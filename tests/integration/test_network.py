@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_config
 
 from runvm.image.busybox import make_bundle
 
@@ -97,12 +98,13 @@ def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize(("model", "vcpus"), [("tcfilter", 2), ("macvtap", 1)])
+@pytest.mark.smoke
 def test_two_vm_pods_on_a_bridge(
     model: str, vcpus: int, pods: Pods, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     """tcfilter with 2 vCPUs: a multi-queue tap, one queue pair per vCPU."""
     conf = Path(cli_env["RUNVM_CONFIG"])
-    conf.write_text(conf.read_text() + f'[network]\nmodel = "{model}"\n'
+    add_config(conf, f'[network]\nmodel = "{model}"\n'
                     f"[hypervisor]\nvcpus = {vcpus}\n")  # fmt: skip
     server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
     # A permanent neighbour in the pod's namespace is copied into the guest.
@@ -198,7 +200,7 @@ def test_model_none_gives_the_vm_no_nic(
     pods: Pods, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     conf = Path(cli_env["RUNVM_CONFIG"])
-    conf.write_text(conf.read_text() + '[network]\nmodel = "none"\n')
+    add_config(conf, '[network]\nmodel = "none"\n')
     b = pod_bundle(tmp_path / "b", pods.path(0), "ls /sys/class/net")
     r = runvm(cli_env, "run", "-b", str(b), "nonet", stdin=subprocess.DEVNULL)
     assert (r.returncode, r.stdout.split()) == (0, [b"lo"]), r.stderr

@@ -36,6 +36,7 @@ def test_spec_and_features(tmp_path: Path, cli_env: dict[str, str]) -> None:
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("vm_ready", "leak_check")
+@pytest.mark.smoke
 def test_pause_resume_update_events_ps_list(tmp_path: Path, cli_env: dict[str, str]) -> None:
     b = tmp_path / "bundle"
     # The counter is replaced by rename, so a reader never sees it half written.

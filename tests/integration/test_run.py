@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_config
 
 from runvm.image.busybox import make_bundle
 from runvm.runtime.container import Container
@@ -46,6 +47,7 @@ def edit_spec(path: Path, fn: Any) -> None:
     (path / "config.json").write_text(json.dumps(spec))
 
 
+@pytest.mark.smoke
 def test_echo_exit_code_and_separate_streams(tmp_path: Path, cli_env: dict[str, str]) -> None:
     b = bundle(tmp_path, "echo hello from the vm; echo to-stderr >&2; exit 42")
     r = runvm(cli_env, "run", "--bundle", str(b), "c-echo")
@@ -185,7 +187,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, cli_env: dict[str, str], pr
         expect = "rootfs /nonexistent/rootfs does not exist"
     else:
         conf = Path(env["RUNVM_CONFIG"])
-        conf.write_text(conf.read_text() + '[image]\nkernel = "/nonexistent/vmlinuz"\n'
+        add_config(conf, '[image]\nkernel = "/nonexistent/vmlinuz"\n'
                         'initrd = "/nonexistent/initrd"\n')  # fmt: skip
         expect = "kernel /nonexistent/vmlinuz does not exist"
     started = time.monotonic()

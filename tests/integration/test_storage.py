@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_config
 
 from runvm.image.busybox import make_bundle
 
@@ -34,7 +35,7 @@ echo done
 """
 
 
-@pytest.mark.parametrize("share", ["virtio-fs", "9p"])
+@pytest.mark.parametrize("share", [pytest.param("virtio-fs", marks=pytest.mark.smoke), "9p"])
 def test_volumes_both_ways_and_readonly_on_the_host_side(
     tmp_path: Path, cli_env: dict[str, str], share: str
 ) -> None:
@@ -44,7 +45,7 @@ def test_volumes_both_ways_and_readonly_on_the_host_side(
     extra = f'[storage]\nvirtiofs_cache = "none"\nshared_fs = "{share}"\n'
     if share == "9p":
         extra += '[image]\nvariant = "minimal"\n'
-    conf.write_text(conf.read_text() + extra)
+    add_config(conf, extra)
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
     rw.mkdir()
@@ -156,6 +157,7 @@ def _read_from_image(image: Path, path: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["image-file", "loop-device"])
+@pytest.mark.smoke
 def test_block_device_rootfs_boots_and_is_writable(
     tmp_path: Path, cli_env: dict[str, str], kind: str
 ) -> None:
@@ -282,7 +284,7 @@ def test_shim_takes_a_block_rootfs_mount_as_a_disk(
 
 def test_9p_with_a_kernel_without_9p_is_refused(tmp_path: Path, cli_env: dict[str, str]) -> None:
     conf = Path(cli_env["RUNVM_CONFIG"])
-    conf.write_text(conf.read_text() + '[storage]\nshared_fs = "9p"\n[image]\nvariant = "debian"\n')
+    add_config(conf, '[storage]\nshared_fs = "9p"\n[image]\nvariant = "debian"\n')
     b = tmp_path / "bundle"
     make_bundle(b, ["true"])
     r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),

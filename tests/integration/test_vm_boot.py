@@ -42,6 +42,7 @@ def with_timeout(config: cfg.RunvmConfig, seconds: float) -> cfg.RunvmConfig:
     )
 
 
+@pytest.mark.smoke
 def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
     info = image.current()
 

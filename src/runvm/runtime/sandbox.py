@@ -62,6 +62,9 @@ class SandboxOptions:
     # Wire the interfaces of the caller's network namespace into the VM (config's model).
     # Only for a namespace of the pod's own: never the host's.
     network: bool = False
+    # The sandbox will hot-plug devices (a block-device rootfs): a configured machine that
+    # cannot (microvm) is replaced by pc for this sandbox.
+    needs_hotplug: bool = False
 
 
 class Sandbox:
@@ -73,6 +76,7 @@ class Sandbox:
         self.run_dir = run_dir
         self.steps = steps
         self.vm: QemuVM | None = None
+        self.machine = config.hypervisor.machine
         self.agent: AgentClient | None = None
         self.accel: AccelReport | None = None
         self.details: pb.GuestDetailsResponse | None = None
@@ -87,7 +91,7 @@ class Sandbox:
 
     @property
     def hotplug_blk(self) -> bool:
-        return machine_capabilities(self.config.hypervisor.machine).hotplug_blk
+        return machine_capabilities(self.machine).hotplug_blk
 
     @property
     def timings(self) -> dict[str, float]:
@@ -112,6 +116,10 @@ class Sandbox:
             run_dir = Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
             await steps.run("run-dir", _make_run_dir(run_dir), lambda: _remove_dir(run_dir))
             sandbox = cls(sandbox_id, config, run_dir, steps)
+            if options.needs_hotplug and not machine_capabilities(sandbox.machine).hotplug_blk:
+                log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
+                         sandbox_id, sandbox.machine)  # fmt: skip
+                sandbox.machine = "pc"
             hypervisor = QemuHypervisor(hv_cfg.path)
             sandbox.accel = await steps.run(
                 "accelerator",
@@ -148,11 +156,11 @@ class Sandbox:
             spec = VMSpec(
                 name=sandbox_id, run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
                 accel=sandbox.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
-                machine=hv_cfg.machine, kernel_params=tuple(params),
+                machine=sandbox.machine, kernel_params=tuple(params),
                 devices=(channel, *devices),
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
                 console_log_max_kib=hv_cfg.console_log_max_kib,
-                host_tsc_khz=host_tsc_khz() if hv_cfg.machine == "microvm" else 0,
+                host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
             )  # fmt: skip
             booted = time.monotonic()
             sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))

@@ -169,7 +169,7 @@ class TaskService:
                 raise RpcError(Code.FAILED_PRECONDITION,
                                f"container {task.id}: its pod sandbox {self.group} is not "
                                "running in this shim")  # fmt: skip
-            await self._boot(task, spec)
+            await self._boot(task, spec, needs_hotplug=block is not None)
         elif self.sandbox_task in self.tasks:
             join = pod.join_map(self.vm_pid, self.tasks[self.sandbox_task].init.guest_pid)
         assert self.sandbox is not None
@@ -184,7 +184,7 @@ class TaskService:
         init.attach(self.agent)
         init.watch(self.agent, self._exited)
 
-    async def _boot(self, task: Task, spec: dict[str, Any]) -> None:
+    async def _boot(self, task: Task, spec: dict[str, Any], needs_hotplug: bool) -> None:
         """The pod's first container: network namespace, host cgroup, then the VM."""
         netns.apply(spec)
         cgroups_path = (spec.get("linux") or {}).get("cgroupsPath")
@@ -195,7 +195,8 @@ class TaskService:
             except (OSError, RunvmError) as exc:
                 log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
         hostname = spec.get("hostname") or task.id[:63]
-        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0])
+        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0],
+                                 needs_hotplug=needs_hotplug)  # fmt: skip
         self.sandbox = await Sandbox.start(self.group, self.config, options)
         self.sandbox_task = task.id
         log.info("pod %s: VM up (pid %d, %s)", self.group, self.vm_pid,

@@ -47,6 +47,7 @@ from runvm.runtime import hooks
 from runvm.runtime.container import Container
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 from runvm.runtime.state import ContainerState, StateStore, Status, require
+from runvm.storage import blockdev
 from runvm.ttrpc import CallContext, Code, Handler, Server
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,9 @@ class Monitor:
             raise RunvmError("cannot allocate tty if runvm will detach without setting "
                              "console socket")  # fmt: skip
         hostname = self.spec.get("hostname") or cid[:63]
-        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(self.spec)[0])
+        block = blockdev.from_annotations(self.spec.get("annotations") or {}) is not None
+        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(self.spec)[0],
+                                 needs_hotplug=block)  # fmt: skip
         self.sandbox = await Sandbox.start(cid, self.args.config, options)
         self.state.sandbox_dir = str(self.sandbox.run_dir)
         stdin_open = terminal or not is_devnull(0)

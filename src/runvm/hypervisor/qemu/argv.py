@@ -64,6 +64,8 @@ def hotplug_ports(machine: str) -> int:
 def _device_args(spec: VMSpec) -> list[str]:
     t = transport(spec.machine)
     args: list[str] = []
+    if t == "device":  # modern virtio over MMIO: vhost-user (virtiofsd) refuses legacy devices
+        args += ["-global", "virtio-mmio.force-legacy=false"]
     for i in range(hotplug_ports(spec.machine)):
         args += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
     serial_ports = [d for d in spec.devices if isinstance(d, AgentChannelSpec)]
@@ -113,8 +115,6 @@ def net_device_arg(nic: NetSpec, t: str = "pci") -> str:
         if t == "pci":  # one MSI-X vector per queue each way, plus config and control
             out += f",vectors={2 * nic.queues + 2}"
     return out
-
-
 
 
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
