@@ -8,7 +8,13 @@ Measured in one run, interleaved, N times each (medians printed):
 - phases: one more runvm start through the Python API, split into QEMU start, kernel,
           Python start, agent setup, host handshake, container create, run to exit, teardown.
 
-Usage (root, after scripts/install): python3 bench/start.py [--runs 7]
+With --matrix, instead: each guest kernel (debian, minimal) on each machine type (pc, q35,
+microvm), and knobs on the minimal kernel on pc (bzImage instead of the PVH vmlinux, a 16 MiB
+TCG translation cache instead of 64), interleaved: a cold start through the Python API
+(sandbox up, container run to exit, teardown), QEMU start to agent ready, and QEMU's PSS
+with the sandbox up and the container created.
+
+Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix]
 """
 
 from __future__ import annotations
@@ -74,15 +80,23 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+def pss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 async def phases(config: cfg.RunvmConfig, bundle: Path, cid: str) -> dict[str, float]:
     t0 = time.monotonic()
     sandbox = await Sandbox.start(cid, config, SandboxOptions(hostname=cid))
     try:
         t_ready = time.monotonic()
         d = sandbox.details
-        assert d is not None and sandbox.agent is not None
+        assert d is not None and sandbox.agent is not None and sandbox.vm is not None
         container = await Container.create(sandbox, cid, bundle, stdin=False)
         t_created = time.monotonic()
+        pss = pss_mib(sandbox.vm.pid)
         await container.start()
         await sandbox.agent.wait_process(cid)
         t_exited = time.monotonic()
@@ -106,16 +120,51 @@ async def phases(config: cfg.RunvmConfig, bundle: Path, cid: str) -> dict[str, f
         "start to exit": t_exited - t_created,
         "teardown": (t_stop - t_exited) + (t_end - t_stop),
         "total": t_end - t0,
+        "QEMU start to agent ready": steps["qemu-start"] + agent_ready,
+        "QEMU PSS (MiB)": pss,
     }
+
+
+MATRIX: list[tuple[str, dict[str, dict[str, object]]]] = [
+    *[(f"{kernel:7} {machine:7}", {"image": {"variant": kernel},
+                                    "hypervisor": {"machine": machine}})
+      for kernel in ("debian", "minimal") for machine in ("pc", "q35", "microvm")],
+    ("minimal pc      bzImage", {"image": {"variant": "minimal", "boot": "bzimage"}}),
+    ("minimal pc      tb-size=16", {"image": {"variant": "minimal"},
+                                    "hypervisor": {"tcg_tb_size_mib": 16}}),
+]  # fmt: skip
+
+
+def matrix(runs: int, tmp: Path, bundle: Path) -> None:
+    """Every MATRIX configuration, interleaved ``runs`` times; prints medians."""
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label, _ in MATRIX}
+    for i in range(runs):
+        for label, overrides in MATRIX:
+            tables: dict[str, dict[str, object]] = {
+                "runtime": {"state_root": str(tmp / "state"), "cache_dir": str(tmp / "c")}
+            }
+            tables.update(overrides)
+            rows[label].append(asyncio.run(phases(cfg.parse(tables), bundle, f"m{i}")))
+    print(f"{runs} interleaved runs each, medians; the shipped default is minimal pc")
+    print(
+        f"{'kernel  machine knob':28}{'cold start s':>14}{'QEMU->agent s':>15}{'QEMU PSS MiB':>14}"
+    )
+    for label, results in rows.items():
+        med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        print(
+            f"{label:28}{med['total']:14.2f}{med['QEMU start to agent ready']:15.2f}"
+            f"{med['QEMU PSS (MiB)']:14.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
     args = parser.parse_args()
     if os.geteuid() != 0 or not shutil.which("runc"):
         sys.exit("bench/start.py needs root and runc (scripts/install)")
-    info = image.current()
+    info = image.current(variant=cfg.load().image.variant)
     with tempfile.TemporaryDirectory(prefix="runvm-bench-") as tmp_s:
         tmp = Path(tmp_s)
         config = cfg.RunvmConfig(
@@ -130,6 +179,9 @@ def main() -> None:
         spec = json.loads((bundle / "config.json").read_text())
         spec["process"]["terminal"] = False
         (bundle / "config.json").write_text(json.dumps(spec))
+        if args.matrix:
+            matrix(args.runs, tmp, bundle)
+            return
         floor = tmp / "floor.img"
         floor_initrd(floor)
         results: dict[str, list[float]] = {"runvm": [], "floor": [], "runc": []}
