@@ -14,7 +14,10 @@ TCG translation cache instead of 64), interleaved: a cold start through the Pyth
 (sandbox up, container run to exit, teardown), QEMU start to agent ready, and QEMU's PSS
 with the sandbox up and the container created.
 
-Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix]
+With --ctr, instead: `ctr run --rm` of busybox `true` through one private containerd with
+runc, runvm cold and runvm cloned from a template (bench/ctrstart.py), ratios to runc.
+
+Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix | --ctr]
 """
 
 from __future__ import annotations
@@ -161,7 +164,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
+    parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated")
     args = parser.parse_args()
+    if args.ctr:
+        import ctrstart
+
+        ctrstart.report(ctrstart.run(args.runs))
+        return
     if os.geteuid() != 0 or not shutil.which("runc"):
         sys.exit("bench/start.py needs root and runc (scripts/install)")
     info = image.current(variant=cfg.load().image.variant)

@@ -357,3 +357,22 @@ def containerd(tmp_path: Path, state_root: Path, accel_cache: Path) -> Iterator[
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture
+def factory(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Path]:
+    """A template made by `runvm factory init` in a private factory directory."""
+    directory = Path(f"{cli_env['RUNVM_TEST_ROOT']}-factory")
+    add_config(Path(cli_env["RUNVM_CONFIG"]),
+               f'[factory]\nenable = true\ndir = "{directory}"\n')  # fmt: skip
+    runvm = [sys.executable, "-m", "runvm.cli.main"]
+    r = subprocess.run([*runvm, "factory", "init"], env=cli_env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "template saved" in r.stdout
+    try:
+        yield directory
+    finally:
+        subprocess.run([*runvm, "factory", "destroy"], env=cli_env, capture_output=True,
+                       timeout=60)  # fmt: skip
+    assert not directory.exists()

@@ -80,6 +80,14 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class FactoryConfig:
+    # Start sandboxes as clones of a saved template VM (`runvm factory init` makes it) when
+    # one matches; they share its memory pages copy-on-write and use 9p for their share.
+    enable: bool = False
+    dir: str = "/run/runvm/factory"  # a tmpfs is mounted here for the template
+
+
+@dataclass(frozen=True)
 class RunvmConfig:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -87,6 +95,7 @@ class RunvmConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    factory: FactoryConfig = field(default_factory=FactoryConfig)
 
 
 _CHOICES = {

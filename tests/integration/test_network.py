@@ -97,12 +97,22 @@ def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedPro
                           capture_output=True, timeout=240, **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "vcpus"), [("tcfilter", 2), ("macvtap", 1)])
-@pytest.mark.smoke
+@pytest.mark.parametrize(("model", "vcpus", "cloned"),
+                         [pytest.param("tcfilter", 2, False, marks=pytest.mark.smoke),
+                          ("macvtap", 1, False), ("tcfilter", 1, True)])  # fmt: skip
 def test_two_vm_pods_on_a_bridge(
-    model: str, vcpus: int, pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+    model: str,
+    vcpus: int,
+    cloned: bool,
+    pods: Pods,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    request: pytest.FixtureRequest,
 ) -> None:
-    """tcfilter with 2 vCPUs: a multi-queue tap, one queue pair per vCPU."""
+    """tcfilter with 2 vCPUs: a multi-queue tap, one queue pair per vCPU. ``cloned``: both
+    pods are clones of a template, their NICs hot-plugged after the clone resumed."""
+    if cloned:
+        request.getfixturevalue("factory")
     conf = Path(cli_env["RUNVM_CONFIG"])
     add_config(conf, f'[network]\nmodel = "{model}"\n'
                     f"[hypervisor]\nvcpus = {vcpus}\n")  # fmt: skip
@@ -135,6 +145,9 @@ def test_two_vm_pods_on_a_bridge(
                            stdout=subprocess.DEVNULL, stderr=err, timeout=240)  # fmt: skip
     assert r.returncode == 0, (tmp_path / "srv.err").read_text()
     try:
+        ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+        srv = [a for a in ps.splitlines() if "qemu-system" in a and "runvm-srv" in a]
+        assert srv and ("-incoming defer" in srv[0]) == cloned, srv
         r = runvm(cli_env, "run", "-b", str(client), "cli", stdin=subprocess.DEVNULL)
         expected = [str(vcpus), "1400", "ping-peer", "ping-gateway", "echo-hi", "neighbour",
                     "nameserver", "10.77.0.53", "10.77.0.11", "server-pod"]  # fmt: skip

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import re
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +28,9 @@ from runvm.ttrpc import Code, Server
 log = logging.getLogger("runvm.agent")
 
 POWEROFF_DELAY = 0.2
+MIN_SEED, MAX_SEED = 32, 4096
+INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
+RNDADDENTROPY, RNDRESEEDCRNG = 0x40085203, 0x5207  # <linux/random.h>
 
 
 def _meminfo_total() -> int:
@@ -94,10 +100,34 @@ class SandboxService:
         self.state.sandbox_id = request.sandbox_id or "sandbox"
         return pb.Empty()
 
+    async def resume_clone(self, request: pb.ResumeCloneRequest) -> pb.GuestDetailsResponse:
+        """First call in a VM cloned from a template: every clone starts with the template's
+        RNG state, clock and instance id; give it its own."""
+        if self.state.sandbox_id:
+            raise RpcError(Code.FAILED_PRECONDITION, "ResumeClone after CreateSandbox")
+        if not MIN_SEED <= len(request.random_seed) <= MAX_SEED:
+            raise RpcError(Code.INVALID_ARGUMENT,
+                           f"random_seed must be {MIN_SEED}..{MAX_SEED} bytes")  # fmt: skip
+        if not INSTANCE_ID.fullmatch(request.instance_id):
+            raise RpcError(Code.INVALID_ARGUMENT, "instance_id must be 32 hex digits")
+        reseed(request.random_seed)
+        if request.host_time_ns > 0:
+            time.clock_settime_ns(time.CLOCK_REALTIME, request.host_time_ns)
+        self.state.instance_id = request.instance_id
+        self.state.started = time.monotonic()
+        return await self.guest_details(pb.GuestDetailsRequest())
+
     async def destroy_sandbox(self, _: pb.DestroySandboxRequest) -> pb.Empty:
         self.state.shutting_down.set()
         asyncio.get_running_loop().call_later(POWEROFF_DELAY, power_off)
         return pb.Empty()
+
+
+def reseed(seed: bytes) -> None:
+    """Credit ``seed`` to the kernel's entropy pool and force the CRNG to reseed from it."""
+    with open("/dev/urandom", "wb", buffering=0) as dev:
+        fcntl.ioctl(dev, RNDADDENTROPY, struct.pack("ii", 8 * len(seed), len(seed)) + seed)
+        fcntl.ioctl(dev, RNDRESEEDCRNG)
 
 
 def power_off() -> None:
@@ -118,6 +148,7 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "GuestDetails": unary(pb.GuestDetailsRequest, sandbox.guest_details),
         "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
         "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
+        "ResumeClone": unary(pb.ResumeCloneRequest, sandbox.resume_clone),
         **ContainerService(reaper).handlers(),
         **NetworkService().handlers(),
     }

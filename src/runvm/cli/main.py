@@ -22,6 +22,7 @@ from runvm.cli import (
     delete,
     demo,
     events,
+    factory,
     image,
     info,
     kill,
@@ -36,7 +37,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, demo)  # fmt: skip
+         check, image, factory, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

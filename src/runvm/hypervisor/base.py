@@ -104,6 +104,11 @@ class VMSpec:
     tcg_tb_size_mib: int = 64
     console_log_max_kib: int = 512
     host_tsc_khz: int = 0  # given to a microvm guest under TCG (its TSC calibration can hang)
+    # Guest RAM in a file instead of a memfd: a template's (shared: written through to the
+    # file) or a clone's (private copy-on-write mapping of the template's file).
+    memory_path: Path | None = None
+    memory_shared: bool = True
+    incoming: bool = False  # wait for a saved state (``-incoming defer``) instead of booting
 
 
 class VM(Protocol):

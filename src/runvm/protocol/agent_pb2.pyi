@@ -201,6 +201,16 @@ class RemoveContainerRequest(_message.Message):
     timeout: int
     def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
+class ResumeCloneRequest(_message.Message):
+    __slots__ = ["host_time_ns", "instance_id", "random_seed"]
+    HOST_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_SEED_FIELD_NUMBER: _ClassVar[int]
+    host_time_ns: int
+    instance_id: str
+    random_seed: bytes
+    def __init__(self, random_seed: _Optional[bytes] = ..., instance_id: _Optional[str] = ..., host_time_ns: _Optional[int] = ...) -> None: ...
+
 class ResumeContainerRequest(_message.Message):
     __slots__ = ["container_id"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -88,6 +88,9 @@ class AgentClient:
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> None:
         await self._agent("CreateSandbox", request, pb.Empty)
 
+    async def resume_clone(self, request: pb.ResumeCloneRequest) -> pb.GuestDetailsResponse:
+        return await self._agent("ResumeClone", request, pb.GuestDetailsResponse)
+
     async def destroy_sandbox(self, timeout: float = 10.0) -> None:
         await self._agent("DestroySandbox", pb.DestroySandboxRequest(), pb.Empty, timeout)
 

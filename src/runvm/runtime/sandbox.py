@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from runvm.network.plug import PodNetwork
 from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
+from runvm.runtime import template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.names import check_id, run_dir_name
@@ -77,6 +79,7 @@ class Sandbox:
         self.steps = steps
         self.vm: QemuVM | None = None
         self.machine = config.hypervisor.machine
+        self.templated = False  # cloned from the factory's template
         self.agent: AgentClient | None = None
         self.accel: AccelReport | None = None
         self.details: pb.GuestDetailsResponse | None = None
@@ -128,9 +131,14 @@ class Sandbox:
                     Path(config.runtime.cache_dir),
                 ),
             )  # fmt: skip
+            tpl = None
+            if config.factory.enable and options.share_fs and not (
+                    options.extra_devices or options.extra_kernel_params):  # fmt: skip
+                tpl = await template.usable(config, files, sandbox.accel)
+            sandbox.templated = tpl is not None
             devices = list(options.extra_devices)
             storages = []
-            if options.share_fs and config.storage.shared_fs == "9p":
+            if options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None):
                 devices.append(await steps.run("9p", sandbox._share_9p()))
                 storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
                                            options=list(NINEP_OPTIONS),
@@ -143,8 +151,9 @@ class Sandbox:
             if options.network:
                 sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
                 steps.add_undo("network", _async(net.unplug))
-                devices += await steps.run("network", _async(net.plug)())
-            kind = channel_kind(config.agent.channel)
+                if tpl is None:  # a clone gets its NICs hot-plugged once it runs
+                    devices += await steps.run("network", _async(net.plug)())
+            kind = template.CHANNEL if tpl else channel_kind(config.agent.channel)
             channel = AgentChannelSpec(
                 kind=kind,
                 socket_path=run_dir / "agent.sock" if kind == "virtio-serial" else None,
@@ -162,17 +171,28 @@ class Sandbox:
                 console_log_max_kib=hv_cfg.console_log_max_kib,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
             )  # fmt: skip
+            if tpl is not None:
+                spec = template.clone_spec(tpl, spec)
             booted = time.monotonic()
             sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
             steps.add_undo("qemu", vm.stop)
-            if net is not None:
+            if tpl is not None:
+                await steps.run("restore", vm.load_state(tpl.state))
+            elif net is not None:
                 net.handed_over()  # the taps now live as long as QEMU
             sandbox.agent = await steps.run(
                 "agent-ready",
                 sandbox._connect(channel, hv_cfg.boot_timeout - (time.monotonic() - booted)),
             )
             steps.add_undo("agent", sandbox.agent.close)
-            sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
+            if tpl is not None:
+                resume = pb.ResumeCloneRequest(random_seed=os.urandom(64),
+                                               instance_id=uuid.uuid4().hex,
+                                               host_time_ns=time.time_ns())  # fmt: skip
+                sandbox.details = await steps.run("resume-clone",
+                                                  sandbox.agent.resume_clone(resume))  # fmt: skip
+            else:
+                sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
             request = pb.CreateSandboxRequest(
                 sandbox_id=sandbox_id,
                 hostname=options.hostname,
@@ -180,7 +200,9 @@ class Sandbox:
                 storages=storages,
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
-            if net is not None:
+            if net is not None and tpl is not None:
+                await steps.run("network", net.sync(vm, sandbox.agent))
+            elif net is not None:
                 await steps.run("network-config", net.configure(sandbox.agent))
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())

@@ -117,6 +117,14 @@ def net_device_arg(nic: NetSpec, t: str = "pci") -> str:
     return out
 
 
+def _memory_backend(spec: VMSpec) -> str:
+    size = f"size={spec.memory_mib}M"
+    if spec.memory_path is None:
+        return f"memory-backend-memfd,id=mem,{size},share=on"
+    share = "on" if spec.memory_shared else "off"
+    return f"memory-backend-file,id=mem,{size},mem-path={spec.memory_path},share={share}"
+
+
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
     """The complete argv that starts ``spec``; no side effects."""
     mem = f"{spec.memory_mib}M"
@@ -128,7 +136,7 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         *_accel_args(spec),
         "-smp", str(spec.vcpus),
         "-m", mem,
-        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-object", _memory_backend(spec),
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
         "-append", kernel_cmdline(spec),
@@ -138,4 +146,5 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         "-serial", "chardev:console",
         "-device", f"virtio-rng-{transport(spec.machine)},id=rng0",
         *_device_args(spec),
+        *(["-incoming", "defer"] if spec.incoming else []),
     ]  # fmt: skip

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # qemu.qmp logs a dropped connection as an error; here QEMU exiting is reported by runvm itself.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
+MIGRATE_TIMEOUT = 30.0
 QMP_READY_TIMEOUT = 15.0
 QUIT_GRACE = 3.0
 
@@ -216,6 +217,54 @@ class QemuVM:
                 self._ports.pop(device_id, None)
                 return
             await asyncio.sleep(0.2)
+
+    # --- templates: save a paused guest's device state, restore it in a clone ----------------
+    async def save_state(self, path: Path, timeout: float = MIGRATE_TIMEOUT) -> None:
+        """Pause the guest and write its device state to ``path`` through an fd (``fd:``
+        migration: QEMU spawns nothing). Guest RAM is left out (``x-ignore-shared``): it
+        stays in the shared memory file."""
+        await self.execute("stop")
+        await self._ignore_shared()
+        await self._send_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "state")
+        await self.execute("migrate", {"uri": "fd:state"})
+        await self._migration_done(timeout)
+
+    async def load_state(self, path: Path, timeout: float = MIGRATE_TIMEOUT) -> None:
+        """Restore ``path`` into this VM (started with ``incoming``), then let it run."""
+        await self._ignore_shared()
+        await self._send_file(path, os.O_RDONLY, "state")
+        await self.execute("migrate-incoming", {"uri": "fd:state"})
+        await self._migration_done(timeout)
+        await self.execute("cont")
+
+    async def _ignore_shared(self) -> None:
+        caps = [{"capability": "x-ignore-shared", "state": True}]
+        await self.execute("migrate-set-capabilities", {"capabilities": caps})
+
+    async def _send_file(self, path: Path, flags: int, name: str) -> None:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                self.qmp.send_fd_scm(fd)
+            except Exception as exc:
+                raise HypervisorError(f"QMP: sending the fd of {path} failed: {exc}") from exc
+            await self.execute("getfd", {"fdname": name})
+        finally:
+            os.close(fd)
+
+    async def _migration_done(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            info = await self.execute("query-migrate")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                detail = info.get("error-desc", "") if isinstance(info, dict) else ""
+                raise HypervisorError(f"VM state transfer {status}: {detail}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise HypervisorError(f"VM state transfer not done after {timeout} s ({status})")
+            await asyncio.sleep(0.01)
 
     async def wait(self) -> int:
         return await self.child.wait()

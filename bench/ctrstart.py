@@ -1,0 +1,71 @@
+"""`ctr run --rm` of busybox `true` through one private containerd: runc, runvm cold, runvm
+cloned from a template. Used by ``bench/start.py --ctr``.
+
+Each configuration runs once per round, rounds interleaved; the runvm ones get their config
+through ctr's ``--runtime-config-path`` (the shim reads it), so one containerd serves all.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import PrivateContainerd
+
+from runvm.image.ociarchive import busybox_archive
+
+IMAGE = "localhost/runvm/busybox:latest"
+
+
+def _config(path: Path, state: Path, extra: str = "") -> Path:
+    path.write_text(f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{extra}')
+    return path
+
+
+def run(rounds: int) -> dict[str, list[float]]:
+    base = Path(tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
+    state = base / "s"
+    state.mkdir()
+    cold = _config(base / "cold.toml", state)
+    factory = base / "factory"
+    tpl = _config(base / "tpl.toml", state, f'[factory]\nenable = true\ndir = "{factory}"\n')
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    daemon = PrivateContainerd(base, env)
+    runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
+    try:
+        daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
+        subprocess.run([*runvm, "factory", "init"], check=True, capture_output=True)
+        configs = {
+            "runc": ["--runtime", "io.containerd.runc.v2"],
+            "runvm cold": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
+                           str(cold)],
+            "runvm templated": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
+                                str(tpl)],
+        }  # fmt: skip
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        for i in range(rounds):
+            for name, args in configs.items():
+                start = time.monotonic()
+                r = daemon.ctr("run", "--rm", *args, IMAGE, f"b{i}-{len(times[name])}", "true")
+                if r.returncode != 0:
+                    sys.exit(f"ctr run ({name}) failed: {r.stderr.decode()[-500:]}")
+                times[name].append(time.monotonic() - start)
+        return times
+    finally:
+        subprocess.run([*runvm, "factory", "destroy"], capture_output=True)
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def report(times: dict[str, list[float]]) -> None:
+    med = {name: statistics.median(v) for name, v in times.items()}
+    rounds = len(next(iter(times.values())))
+    print(f"ctr run --rm busybox true, one containerd, {rounds} interleaved rounds, medians")
+    for name, values in times.items():
+        print(f"  {name:16} {med[name]:7.3f} s  (min {min(values):.3f}, max {max(values):.3f})"
+              f"  x{med[name] / med['runc']:.1f} runc")  # fmt: skip

@@ -1,0 +1,120 @@
+"""VM templates: sandboxes cloned from a saved template VM (real QEMU, real migration)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import add_config
+
+from runvm import config as cfg
+from runvm.image.busybox import make_bundle
+from runvm.runtime import template
+from runvm.runtime.container import Container
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+RUNVM = [sys.executable, "-m", "runvm.cli.main"]
+
+
+def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([*RUNVM, "--root", env["RUNVM_TEST_ROOT"], *args], env=env,
+                       capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert not ok or r.returncode == 0, f"runvm {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def test_a_cloned_sandbox_runs_a_container(
+    tmp_path: Path, cli_env: dict[str, str], factory: Path
+) -> None:
+    """Create, start, exec (output and exit code), rootfs writes, kill, delete — in a clone."""
+    status = json.loads(cli(cli_env, "factory", "status").stdout)
+    assert status["template"] == str(factory) and status["state_bytes"] > 0
+    b = tmp_path / "bundle"
+    spec = make_bundle(b, ["sh", "-c", "echo hi > /written; sleep 60"])
+    spec["root"]["readonly"] = False
+    (b / "config.json").write_text(json.dumps(spec))
+    with (tmp_path / "out").open("wb") as out:
+        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "create", "--bundle",
+                        str(b), "clone1"], env=cli_env, stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=out, check=True, timeout=180)  # fmt: skip
+    try:
+        ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+        qemu = [a for a in ps.splitlines() if "qemu-system" in a and "runvm-clone1" in a]
+        assert qemu and "-incoming defer" in qemu[0] and f"mem-path={factory}/memory" in qemu[0]
+        assert "share=off" in qemu[0] and "virtio-9p" in qemu[0]
+        cli(cli_env, "start", "clone1")
+        deadline = time.monotonic() + 30
+        while not (b / "rootfs/written").exists():
+            assert time.monotonic() < deadline, "the container did not write its rootfs"
+            time.sleep(0.2)
+        assert cli(cli_env, "exec", "clone1", "cat", "/written").stdout == "hi\n"
+        r = cli(cli_env, "exec", "clone1", "sh", "-c", "exit 7", ok=False)
+        assert r.returncode == 7, r.stderr
+    finally:
+        cli(cli_env, "kill", "clone1", "KILL", ok=False)
+        cli(cli_env, "delete", "--force", "clone1", ok=False)
+    assert (b / "rootfs/written").read_text() == "hi\n"
+
+
+async def _clone_facts(config: cfg.RunvmConfig, bundle: Path, name: str) -> dict[str, object]:
+    sandbox = await Sandbox.start(name, config, SandboxOptions(hostname=name))
+    try:
+        assert sandbox.templated and sandbox.details is not None and sandbox.agent is not None
+        container = await Container.create(sandbox, name, bundle, stdin=False)
+        await container.start()
+        await sandbox.agent.wait_process(name)
+        out = await sandbox.agent.read_stream("stdout", name)
+        await container.remove()
+        return {"instance": sandbox.details.instance_id, "out": out.decode().split()}
+    finally:
+        await sandbox.stop()
+
+
+def test_clones_differ_in_randomness_and_identity_and_keep_time(
+    tmp_path: Path, factory: Path, cli_env: dict[str, str]
+) -> None:
+    config = cfg.load(Path(cli_env["RUNVM_CONFIG"]))
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, ["sh", "-c", "od -An -tx1 -N16 /dev/urandom | tr -d ' '; date +%s"])
+    facts = [asyncio.run(_clone_facts(config, bundle, f"rng{i}")) for i in range(2)]
+    assert facts[0]["instance"] != facts[1]["instance"]
+    randoms = [f["out"][0] for f in facts]  # type: ignore[index]
+    assert randoms[0] != randoms[1] and all(len(r) == 32 for r in randoms), facts
+    for f in facts:
+        assert abs(int(f["out"][1]) - time.time()) < 30, f  # type: ignore[index]
+
+
+def test_a_template_that_does_not_match_is_refused(
+    tmp_path: Path, factory: Path, cli_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Other memory size than the template's: the sandbox boots cold and says why."""
+    config = cfg.load(Path(cli_env["RUNVM_CONFIG"]))
+    bigger = dataclasses.replace(config, hypervisor=dataclasses.replace(
+        config.hypervisor, memory_mib=config.hypervisor.memory_mib + 64))  # fmt: skip
+
+    async def boot() -> bool:
+        sandbox = await Sandbox.start("cold", bigger, SandboxOptions(hostname="cold"))
+        try:
+            return sandbox.templated
+        finally:
+            await sandbox.stop()
+
+    with caplog.at_level(logging.WARNING, logger=template.__name__):
+        assert asyncio.run(boot()) is False
+    assert any("refused (it differs in memory_mib)" in r.getMessage() for r in caplog.records)
+
+
+def test_factory_refuses_a_machine_without_hot_plug(cli_env: dict[str, str]) -> None:
+    add_config(Path(cli_env["RUNVM_CONFIG"]), '[hypervisor]\nmachine = "microvm"\n')
+    r = subprocess.run([*RUNVM, "factory", "init"], env=cli_env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode != 0 and "machine microvm has none" in r.stderr, r.stderr
