@@ -26,6 +26,7 @@ from runvm.cli import (
     image,
     info,
     kill,
+    ksm,
     pause,
     ps,
     run,
@@ -37,7 +38,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, factory, demo)  # fmt: skip
+         check, image, factory, ksm, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

@@ -26,6 +26,7 @@ from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, Vers
 from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, NinePSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM, machine_capabilities
+from runvm.ksm import server as ksm
 from runvm.network import netlink
 from runvm.network.plug import PodNetwork
 from runvm.process import Child
@@ -174,6 +175,7 @@ class Sandbox:
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)
             booted = time.monotonic()
+            ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
             sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
             steps.add_undo("qemu", vm.stop)
             if tpl is not None:

@@ -1,0 +1,1 @@
+"""KSM throttling: merge guests' identical pages hard while sandboxes start, then back off."""
