@@ -1,0 +1,128 @@
+"""Memory footprint per pod, the shape of Kata's memory-footprint metric.
+
+N busybox `tail -f /dev/null` containers started through one private containerd with the
+runvm shim, left to settle, then the PSS of every QEMU, virtiofsd and runvm shim summed and
+divided by N. Configurations: cold boots and clones of a template, each without and with the
+KSM throttler running (`runvm ksm serve`, kicked by every new sandbox). The guest memory size
+is runvm's default unless --memory says otherwise.
+
+Usage (root, after scripts/install): python3 bench/footprint.py [--count 20] [--settle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ctrstart import IMAGE, PrivateContainerd  # bench/ is the script's directory
+
+from runvm import config as cfg
+from runvm.image.ociarchive import busybox_archive
+
+NAMES = ("qemu-system", "virtiofsd", "containerd-shim-runvm")
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def helpers(marker: str) -> dict[str, list[int]]:
+    """PIDs of runvm's host processes whose command line mentions ``marker``."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    found: dict[str, list[int]] = {name: [] for name in NAMES}
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        for name in NAMES:
+            if name in args.split()[0] and (marker in args or name == "containerd-shim-runvm"):
+                found[name].append(int(pid))
+    return found
+
+
+def measure(daemon: PrivateContainerd, conf: Path, count: int, settle: float, tag: str,
+            marker: str) -> dict[str, float]:  # fmt: skip
+    args = ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path", str(conf)]
+    started = time.monotonic()
+    try:
+        for i in range(count):
+            r = daemon.ctr("run", "-d", *args, IMAGE, f"{tag}{i}", "tail", "-f", "/dev/null")
+            if r.returncode != 0:
+                sys.exit(f"{tag}{i}: {r.stderr.decode()[-400:]}")
+        boot = (time.monotonic() - started) / count
+        time.sleep(settle)
+        pids = helpers(marker)
+        per = {name: sum(pss_kib(p) for p in ps) / 1024 / count for name, ps in pids.items()}
+        per["total"] = sum(per.values())
+        per["start s"] = boot
+        per["processes"] = sum(len(p) for p in pids.values())
+        return per
+    finally:
+        for i in range(count):
+            daemon.ctr("task", "kill", "-s", "KILL", f"{tag}{i}")
+        time.sleep(2)
+        for i in range(count):
+            daemon.ctr("task", "rm", "-f", f"{tag}{i}")
+            daemon.ctr("container", "rm", f"{tag}{i}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--settle", type=float, default=60.0, help="seconds before measuring")
+    parser.add_argument("--memory", type=int, default=cfg.HypervisorConfig().memory_mib)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="rvf-", dir="/tmp"))
+    state = base / "s"
+    state.mkdir()
+    factory = base / "factory"
+    common = (f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n'
+              f"[hypervisor]\nmemory_mib = {args.memory}\n")  # fmt: skip
+    cold, tpl = base / "cold.toml", base / "tpl.toml"
+    cold.write_text(common)
+    tpl.write_text(common + f'[factory]\nenable = true\ndir = "{factory}"\n')
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    daemon = PrivateContainerd(base, env)
+    runvm = [sys.executable, "-m", "runvm.cli.main"]
+    results: dict[str, dict[str, float]] = {}
+    try:
+        daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
+        subprocess.run([*runvm, "--config", str(tpl), "factory", "init"], check=True)
+        for ksm in (False, True):
+            throttler = None
+            if ksm:
+                throttler = subprocess.Popen([*runvm, "ksm", "serve"])
+                time.sleep(1)
+            try:
+                for name, conf in (("cold", cold), ("templated", tpl)):
+                    label = f"{name}{' + KSM' if ksm else ''}"
+                    results[label] = measure(daemon, conf, args.count, args.settle,
+                                             f"{name[0]}{int(ksm)}-", str(state))  # fmt: skip
+            finally:
+                if throttler is not None:
+                    throttler.terminate()
+                    throttler.wait(10)
+    finally:
+        subprocess.run([*runvm, "--config", str(tpl), "factory", "destroy"], capture_output=True)
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    print(
+        f"{args.count} busybox pods through ctr, guest memory {args.memory} MiB, "
+        f"settled {args.settle:.0f} s; PSS per pod (MiB)"
+    )
+    cols = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "total", "start s")
+    print(f"{'':18}" + "".join(f"{c:>22}" for c in cols))
+    for label, per in results.items():
+        print(f"{label:18}" + "".join(f"{per[c]:22.1f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
