@@ -46,8 +46,8 @@ def main() -> None:
     state = base / "s"
     state.mkdir()
     conf = base / "runvm.toml"
-    conf.write_text(f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n' + (
-        "" if args.cold else f'[factory]\nenable = true\ndir = "{base / "factory"}"\n'))  # fmt: skip
+    factory = "" if args.cold else f'[factory]\nenable = true\ndir = "{base / "factory"}"\n'
+    conf.write_text(f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}')
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
     daemon = PrivateContainerd(base, env)
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(conf)]
