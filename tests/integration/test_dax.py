@@ -17,8 +17,8 @@ RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 
 
 def test_dax_image_sandbox_runs_a_container(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    settings = '[image]\nvariant = "minimal"\ndax = true\n[hypervisor]\nmachine = "pc"\n'
-    add_config(Path(cli_env["RUNVM_CONFIG"]), settings)
+    add_config(Path(cli_env["RUNVM_CONFIG"]),
+               '[image]\nvariant = "minimal"\ndax = true\n[hypervisor]\nmachine = "pc"\n')  # fmt: skip
     b = tmp_path / "bundle"
     make_bundle(b, ["sh", "-c", "cat /proc/cmdline; echo ran; exit 5"])
     r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b), "dax"],
