@@ -109,10 +109,6 @@ class VMSpec:
     memory_path: Path | None = None
     memory_shared: bool = True
     incoming: bool = False  # wait for a saved state (``-incoming defer``) instead of booting
-    # Boot from this read-only ext4 image on a virtio-pmem device, mapped with DAX, instead of
-    # ``initrd``: every VM maps the same host pages.
-    root_image: Path | None = None
-    root_image_bytes: int = 0
 
 
 class VM(Protocol):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import runvm
 from runvm.errors import ImageError
-from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune, rootimg
+from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune
 from runvm.image.debs import DebPackage
 from runvm.image.elf import is_elf
 from runvm.image.manifest import MANIFEST, ImageInfo
@@ -213,14 +213,10 @@ def _build(
     if pvh_file is not None:
         shutil.copyfile(pvh_file, out / "vmlinux")
         sizes["kernel_pvh"] = (out / "vmlinux").stat().st_size
-    if source.built is not None:  # the minimal kernel has pmem + DAX built in
-        report("root image for DAX boots")
-        sizes["root_image"] = rootimg.make_ext4(root, out / "root.img")
     info = ImageInfo(
         kernel=final / "vmlinuz",
         kernel_pvh=str(final / "vmlinux") if pvh_file is not None else "",
         initrd=final / "initrd.img",
-        root_image=str(final / "root.img") if source.built is not None else "",
         variant=spec.variant,
         kernel_release=release,
         kernel_package=kernel_name,

@@ -171,8 +171,6 @@ class Sandbox:
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
                 console_log_max_kib=hv_cfg.console_log_max_kib,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
-                root_image=files.root_image,
-                root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
             )  # fmt: skip
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)
