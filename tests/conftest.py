@@ -58,6 +58,14 @@ def add_config(path: Path, text: str) -> None:
     path.write_text(_toml(merged))
 
 
+def runvm_cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """``runvm --root $RUNVM_TEST_ROOT ARGS`` with ``env``; asserts success unless not ``ok``."""
+    r = subprocess.run([sys.executable, "-m", "runvm.cli.main", "--root", env["RUNVM_TEST_ROOT"],
+                        *args], env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert not ok or r.returncode == 0, f"runvm {' '.join(args)}: {r.stderr}"
+    return r
+
+
 def write_config(path: Path, state_root: Path, accel_cache: Path) -> Path:
     """A private config: own state and cache directories, plus the smoke matrix's settings."""
     path.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')

@@ -11,17 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import runvm_cli
 
 from runvm.image.busybox import make_bundle
 
 RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 
-
-def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*RUNVM, "--root", env["RUNVM_TEST_ROOT"], *args], env=env,
-                       capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert not ok or r.returncode == 0, f"runvm {' '.join(args)}: {r.stderr}"
-    return r
+cli = runvm_cli
 
 
 def test_spec_and_features(tmp_path: Path, cli_env: dict[str, str]) -> None:

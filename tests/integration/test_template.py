@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_config
+from conftest import add_config, runvm_cli
 
 from runvm import config as cfg
 from runvm.image.busybox import make_bundle
@@ -24,12 +24,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 
-
-def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*RUNVM, "--root", env["RUNVM_TEST_ROOT"], *args], env=env,
-                       capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert not ok or r.returncode == 0, f"runvm {' '.join(args)}: {r.stderr}"
-    return r
+cli = runvm_cli
 
 
 def test_a_cloned_sandbox_runs_a_container(
