@@ -334,3 +334,37 @@ def test_shared_writable_mmap_works_on_the_default_share(
     assert (r.returncode, r.stdout) == (0, "ok\nok\n"), r.stdout + r.stderr
     assert (vol / "vol.bin").read_bytes().startswith(b"mapped\0")
     assert (b / "rootfs/rootfs.bin").read_bytes().startswith(b"mapped\0")
+
+
+def test_block_device_volumes_rw_and_ro(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """An ext4 mount of a host block device (and of an image with ``loop``) is hot-plugged as
+    virtio-blk and mounted in the guest: written through when rw, refused when ro."""
+    data = tmp_path / "data-src"
+    data.mkdir()
+    (data / "seed.txt").write_text("seed\n")
+    rw_image = _ext4_image(tmp_path, data)
+    ro_image = tmp_path / "ro.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(data), str(ro_image), "16M"], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(rw_image)], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    b = tmp_path / "bundle"
+    script = ("cat /data/seed.txt; echo vol > /data/new.txt && sync && echo wrote; "
+              "{ echo x > /ro/new.txt; } 2>/dev/null && echo ro-writable || echo ro-refused; "
+              "cat /ro/seed.txt")  # fmt: skip
+    spec = make_bundle(b, ["sh", "-c", script])
+    spec["mounts"] += [
+        {"destination": "/data", "type": "ext4", "source": loop, "options": ["rw"]},
+        {"destination": "/ro", "type": "ext4", "source": str(ro_image), "options": ["loop", "ro"]},
+    ]  # fmt: skip
+    (b / "config.json").write_text(json.dumps(spec))
+    try:
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
+                            "vols"], env=cli_env, capture_output=True, text=True,
+                           timeout=180)  # fmt: skip
+        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
+                        "vols"], env=cli_env, capture_output=True)  # fmt: skip
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["seed", "wrote", "ro-refused", "seed"], r.stdout + r.stderr
+    assert _read_from_image(rw_image, "new.txt") == "vol\n"

@@ -69,3 +69,23 @@ def test_pod_namespaces_are_joined_through_the_map() -> None:
     spec["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/43/ns/cgroup"})
     with pytest.raises(ConfigError, match="host cgroup namespace /proc/43"):
         guest_spec(spec, "c1", "/r", share([]), join)
+
+
+def test_block_device_mounts_become_binds_of_the_guest_disk() -> None:
+    spec = default_spec()
+    spec["mounts"] += [
+        {"destination": "/data", "type": "ext4", "source": "/dev/loop7", "options": ["ro"]},
+        {"destination": "/scratch", "type": "xfs", "source": "/dev/sdb", "options": []},
+    ]  # fmt: skip
+    n = len(spec["mounts"])
+    calls: list[tuple[int, str]] = []
+    disks = {n - 2: "/run/runvm/disks/c1/m7", n - 1: "/run/runvm/disks/c1/m8"}
+    out = guest_spec(spec, "c1", "/r", share(calls), None, disks)
+    assert out["mounts"][n - 2] == {
+        "destination": "/data",
+        "type": "bind",
+        "source": "/run/runvm/disks/c1/m7",
+        "options": ["rbind", "ro"],
+    }
+    assert out["mounts"][n - 1]["options"] == ["rbind", "rw"]
+    assert calls == []  # nothing of these is shared from the host

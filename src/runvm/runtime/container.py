@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class Container:
     sandbox: Sandbox
     guest_pid: int = 0
     removed: bool = False
-    disk_id: str = ""  # a hot-plugged block-device rootfs, unplugged at removal
+    disk_ids: list[str] = field(default_factory=list)  # hot-plugged disks, unplugged at removal
 
     @property
     def terminal(self) -> bool:
@@ -79,12 +79,16 @@ class Container:
         container = cls(container_id, bundle.resolve(), spec, sandbox)
         try:
             storages: list[pb.Storage] = []
+            disks: dict[int, str] = {}  # mount index -> where the guest mounts its disk
+            for i, mount in enumerate(spec.get("mounts") or []):
+                volume = blockdev.from_mounts([(mount.get("type", ""), mount.get("source", ""),
+                                                mount.get("options") or [])])  # fmt: skip
+                if volume is not None:
+                    storages.append(await container._plug(volume, f"v{i}", f"m{i}"))
+                    disks[i] = storages[-1].mount_point
             if block is not None:
-                root_guest = await container._plug_rootfs(block)
-                storages.append(pb.Storage(
-                    driver="blk", source=container.disk_id[-20:], fstype=block.fstype,
-                    options=list(block.options), mount_point=root_guest,
-                ))  # fmt: skip
+                storages.append(await container._plug(block, "r", "root"))
+                root_guest = storages[-1].mount_point
             else:  # (root.readonly is applied in the guest, after the mount points were made)
                 share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
                 root_guest = shared.guest_path(share)
@@ -93,7 +97,7 @@ class Container:
                 path = shared.add_bind(container_id, index, Path(source), readonly)
                 return shared.guest_path(path)
 
-            gspec = guest_spec(spec, container_id, root_guest, share_bind, join)
+            gspec = guest_spec(spec, container_id, root_guest, share_bind, join, disks)
             request = pb.CreateContainerRequest(
                 container_id=container_id,
                 oci_spec_json=json.dumps(gspec).encode(),
@@ -103,30 +107,30 @@ class Container:
             container.guest_pid = await agent.create_container(request)
         except BaseException:
             await asyncio.to_thread(shared.remove_container, container_id)
-            await container._unplug_rootfs()
+            await container._unplug_disks()
             raise
         return container
 
-    async def _plug_rootfs(self, block: blockdev.BlockRootfs) -> str:
-        """Hot-plug the rootfs disk; returns where the guest mounts it."""
+    async def _plug(self, block: blockdev.BlockRootfs, kind: str, name: str) -> pb.Storage:
+        """Hot-plug one disk (the rootfs or a volume); returns the agent's mount of it."""
         vm = self.sandbox.vm
         if vm is None or not self.sandbox.hotplug_blk:
-            raise ConfigError(
-                f"container {self.id}: a block-device rootfs needs disk hot-plug, "
-                f"which machine {self.sandbox.config.hypervisor.machine} lacks"
-            )
-        disk_id = "r" + hashlib.sha256(self.id.encode()).hexdigest()[:15]
+            raise ConfigError(f"container {self.id}: a block device ({block.source}) needs disk "
+                              f"hot-plug, which machine {self.sandbox.machine} lacks")  # fmt: skip
+        disk_id = kind + hashlib.sha256(self.id.encode()).hexdigest()[:15]
         disk = await asyncio.to_thread(blockdev.open_disk, block, disk_id)
         try:
             await vm.hotplug_disk(disk)
         finally:
             os.close(disk.fd)
-        self.disk_id = disk_id
-        return f"{blockdev.GUEST_DISK_ROOT}/{self.id}"
+        self.disk_ids.append(disk_id)
+        return pb.Storage(driver="blk", source=disk.serial, fstype=block.fstype,
+                          options=list(block.options),
+                          mount_point=f"{blockdev.GUEST_DISK_ROOT}/{self.id}/{name}")  # fmt: skip
 
-    async def _unplug_rootfs(self) -> None:
-        if self.disk_id and self.sandbox.vm is not None:
-            disk_id, self.disk_id = self.disk_id, ""
+    async def _unplug_disks(self) -> None:
+        while self.disk_ids and self.sandbox.vm is not None:
+            disk_id = self.disk_ids.pop()
             with contextlib.suppress(RunvmError):
                 await self.sandbox.vm.unplug_disk(disk_id)
 
@@ -147,4 +151,4 @@ class Container:
         finally:
             if self.sandbox.shared is not None:
                 await asyncio.to_thread(self.sandbox.shared.remove_container, self.id)
-            await self._unplug_rootfs()
+            await self._unplug_disks()

@@ -3,6 +3,8 @@
 What changes and why:
 - ``root.path`` -> the container's rootfs share as the guest sees it;
 - bind mounts -> their shared copies (the guest cannot see host paths);
+- block-device mounts (an ext4/xfs/btrfs ``type`` on a block device or loop image) -> binds of
+  the hot-plugged disk the agent mounted;
 - ``hooks`` are removed: they run on the host, in the runtime's namespace;
 - the ``network`` namespace is dropped: the VM itself is the pod's network sandbox;
 - a process without ``PATH`` gets the default one (runc finds the program then; crun would not);
@@ -44,17 +46,24 @@ def guest_spec(
     rootfs_guest: str,
     share_bind: Callable[[int, str, bool], str],
     join: Mapping[str, str] | None = None,
+    disks: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The guest's config.json. ``share_bind(i, host_source, readonly)`` shares one bind
     source (read-only on the host side too when the mount has ``ro``) and returns its guest
-    path; ``join`` maps host namespace paths to guest ones."""
+    path; ``join`` maps host namespace paths to guest ones; ``disks`` maps the index of a
+    block-device mount to where the guest mounted its disk (it becomes a bind of that)."""
     out = copy.deepcopy(spec)
     out["root"]["path"] = rootfs_guest
     if "process" in out:
         with_path(out["process"])
     out.pop("hooks", None)
     for i, mount in enumerate(out.get("mounts", [])):
-        if is_bind(mount):
+        if disks and i in disks:
+            readonly = "ro" in (mount.get("options") or [])
+            mount.update(
+                type="bind", source=disks[i], options=["rbind", "ro" if readonly else "rw"]
+            )
+        elif is_bind(mount):
             source = mount.get("source")
             if not source or not source.startswith("/"):
                 raise ConfigError(f"mounts[{i}]: bind mount needs an absolute source")

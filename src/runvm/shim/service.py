@@ -169,7 +169,7 @@ class TaskService:
                 raise RpcError(Code.FAILED_PRECONDITION,
                                f"container {task.id}: its pod sandbox {self.group} is not "
                                "running in this shim")  # fmt: skip
-            await self._boot(task, spec, needs_hotplug=block is not None)
+            await self._boot(task, spec, block is not None or blockdev.needs_disks(spec))
         elif self.sandbox_task in self.tasks:
             join = pod.join_map(self.vm_pid, self.tasks[self.sandbox_task].init.guest_pid)
         assert self.sandbox is not None

@@ -1,6 +1,8 @@
-"""A container rootfs on a block device: found, checked, opened, handed to the VM as virtio-blk.
+"""Block devices for a container: found, checked, opened, handed to the VM as virtio-blk.
 
-Two ways in:
+A volume is a block device when an OCI mount has a block filesystem ``type`` (ext4, xfs, btrfs)
+and its ``source`` is a block device, or an image file with the ``loop`` option; the guest
+mounts the disk and the container gets a bind of it. A rootfs has two ways in:
 - the shim: containerd's rootfs mounts are a single block filesystem mount (the devmapper
   snapshotter gives ``ext4`` on ``/dev/mapper/...``; a loop image gives a file with ``loop``):
   instead of mounting it on the host, runvm hot-plugs the device;
@@ -58,6 +60,17 @@ def from_mounts(mounts: Iterable[tuple[str, str, Iterable[str]]]) -> BlockRootfs
     if not (stat.S_ISBLK(mode) or (stat.S_ISREG(mode) and "loop" in opts)):
         return None
     return BlockRootfs(path, kind, tuple(o for o in opts if o in _GUEST_OPTIONS))
+
+
+def needs_disks(spec: Mapping[str, object]) -> bool:
+    """Whether a bundle's config.json asks for any disk (a block rootfs or block volume)."""
+    annotations = spec.get("annotations") or {}
+    assert isinstance(annotations, dict)
+    if annotations.get(DEVICE_ANNOTATION):
+        return True
+    mounts = spec.get("mounts") or []
+    assert isinstance(mounts, list)
+    return any(isinstance(m, dict) and m.get("type") in BLOCK_FSTYPES for m in mounts)
 
 
 def from_annotations(annotations: Mapping[str, str]) -> BlockRootfs | None:

@@ -175,9 +175,8 @@ class Monitor:
             raise RunvmError("cannot allocate tty if runvm will detach without setting "
                              "console socket")  # fmt: skip
         hostname = self.spec.get("hostname") or cid[:63]
-        block = blockdev.from_annotations(self.spec.get("annotations") or {}) is not None
         options = SandboxOptions(hostname=hostname, network=netns.network_namespace(self.spec)[0],
-                                 needs_hotplug=block)  # fmt: skip
+                                 needs_hotplug=blockdev.needs_disks(self.spec))  # fmt: skip
         self.sandbox = await Sandbox.start(cid, self.args.config, options)
         self.state.sandbox_dir = str(self.sandbox.run_dir)
         stdin_open = terminal or not is_devnull(0)
