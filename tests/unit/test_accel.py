@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from runvm.errors import ConfigError, HypervisorError
@@ -42,3 +45,29 @@ def test_unknown_wish_is_a_config_error() -> None:
 def test_missing_device_is_reported(tmp_path: object) -> None:
     ok, reason = kvm_device("/nonexistent/kvm")
     assert not ok and "does not exist" in reason
+
+
+def test_probe_results_are_cached_per_guest_kernel(tmp_path: Path, monkeypatch: Any) -> None:
+    """Sandboxes alternating between two guest kernels probe each once, not on every switch."""
+    import asyncio
+
+    from runvm.hypervisor import accel
+
+    probes: list[str] = []
+
+    async def probe(binary: str, kernel: Path, cache_dir: Path) -> tuple[bool, str]:
+        probes.append(kernel.name)
+        return False, "no KVM here"
+
+    monkeypatch.setattr(accel, "kvm_device", lambda: (True, ""))
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    kernels = [tmp_path / "vmlinux", tmp_path / "vmlinuz"]
+    for k in kernels:
+        k.write_bytes(k.name.encode())
+    qemu = tmp_path / "qemu"
+    qemu.write_bytes(b"q")
+    for _ in range(3):
+        for k in kernels:
+            report = asyncio.run(accel.detect("auto", str(qemu), k, tmp_path / "cache"))
+            assert report.accel is accel.Accel.TCG
+    assert probes == ["vmlinux", "vmlinuz"]

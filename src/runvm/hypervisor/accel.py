@@ -106,6 +106,9 @@ async def probe_kvm(binary: str, kernel: Path, work_dir: Path) -> tuple[bool, st
     return True, "a guest kernel ran under KVM"
 
 
+CACHE_ENTRIES = 16
+
+
 def _cache_key(binary: str, kernel: Path) -> str:
     qemu = Path(binary).stat()
     k = kernel.stat()
@@ -123,17 +126,24 @@ async def detect(wanted: str, binary: str, kernel: Path, cache_dir: Path) -> Acc
     resolved = shutil.which(binary) or binary
     cache = cache_dir / "accel.json"
     key = _cache_key(resolved, kernel)
+    entries: dict[str, object] = {}
     try:
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            report = decide(wanted, device, (saved["usable"], saved["reason"]))
-            return AccelReport(report.accel, report.kvm, report.reason, cached=True)
-    except (OSError, ValueError, KeyError, TypeError):
+        loaded = json.loads(cache.read_text()).get("entries", {})
+        entries = loaded if isinstance(loaded, dict) else {}
+        saved = entries[key]
+        report = decide(wanted, device, (saved["usable"], saved["reason"]))  # type: ignore[index]
+        return AccelReport(report.accel, report.kvm, report.reason, cached=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     cache_dir.mkdir(parents=True, exist_ok=True)
     probe = await probe_kvm(resolved, kernel, cache_dir)
+    # One entry per (QEMU, host kernel, guest kernel): sandboxes of different image variants
+    # must not evict each other's result (each probe costs seconds). The newest few are kept.
+    entries = {k: v for k, v in entries.items() if k != key}
+    entries = dict(list(entries.items())[-(CACHE_ENTRIES - 1) :])
+    entries[key] = {"usable": probe[0], "reason": probe[1]}
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "usable": probe[0], "reason": probe[1]}))
+    tmp.write_text(json.dumps({"entries": entries}))
     os.replace(tmp, cache)
     return decide(wanted, device, probe)
 
