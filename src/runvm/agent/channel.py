@@ -55,9 +55,15 @@ async def _open_streams(path: str) -> tuple[asyncio.StreamReader, asyncio.Stream
 
 
 async def serve_virtio_serial(server: Server, path: str) -> None:
-    """Serve ttrpc sessions on the port forever, one per host connection."""
+    """Serve ttrpc sessions on the port forever, one per host connection. A port that cannot
+    be opened yet (the previous session's fd still closing) is retried, never given up."""
     while True:
-        reader, writer = await _open_streams(path)
+        try:
+            reader, writer = await _open_streams(path)
+        except OSError as exc:
+            log.warning("reopening %s: %s", path, exc)
+            await asyncio.sleep(REOPEN_PAUSE)
+            continue
         try:
             await server.serve_connection(reader, writer)
         except Exception:

@@ -138,7 +138,8 @@ class _Connection:
             if self._tasks:
                 await asyncio.wait(self._tasks)
             self._writer.close()
-            with contextlib.suppress(OSError):
+            # A pipe transport (the agent's virtio-serial port) cannot wait for its close.
+            with contextlib.suppress(OSError, NotImplementedError):
                 await self._writer.wait_closed()
 
     async def _read_loop(self) -> None:
