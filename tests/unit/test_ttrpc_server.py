@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import struct
@@ -379,3 +380,24 @@ def test_register_twice_is_refused() -> None:
         server.register("test.Echo", {})
     with pytest.raises(ValueError):
         Server(max_concurrent=0)
+
+
+def test_a_session_on_pipes_ends_cleanly_at_eof() -> None:
+    """The agent serves its virtio-serial port through pipe transports, which cannot wait for
+    their close: the session must still end without an error when the host goes away."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(r_in, "rb", buffering=0))  # fmt: skip
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(w_out, "wb", buffering=0))  # fmt: skip
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        os.close(w_in)  # the host side closes: EOF at once
+        await asyncio.wait_for(Server().serve_connection(reader, writer), 5)
+        os.close(r_out)
+
+    asyncio.run(main())
