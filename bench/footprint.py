@@ -42,9 +42,11 @@ def helpers(marker: str) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {name: [] for name in NAMES}
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
+        program = " ".join(args.split()[:2])  # the shim runs as "python3 .../containerd-shim-..."
         for name in NAMES:
-            if name in args.split()[0] and (marker in args or name == "containerd-shim-runvm"):
+            if name in program and (marker in args or name == "containerd-shim-runvm"):
                 found[name].append(int(pid))
+                break
     return found
 
 
