@@ -30,7 +30,7 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 def variant(tmp_path: Path, files: dict[str, bytes]) -> GuestFiles:
     """The built image with some initramfs files replaced."""
-    info = image.current()
+    info = image.current(variant=runvm_config.image.variant)
     out = tmp_path / "variant.img"
     image.append_files(Path(info.initrd), files, out)
     return GuestFiles(Path(info.kernel), out)
@@ -44,7 +44,7 @@ def with_timeout(config: cfg.RunvmConfig, seconds: float) -> cfg.RunvmConfig:
 
 @pytest.mark.smoke
 def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
-    info = image.current()
+    info = image.current(variant=runvm_config.image.variant)
 
     async def scenario() -> dict[str, Any]:
         started = time.monotonic()
