@@ -30,7 +30,7 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 def variant(tmp_path: Path, files: dict[str, bytes]) -> GuestFiles:
     """The built image with some initramfs files replaced."""
-    info = image.current(variant=runvm_config.image.variant)
+    info = image.current(variant=cfg.RunvmConfig().image.variant)
     out = tmp_path / "variant.img"
     image.append_files(Path(info.initrd), files, out)
     return GuestFiles(Path(info.kernel), out)
