@@ -189,6 +189,7 @@ class QemuVM:
                         "drive": disk.id,
                         "id": f"dev-{disk.id}",
                         "serial": disk.serial,
+                        **slot,
                     },
                 )
             except HypervisorError:
