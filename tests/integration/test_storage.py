@@ -19,6 +19,18 @@ pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 
+
+def run_once(
+    cli_env: dict[str, str], bundle: Path, name: str, text: bool = True
+) -> subprocess.CompletedProcess[Any]:
+    """`runvm run` the bundle in the foreground, then `delete --force` whatever is left."""
+    root = ["--root", cli_env["RUNVM_TEST_ROOT"]]
+    r = subprocess.run([*RUNVM, *root, "run", "-b", str(bundle), name], env=cli_env,
+                       capture_output=True, text=text, timeout=180)  # fmt: skip
+    subprocess.run([*RUNVM, *root, "delete", "--force", name], env=cli_env, capture_output=True)
+    return r
+
+
 SCRIPT = r"""
 # read-only volume: refused, and still refused after remounting it read-write inside
 { echo x > /ro/new; } 2>/dev/null && echo ro-writable || echo ro-refused
@@ -112,10 +124,7 @@ def test_mount_destination_symlink_does_not_reach_the_host(
     (b / "rootfs" / "evil").symlink_to(host_target)
     spec["mounts"].append({"destination": "/evil", "type": "tmpfs", "source": "tmpfs"})
     (b / "config.json").write_text(json.dumps(spec))
-    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                        "cve"], env=cli_env, capture_output=True, timeout=180)  # fmt: skip
-    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "cve"],
-                   env=cli_env, capture_output=True)  # fmt: skip
+    r = run_once(cli_env, b, "cve", text=False)
     assert list(host_target.iterdir()) == [], r.stdout
     mounts = Path("/proc/self/mounts").read_text()
     assert str(host_target) not in mounts
@@ -132,10 +141,7 @@ def test_guest_local_mounts_keep_their_options(tmp_path: Path, cli_env: dict[str
         {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=8m"]},
     ]  # fmt: skip
     (b / "config.json").write_text(json.dumps(spec))
-    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                        "shm"], env=cli_env, capture_output=True, timeout=180)  # fmt: skip
-    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "shm"],
-                   env=cli_env, capture_output=True)  # fmt: skip
+    r = run_once(cli_env, b, "shm", text=False)
     assert (r.returncode, r.stdout.split()) == (0, [b"16384", b"8192"]), r.stderr
 
 
@@ -175,11 +181,7 @@ def test_block_device_rootfs_boots_and_is_writable(
         spec["annotations"] = {"io.runvm.rootfs.device": loop or str(image)}
         spec["root"] = {"path": "absent", "readonly": False}  # the disk is the rootfs
         (b / "config.json").write_text(json.dumps(spec))
-        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                            "blk"], env=cli_env, capture_output=True, text=True,
-                           timeout=180)  # fmt: skip
-        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
-                        "blk"], env=cli_env, capture_output=True)  # fmt: skip
+        r = run_once(cli_env, b, "blk")
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("/dev/vd") and " ext4 " in r.stdout, r.stdout
         assert r.stdout.endswith("written\n"), r.stdout
@@ -202,11 +204,7 @@ def test_block_rootfs_mounted_on_the_host_is_refused(
     try:
         spec["annotations"] = {"io.runvm.rootfs.device": str(image)}
         (b / "config.json").write_text(json.dumps(spec))
-        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                            "busy"], env=cli_env, capture_output=True, text=True,
-                           timeout=180)  # fmt: skip
-        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
-                        "busy"], env=cli_env, capture_output=True)  # fmt: skip
+        r = run_once(cli_env, b, "busy")
     finally:
         subprocess.run(["umount", "-d", str(mnt)], check=True)
     assert r.returncode != 0 and "is mounted on the host" in r.stderr, r.stderr
@@ -326,11 +324,7 @@ def test_shared_writable_mmap_works_on_the_default_share(
     (tmp_path / "m.c").write_text(MMAP_TEST)
     subprocess.run(["gcc", "-static", "-O2", "-o", str(b / "rootfs/mmtest"), str(tmp_path / "m.c")],
                    check=True)  # fmt: skip
-    r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                        "mmap"], env=cli_env, capture_output=True, text=True,
-                       timeout=180)  # fmt: skip
-    subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force", "mmap"],
-                   env=cli_env, capture_output=True)  # fmt: skip
+    r = run_once(cli_env, b, "mmap")
     assert (r.returncode, r.stdout) == (0, "ok\nok\n"), r.stdout + r.stderr
     assert (vol / "vol.bin").read_bytes().startswith(b"mapped\0")
     assert (b / "rootfs/rootfs.bin").read_bytes().startswith(b"mapped\0")
@@ -358,11 +352,7 @@ def test_block_device_volumes_rw_and_ro(tmp_path: Path, cli_env: dict[str, str])
     ]  # fmt: skip
     (b / "config.json").write_text(json.dumps(spec))
     try:
-        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-b", str(b),
-                            "vols"], env=cli_env, capture_output=True, text=True,
-                           timeout=180)  # fmt: skip
-        subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "delete", "--force",
-                        "vols"], env=cli_env, capture_output=True)  # fmt: skip
+        r = run_once(cli_env, b, "vols")
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
     assert r.returncode == 0, r.stderr
