@@ -214,7 +214,7 @@ def destroy(config: RunvmConfig) -> bool:
     directory = factory_dir(config)
     if not directory.exists():
         return False
-    while _is_mountpoint(directory):
+    while mounts.is_mountpoint(str(directory.resolve())):
         try:
             mounts.umount(str(directory))
         except OSError as exc:
@@ -222,12 +222,6 @@ def destroy(config: RunvmConfig) -> bool:
     with contextlib.suppress(OSError):
         shutil.rmtree(directory)
     return True
-
-
-def _is_mountpoint(path: Path) -> bool:
-    target = str(path.resolve())
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def status(config: RunvmConfig) -> dict[str, Any]:
