@@ -17,6 +17,7 @@ what a sandbox would boot is refused, and the sandbox boots cold (and logs why).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,6 @@ async def usable(config: RunvmConfig, files: GuestFiles, accel: AccelReport) -> 
 
 def clone_spec(tpl: Template, spec: VMSpec) -> VMSpec:
     """``spec`` (channel + 9p share only) turned into a clone of ``tpl``."""
-    from dataclasses import replace
-
     return replace(spec, memory_path=tpl.memory, memory_shared=False, incoming=True)
 
 
@@ -185,7 +184,7 @@ async def _make(
         agent = await connect_agent(channel, hv.boot_timeout, config.agent.timeout, vm.wait)
         details = await agent.guest_details()
         await agent.close()
-        await _settle()  # the agent notices the host left and waits for the next one
+        await asyncio.sleep(1.0)  # the agent notices the host left and waits for the next one
         await vm.save_state(tpl.state)
     finally:
         await vm.stop()
@@ -200,12 +199,6 @@ async def _make(
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
     log.info("factory: template saved in %s (%s)", directory, accel.sentence())
     return Template(directory, meta)
-
-
-async def _settle() -> None:
-    import asyncio
-
-    await asyncio.sleep(1.0)
 
 
 def destroy(config: RunvmConfig) -> bool:
