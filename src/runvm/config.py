@@ -31,6 +31,7 @@ class HypervisorConfig:
     kernel_params: str = ""  # appended to the guest kernel command line
     boot_timeout: float = 90.0  # seconds from QEMU start until the agent must answer
     console_log_max_kib: int = 512  # per-sandbox console log cap (two files of this size)
+    seccomp: bool = True  # run QEMU under its seccomp sandbox (-sandbox on,...=deny)
 
 
 @dataclass(frozen=True)

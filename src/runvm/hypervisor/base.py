@@ -109,6 +109,7 @@ class VMSpec:
     memory_path: Path | None = None
     memory_shared: bool = True
     incoming: bool = False  # wait for a saved state (``-incoming defer``) instead of booting
+    seccomp: bool = True  # QEMU's own seccomp filter (``-sandbox``, see argv.SECCOMP)
 
 
 class VM(Protocol):

@@ -169,7 +169,7 @@ class Sandbox:
                 machine=sandbox.machine, kernel_params=tuple(params),
                 devices=(channel, *devices),
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
-                console_log_max_kib=hv_cfg.console_log_max_kib,
+                console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
             )  # fmt: skip
             if tpl is not None:

@@ -177,6 +177,7 @@ async def _make(
         kernel_params=(*PARAMS, *hv.kernel_params.split()),
         devices=(channel, NinePSpec(tag=TAG, path=empty)), tcg_tb_size_mib=hv.tcg_tb_size_mib,
         console_log_max_kib=hv.console_log_max_kib, memory_path=tpl.memory, memory_shared=True,
+        seccomp=hv.seccomp,
     )  # fmt: skip
     started = time.monotonic()
     vm = await hypervisor.launch(spec)
