@@ -100,15 +100,29 @@ def test_status_codes() -> None:
     run(test)
 
 
-def test_response_for_unknown_stream_is_dropped_and_counted() -> None:
+@pytest.mark.parametrize("stray", [99, 2])
+def test_response_to_no_request_breaks_the_connection(stray: int) -> None:
+    async def test(client: Client, peer: Peer) -> None:
+        call = asyncio.create_task(client.call("s", "m", b""))
+        await next_request(peer)
+        await respond(peer, stray, b"stray")
+        with pytest.raises(ProtocolError, match=f"stream {stray}, which has no request"):
+            await call
+        assert client.closed and client.dropped == 0
+        assert isinstance(client.error, ProtocolError)
+
+    run(test)
+
+
+def test_a_second_answer_breaks_the_connection() -> None:
     async def test(client: Client, peer: Peer) -> None:
         call = asyncio.create_task(client.call("s", "m", b""))
         stream_id, _ = await next_request(peer)
-        await respond(peer, 99, b"stray")
-        await respond(peer, 2, b"even")
         await respond(peer, stream_id, b"mine")
         assert await call == b"mine"
-        assert client.dropped == 2 and not client.closed
+        await respond(peer, stream_id, b"again")
+        await asyncio.wait_for(client.wait_closed(), 2)
+        assert "no request outstanding" in str(client.error)
 
     run(test)
 

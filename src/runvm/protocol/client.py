@@ -3,7 +3,8 @@
 Contract: every method sends one request and returns the decoded response message.
 A deadline that passes raises :class:`AgentTimeout`; a lost or broken connection raises
 :class:`AgentError`; a non-OK status raises :class:`RpcError` with the agent's code.
-Responses are parsed from untrusted bytes; a payload that does not decode is an AgentError.
+Responses are parsed from untrusted bytes; a payload that does not decode is an AgentError
+and breaks the connection (every later call fails too).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class AgentClient:
         try:
             response.ParseFromString(raw)
         except DecodeError as exc:
+            # An agent whose answers do not parse is broken or hostile: drop the link.
+            self.conn.fail(ProtocolError(f"undecodable {method} response from the agent"))
             raise AgentError(f"agent sent an undecodable {method} response") from exc
         return response
 

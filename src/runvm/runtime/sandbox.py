@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
@@ -245,14 +245,30 @@ class Sandbox:
             events.close()
 
     async def _watch_helpers(self) -> None:
-        """A helper that dies takes the VM down with it: the guest's files would hang."""
-        if self.virtiofsd is None or self.vm is None:
+        """A helper that dies, or an agent link that breaks (EOF, garbage, an answer to no
+        request, a stalled frame), takes the VM down with it and records why in ``failure``."""
+        if self.vm is None or self.agent is None:
             return
-        code = await self.virtiofsd.wait()
-        if not self._stopped:
-            self.failure = f"virtiofsd exited (status {code}); the VM was stopped"
-            log.error("sandbox %s: %s", self.id, self.failure)
-            await self.vm.stop()
+        agent = self.agent
+        watched: dict[asyncio.Future[Any], str] = {
+            asyncio.ensure_future(agent.conn.wait_closed()): "agent"
+        }
+        if self.virtiofsd is not None:
+            watched[asyncio.ensure_future(self.virtiofsd.wait())] = "virtiofsd"
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in watched:
+                future.cancel()
+        if self._stopped:
+            return
+        first = done.pop()
+        if watched[first] == "virtiofsd":
+            self.failure = f"virtiofsd exited (status {first.result()}); the VM was stopped"
+        else:
+            self.failure = f"the agent link broke ({agent.conn.error}); the VM was stopped"
+        log.error("sandbox %s: %s", self.id, self.failure)
+        await self.vm.stop()
 
     def _shared_dir(self) -> SharedDir:
         shared = SharedDir(self.run_dir / "shared")

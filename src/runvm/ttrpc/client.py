@@ -22,14 +22,21 @@ from runvm.ttrpc.status import Code
 from runvm.ttrpc.ttrpc_pb2 import KeyValue, Request, Response
 
 _MAX_STREAM_ID = 0xFFFF_FFFF
+FRAME_TIMEOUT = 30.0
+"""Seconds a frame may take from its first byte to its last (see ``read_frame``)."""
+ABANDONED_MAX = 1024
+"""Calls given up on (timeout, cancellation) whose late answer is still accepted, then dropped."""
 
 
 class Client:
     """A ttrpc client over an established stream pair; construct it inside a running loop.
 
     Stream ids are odd, from 1 in steps of 2. Responses are matched by stream id only, so
-    they may come back in any order. ``dropped`` counts well-formed responses for stream ids
-    that are not pending (never used, or forgotten after a timeout or cancellation).
+    they may come back in any order. A call given up on (timeout, cancellation) may still
+    get its one late answer, which is dropped and counted in ``dropped``; any other response
+    (a stream never used, a second answer) is a protocol error that closes the connection.
+    A frame must be complete within ``frame_timeout`` seconds of its first byte (default
+    :data:`FRAME_TIMEOUT`, read when the client is made).
     """
 
     def __init__(
@@ -38,11 +45,14 @@ class Client:
         writer: asyncio.StreamWriter,
         *,
         max_message: int = MAX_MESSAGE,
+        frame_timeout: float | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.max_message = max_message
+        self.frame_timeout = FRAME_TIMEOUT if frame_timeout is None else frame_timeout
         self.dropped = 0
+        self._abandoned: dict[int, None] = {}  # insertion-ordered: the oldest goes first
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._write_lock = asyncio.Lock()
@@ -56,6 +66,11 @@ class Client:
         """Connect to a ttrpc server on a unix socket; ``kw`` go to the constructor."""
         reader, writer = await asyncio.open_unix_connection(path)
         return cls(reader, writer, **kw)
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the connection ended (None while it is open)."""
+        return self._error
 
     @property
     def closed(self) -> bool:
@@ -105,11 +120,24 @@ class Client:
             del self._pending[stream_id]
             if not future.done():
                 future.cancel()
-            elif not future.cancelled():
+            if future.cancelled():  # given up on: its answer may still come, once
+                self._abandon(stream_id)
+            else:
                 future.exception()  # an outcome that lost the race to a timeout: mark it seen
         if response.HasField("status") and response.status.code != Code.OK:
             raise RpcError(response.status.code, response.status.message)
         return response.payload
+
+    def _abandon(self, stream_id: int) -> None:
+        self._abandoned[stream_id] = None
+        if len(self._abandoned) > ABANDONED_MAX:
+            del self._abandoned[next(iter(self._abandoned))]
+
+    def fail(self, error: ProtocolError) -> None:
+        """Break the connection because of ``error`` (a peer whose answer made no sense):
+        pending and later calls fail with it, and it becomes :attr:`error`."""
+        self._shutdown(error)
+        self._reader_task.cancel()
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionError. Idempotent."""
@@ -152,7 +180,7 @@ class Client:
         error: BaseException = ConnectionError("client closed")
         try:
             while True:
-                frame = await read_frame(self._reader, self.max_message)
+                frame = await read_frame(self._reader, self.max_message, self.frame_timeout)
                 if frame is None:
                     error = ConnectionError("connection closed by peer")
                     return
@@ -174,10 +202,15 @@ class Client:
                 f"ttrpc: malformed response on stream {frame.stream_id}: {exc}"
             ) from exc
         future = self._pending.get(frame.stream_id)
-        if future is None or future.done():
+        if future is not None and not future.done():
+            future.set_result(response)
+        elif frame.stream_id in self._abandoned:
+            del self._abandoned[frame.stream_id]
             self.dropped += 1
-            return
-        future.set_result(response)
+        else:
+            raise ProtocolError(
+                f"ttrpc: response on stream {frame.stream_id}, which has no request outstanding"
+            )
 
     def _shutdown(self, error: BaseException) -> None:
         """Mark the connection dead, fail every pending call, close the transport."""

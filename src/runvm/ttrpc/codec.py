@@ -169,16 +169,38 @@ async def discard(reader: asyncio.StreamReader, n: int) -> None:
         n -= len(chunk)
 
 
-async def read_frame(reader: asyncio.StreamReader, max_message: int = MAX_MESSAGE) -> Frame | None:
+async def read_frame(
+    reader: asyncio.StreamReader,
+    max_message: int = MAX_MESSAGE,
+    stall_timeout: float | None = None,
+) -> Frame | None:
     """Read one frame: None on clean EOF at a frame boundary, ProtocolError on EOF mid-frame.
 
     An announced length above ``max_message`` raises :class:`FrameTooLarge` without reading
-    the data; the caller must then :func:`discard` it or drop the connection.
+    the data; the caller must then :func:`discard` it or drop the connection. With
+    ``stall_timeout``, a frame whose first byte has arrived must be complete within that
+    many seconds, else ProtocolError (a peer dripping or withholding the rest).
     """
-    header = await read_header(reader)
-    if header is None:
+    if stall_timeout is None:
+        header = await read_header(reader)
+        if header is None:
+            return None
+        if header.length > max_message:
+            raise FrameTooLarge(header.length, max_message)
+        data = await read_exactly(reader, header.length)
+        return Frame(header.stream_id, header.type, header.flags, data)
+    first = await reader.read(1)
+    if not first:
         return None
-    if header.length > max_message:
-        raise FrameTooLarge(header.length, max_message)
-    data = await read_exactly(reader, header.length)
+    try:
+        async with asyncio.timeout(stall_timeout):
+            raw = first + await read_exactly(reader, HEADER_SIZE - 1)
+            header = decode_header(raw)
+            if header.length > max_message:
+                raise FrameTooLarge(header.length, max_message)
+            data = await read_exactly(reader, header.length)
+    except TimeoutError:
+        raise ProtocolError(
+            f"ttrpc: frame stalled: incomplete {stall_timeout:g} s after its first byte"
+        ) from None
     return Frame(header.stream_id, header.type, header.flags, data)
