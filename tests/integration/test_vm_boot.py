@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from guestvariant import variant
 
 from runvm import config as cfg
 from runvm import image
 from runvm.errors import AgentError, AgentTimeout, VersionMismatch
 from runvm.protocol import agent_pb2 as pb
-from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
@@ -26,14 +26,6 @@ T = TypeVar("T")
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(coro_fn())  # type: ignore[arg-type]
-
-
-def variant(tmp_path: Path, files: dict[str, bytes]) -> GuestFiles:
-    """The built image with some initramfs files replaced."""
-    info = image.current(variant=cfg.RunvmConfig().image.variant)
-    out = tmp_path / "variant.img"
-    image.append_files(Path(info.initrd), files, out)
-    return GuestFiles(Path(info.kernel), out)
 
 
 def with_timeout(config: cfg.RunvmConfig, seconds: float) -> cfg.RunvmConfig:
