@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runvm import files
 from runvm.errors import LaunchError
 
 _PR_SET_PDEATHSIG = 1
@@ -58,6 +59,7 @@ class ChildSpec:
     cwd: Path | None = None
     die_with_parent: bool = True
     new_session: bool = True
+    umask: int = 0o077  # what a helper creates is its owner's alone; -1 keeps the caller's
     stdin_devnull: bool = True
     stdin_fd: int | None = None  # takes precedence over stdin_devnull
     executable: str | None = None  # program to run when argv[0] is only its name (execv)
@@ -73,7 +75,7 @@ class Child:
 
     @classmethod
     async def launch(cls, spec: ChildSpec) -> Child:
-        log = spec.log_path.open("ab") if spec.log_path else None
+        log = files.open_append(spec.log_path) if spec.log_path else None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
@@ -87,6 +89,7 @@ class Child:
                 env=dict(spec.env) if spec.env is not None else None,
                 cwd=spec.cwd,
                 start_new_session=spec.new_session,
+                umask=spec.umask,
                 preexec_fn=_die_with_parent if spec.die_with_parent else None,
             )
         except OSError as exc:

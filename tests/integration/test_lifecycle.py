@@ -371,3 +371,23 @@ def test_unwritable_pid_file_undoes_the_container(cli: Cli) -> None:
     assert code == 1 and "pid file /nonexistent/dir/pid" in err and "Traceback" not in err
     cli.fails("state", "c-pidfail", expect=NOT_FOUND)
     assert not qemu_of("c-pidfail")
+
+
+def test_state_is_private_to_root(cli: Cli, state_root: Path) -> None:
+    """Sockets, logs and state files are 0600 in 0700 directories (or at most traversable:
+    0711); nothing under the runtime roots is writable or readable by others."""
+    b = bundle(cli.tmp, "sleep 30")
+    cli.create(b, "c-private")
+    try:
+        loose = []
+        for top in (cli.root, state_root):
+            for path in [top, *top.rglob("*")]:
+                if "shared" in path.relative_to(top).parts[:-1]:
+                    continue  # the container's own files, shared into the guest as they are
+                mode = path.lstat().st_mode
+                private = 0o711 if path.is_dir() else 0o700
+                if mode & 0o777 & ~private:
+                    loose.append(f"{oct(mode & 0o777)} {path}")
+        assert not loose, loose
+    finally:
+        cli("delete", "--force", "c-private")

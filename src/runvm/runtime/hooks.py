@@ -72,7 +72,7 @@ async def _run_one(kind: str, hook: Mapping[str, Any], state: bytes, log_path: P
     try:
         child = await Child.launch(ChildSpec(
             name=f"{kind} hook {hook['path']}", argv=argv, log_path=log_path, env=env,
-            stdin_fd=read_end, die_with_parent=True, executable=hook["path"],
+            stdin_fd=read_end, die_with_parent=True, executable=hook["path"], umask=-1,
         ))  # fmt: skip
     finally:
         os.close(read_end)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runvm import files
 from runvm.errors import ConfigError, NotFoundError, StateError
 
 OCI_VERSION = "1.0.2"
@@ -148,11 +149,9 @@ class StateStore:
 
     def save(self, state: ContainerState) -> None:
         directory = self.dir(state.id)
-        tmp = directory / f".state.{os.getpid()}.tmp"
         data = asdict(state)
         data["status"] = state.status.value
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, directory / "state.json")
+        files.write_atomic(directory / "state.json", json.dumps(data).encode())
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -69,8 +70,10 @@ class Server:
         self._services[service] = dict(methods)
 
     async def serve_unix(self, path: str) -> asyncio.AbstractServer:
-        """Listen on a unix socket at ``path``; :meth:`close` also closes the listener."""
+        """Listen on a unix socket at ``path``, mode 0600; :meth:`close` also closes the
+        listener."""
         listener = await asyncio.start_unix_server(self.serve_connection, path=path)
+        os.chmod(path, 0o600)
         self._listeners.append(listener)
         return listener
 

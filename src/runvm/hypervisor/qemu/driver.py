@@ -19,6 +19,7 @@ from pathlib import Path
 
 from qemu.qmp import QMPClient
 
+from runvm import files
 from runvm.errors import HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
@@ -39,14 +40,14 @@ class ConsoleLog:
     def __init__(self, path: Path, cap: int) -> None:
         self.path = path
         self.cap = cap
-        self._file = path.open("ab")
+        self._file = files.open_append(path)
         self._size = self._file.tell()
 
     def write(self, data: bytes) -> None:
         if self._size + len(data) > self.cap:
             self._file.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._file = self.path.open("ab")
+            self._file = files.open_append(self.path)
             self._size = 0
             data = data[-self.cap :]
         self._file.write(data)

@@ -1,0 +1,29 @@
+"""Files the runtime keeps for itself: created 0600 whatever the umask (they hold state,
+logs and guest output, which other local users must not read)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+PRIVATE = 0o600
+
+
+def open_append(path: Path) -> BinaryIO:
+    """Open ``path`` for appending, creating it 0600 (an existing file keeps its mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
+    return os.fdopen(fd, "ab")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step (a temporary file renamed over it), 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
