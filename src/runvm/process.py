@@ -63,6 +63,10 @@ class ChildSpec:
     stdin_devnull: bool = True
     stdin_fd: int | None = None  # takes precedence over stdin_devnull
     executable: str | None = None  # program to run when argv[0] is only its name (execv)
+    # Run as this uid/gid with these supplementary groups instead of the caller's (None: keep)
+    user: int | None = None
+    group: int | None = None
+    extra_groups: Sequence[int] | None = None
 
 
 @dataclass
@@ -90,6 +94,9 @@ class Child:
                 cwd=spec.cwd,
                 start_new_session=spec.new_session,
                 umask=spec.umask,
+                user=spec.user,
+                group=spec.group,
+                extra_groups=spec.extra_groups,
                 preexec_fn=_die_with_parent if spec.die_with_parent else None,
             )
         except OSError as exc:

@@ -110,6 +110,13 @@ class VMSpec:
     memory_shared: bool = True
     incoming: bool = False  # wait for a saved state (``-incoming defer``) instead of booting
     seccomp: bool = True  # QEMU's own seccomp filter (``-sandbox``, see argv.SECCOMP)
+    # Unprivileged user QEMU runs as ("" = the caller). Its sockets then live in
+    # ``socket_dir``, the one directory that user owns; logs stay in ``run_dir``.
+    user: str = ""
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.run_dir / "qemu" if self.user else self.run_dir
 
 
 class VM(Protocol):

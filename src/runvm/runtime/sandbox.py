@@ -25,7 +25,12 @@ from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
 from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, NinePSpec, VirtioFsSpec, VMSpec
-from runvm.hypervisor.qemu.driver import QemuHypervisor, QemuVM, machine_capabilities
+from runvm.hypervisor.qemu.driver import (
+    QemuHypervisor,
+    QemuVM,
+    machine_capabilities,
+    unprivileged_user,
+)
 from runvm.ksm import server as ksm
 from runvm.network import netlink
 from runvm.network.plug import PodNetwork
@@ -114,11 +119,19 @@ class Sandbox:
                 'cloud kernel has none: set image.variant = "minimal"'
             )
         hv_cfg = config.hypervisor
+        if hv_cfg.user:
+            unprivileged_user(hv_cfg.user)
+            if config.storage.shared_fs == "9p" or config.factory.enable:
+                raise ConfigError(
+                    "hypervisor.user: QEMU runs as root with 9p sharing or templates "
+                    "(factory.enable); use virtio-fs and no templates"
+                )
         steps = Steps()
         async with steps:
             files = options.guest_files or resolve_guest_files(config)
             run_dir = Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
-            await steps.run("run-dir", _make_run_dir(run_dir), lambda: _remove_dir(run_dir))
+            await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
+                            lambda: _remove_dir(run_dir))  # fmt: skip
             sandbox = cls(sandbox_id, config, run_dir, steps)
             if options.needs_hotplug and not machine_capabilities(sandbox.machine).hotplug_blk:
                 log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
@@ -157,7 +170,9 @@ class Sandbox:
             kind = template.CHANNEL if tpl else channel_kind(config.agent.channel)
             channel = AgentChannelSpec(
                 kind=kind,
-                socket_path=run_dir / "agent.sock" if kind == "virtio-serial" else None,
+                socket_path=(run_dir / "qemu" if hv_cfg.user else run_dir) / "agent.sock"
+                if kind == "virtio-serial"
+                else None,
                 guest_cid=_guest_cid(sandbox_id) if kind == "vsock" else 0,
             )
             params = [f"runvm.channel={kind}", *options.extra_kernel_params]
@@ -170,6 +185,7 @@ class Sandbox:
                 devices=(channel, *devices),
                 tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
                 console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
+                user=hv_cfg.user,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
             )  # fmt: skip
             if tpl is not None:
@@ -288,6 +304,9 @@ class Sandbox:
         child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log",
                                       self.config.storage.virtiofs_cache)  # fmt: skip
         self.steps.add_undo("virtiofsd", child.stop)
+        if self.config.hypervisor.user:  # QEMU, running as that user, connects to it
+            account = unprivileged_user(self.config.hypervisor.user)
+            os.chown(sock, account.pw_uid, account.pw_gid)
         self.virtiofsd = child
         return VirtioFsSpec(tag=TAG, socket_path=sock)
 
@@ -335,12 +354,17 @@ def _guest_cid(sandbox_id: str) -> int:
     return 3 + (int.from_bytes(sandbox_id.encode()[-8:].rjust(8, b"\0"), "big") % (2**31 - 4))
 
 
-async def _make_run_dir(path: Path) -> None:
+async def _make_run_dir(path: Path, traversable: bool) -> None:
+    """Make the sandbox's run directory, 0700; ``traversable``: it and the two above it are
+    0711, so that an unprivileged QEMU reaches its own socket directory inside."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
         raise ConfigError(f"sandbox {path.name} already exists ({path})") from None
+    if traversable:
+        for directory in (path, path.parent, path.parent.parent):
+            directory.chmod(0o711)
 
 
 async def _remove_dir(path: Path) -> None:

@@ -31,11 +31,11 @@ HOTPLUG_PORTS = 4
 
 
 def qmp_socket(spec: VMSpec) -> Path:
-    return spec.run_dir / "qmp.sock"
+    return spec.socket_dir / "qmp.sock"
 
 
 def console_socket(spec: VMSpec) -> Path:
-    return spec.run_dir / "console.sock"
+    return spec.socket_dir / "console.sock"
 
 
 def kernel_cmdline(spec: VMSpec) -> str:

@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 
 from runvm import files
-from runvm.errors import HypervisorError, LaunchError
+from runvm.errors import ConfigError, HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
 from runvm.process import Child, ChildSpec, read_tail
@@ -32,6 +34,8 @@ logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 MIGRATE_TIMEOUT = 30.0
 QMP_READY_TIMEOUT = 15.0
 QUIT_GRACE = 3.0
+
+KVM_DEVICE = "/dev/kvm"
 
 
 class ConsoleLog:
@@ -297,6 +301,29 @@ def inherited_fds(spec: VMSpec) -> tuple[int, ...]:
     return tuple(fd for nic in nics for fd in (*nic.fds, *nic.vhost_fds))
 
 
+def credentials(spec: VMSpec) -> dict[str, Any]:
+    """ChildSpec fields that run QEMU as ``spec.user``, whose socket directory is made here
+    (owned by that user, 0700); nothing for root. ConfigError for an unknown user."""
+    if not spec.user:
+        return {}
+    account = unprivileged_user(spec.user)
+    spec.socket_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(spec.socket_dir, account.pw_uid, account.pw_gid)
+    groups = [os.stat(KVM_DEVICE).st_gid] if os.path.exists(KVM_DEVICE) else []
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": groups}
+
+
+def unprivileged_user(name: str) -> pwd.struct_passwd:
+    """The account ``name``; ConfigError if it does not exist or is root."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"hypervisor.user: no user {name!r} on this host") from None
+    if account.pw_uid == 0:
+        raise ConfigError(f"hypervisor.user: {name!r} is root; leave it empty for root")
+    return account
+
+
 def machine_capabilities(machine: str) -> Capabilities:
     """What QEMU offers on ``machine``: microvm has no PCI bus, so no device hot-plug."""
     hotplug = machine != "microvm"
@@ -326,7 +353,13 @@ class QemuHypervisor:
                 raise LaunchError(f"guest file {path} does not exist", argv, None)
         log_path = spec.run_dir / "qemu.log"
         child = await Child.launch(
-            ChildSpec(name="qemu", argv=argv, log_path=log_path, pass_fds=inherited_fds(spec))
+            ChildSpec(
+                name="qemu",
+                argv=argv,
+                log_path=log_path,
+                pass_fds=inherited_fds(spec),
+                **credentials(spec),
+            )
         )
         qmp = QMPClient(f"runvm-{spec.name}")
 
