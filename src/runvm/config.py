@@ -137,7 +137,9 @@ def _section(cls: type[Any], name: str, raw: Any) -> Any:
             raise ConfigError(f"config: {name}.{key} must be {want.__name__}, got {value!r}")
         choices = _CHOICES.get((name, key))
         if choices and value not in choices:
-            raise ConfigError(f"config: {name}.{key} must be one of {', '.join(choices)}")
+            raise ConfigError(
+                f"config: {name}.{key} = {value!r}: must be one of {', '.join(choices)}"
+            )
         bounds = _RANGES.get((name, key))
         if bounds and not bounds[0] <= value <= bounds[1]:
             raise ConfigError(f"config: {name}.{key}={value} is outside {bounds[0]}..{bounds[1]}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from runvm.cli import common, through
 from runvm.errors import RunvmError
+from runvm.oci.resources import check_resources
 
 FLAGS = {  # flag -> (section, key)
     "memory": ("memory", "limit"),
@@ -53,6 +54,7 @@ def resources(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             doc.setdefault(section, {})[key] = value
+    check_resources(doc, "resources")
     return doc
 
 

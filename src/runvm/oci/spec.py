@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runvm.errors import ConfigError
+from runvm.oci.resources import check_capabilities, check_resources
 
 MAX_SPEC_BYTES = 4 << 20
 MAX_ARGS = 4096
@@ -101,7 +102,9 @@ def check_process(proc: Any, where: str) -> dict[str, Any]:
                 raise _fail(f"{where}.user.{key}", "out of range")
         _type(user, "additionalGids", list, f"{where}.user")
     _type(proc, "rlimits", list, where)
-    _type(proc, "capabilities", dict, where)
+    caps = _type(proc, "capabilities", dict, where)
+    if caps is not None:
+        check_capabilities(caps, f"{where}.capabilities")
     _type(proc, "noNewPrivileges", bool, where)
     return proc
 
@@ -125,6 +128,8 @@ def parse_spec(data: bytes, name: str = "config.json") -> Spec:
         dest = _type(mount, "destination", str, where, required=True)
         if not dest.startswith("/"):
             raise _fail(f"{where}.destination", f"{dest!r} must be an absolute path")
+        if ".." in dest.split("/"):
+            raise _fail(f"{where}.destination", f"{dest!r}: '..' is not allowed")
         _type(mount, "type", str, where)
         _type(mount, "source", str, where)
         _strings(mount, "options", where)
@@ -133,7 +138,9 @@ def parse_spec(data: bytes, name: str = "config.json") -> Spec:
         for i, ns in enumerate(_type(linux, "namespaces", list, f"{name}.linux") or []):
             if not isinstance(ns, dict) or not isinstance(ns.get("type"), str):
                 raise _fail(f"{name}.linux.namespaces[{i}]", "needs a string type")
-        _type(linux, "resources", dict, f"{name}.linux")
+        resources = _type(linux, "resources", dict, f"{name}.linux")
+        if resources is not None:
+            check_resources(resources, f"{name}.linux.resources")
         _type(linux, "seccomp", dict, f"{name}.linux")
         _strings(linux, "maskedPaths", f"{name}.linux")
         _strings(linux, "readonlyPaths", f"{name}.linux")

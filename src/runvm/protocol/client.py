@@ -10,7 +10,7 @@ and breaks the connection (every later call fails too).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -57,11 +57,14 @@ class AgentClient:
         response = response_type()
         try:
             response.ParseFromString(raw)
-        except DecodeError as exc:
-            # An agent whose answers do not parse is broken or hostile: drop the link.
-            self.conn.fail(ProtocolError(f"undecodable {method} response from the agent"))
-            raise AgentError(f"agent sent an undecodable {method} response") from exc
+        except DecodeError:
+            self._reject(f"undecodable {method} response")
         return response
+
+    def _reject(self, what: str) -> NoReturn:
+        """An answer that makes no sense: the agent is broken or hostile, drop the link."""
+        self.conn.fail(ProtocolError(f"agent: {what}"))
+        raise AgentError(f"agent sent a bad answer: {what}")
 
     def _agent(
         self, method: str, request: Message, rtype: type[M], timeout: float | bool | None = True
@@ -121,9 +124,13 @@ class AgentClient:
         await self._agent("SignalProcess", request, pb.Empty)
 
     async def wait_process(self, container_id: str, exec_id: str = "") -> pb.WaitProcessResponse:
-        """Block until the process exits (no deadline, like Kata's WaitProcess)."""
+        """Block until the process exits (no deadline, like Kata's WaitProcess). The status
+        is an exit code or 128+signal; one outside 0..255 breaks the link (AgentError)."""
         request = pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id)
-        return await self._agent("WaitProcess", request, pb.WaitProcessResponse, None)
+        reply = await self._agent("WaitProcess", request, pb.WaitProcessResponse, None)
+        if not 0 <= reply.status <= 255:
+            self._reject(f"WaitProcess status {reply.status} is outside 0..255")
+        return reply
 
     # --- stdio ---------------------------------------------------------------------------------
     async def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:

@@ -12,7 +12,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_id(value: str, what: str = "sandbox") -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ConfigError(f"invalid {what} id {value!r}: use 1-128 letters, digits, '_', '.', '-'")
     return value
 

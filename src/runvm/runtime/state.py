@@ -26,6 +26,7 @@ from typing import Any
 
 from runvm import files
 from runvm.errors import ConfigError, NotFoundError, StateError
+from runvm.runtime.names import check_id
 
 OCI_VERSION = "1.0.2"
 
@@ -131,7 +132,8 @@ class StateStore:
         self.root = root
 
     def dir(self, container_id: str) -> Path:
-        return self.root / container_id
+        """The container's directory; ConfigError for an id that is not a plain name."""
+        return self.root / check_id(container_id, "container")
 
     def exists(self, container_id: str) -> bool:
         return (self.dir(container_id) / "state.json").exists()

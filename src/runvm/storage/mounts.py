@@ -84,7 +84,7 @@ def mount_spec(kind: str, source: str, target: str, options: list[str]) -> None:
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64
 _AT_FDCWD = -100
 _OPEN_TREE_CLONE, _AT_RECURSIVE, _AT_EMPTY_PATH = 0x1, 0x8000, 0x1000
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 _MOUNT_ATTR_RDONLY = 0x1
 
 
@@ -95,13 +95,14 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
-def bind_readonly(source: str, target: str) -> None:
+def bind_readonly(source: str, target: str | int) -> None:
     """Bind ``source`` (recursively) on ``target`` read-only from the first moment.
 
     A bind made writable and remounted read-only afterwards is read-only only in this mount
     namespace: copies already propagated to peers (virtiofsd's namespace) stay writable.
     Here the copy is made detached, set read-only (with its submounts), then attached, so
-    every propagated copy is read-only too.
+    every propagated copy is read-only too. ``target`` is a path, or a descriptor of the
+    mount point (O_PATH is enough).
     """
     fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(),
                               _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE),
@@ -110,7 +111,11 @@ def bind_readonly(source: str, target: str) -> None:
         attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
         _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
                              attr, len(attr)), f"mount_setattr {source}")  # fmt: skip
-        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, target.encode(),
-                             _MOVE_MOUNT_F_EMPTY_PATH), f"move_mount {target}")  # fmt: skip
+        if isinstance(target, int):
+            to_fd, to_path, flags = target, b"", _MOVE_MOUNT_T_EMPTY_PATH
+        else:
+            to_fd, to_path, flags = _AT_FDCWD, target.encode(), 0
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", to_fd, to_path,
+                             _MOVE_MOUNT_F_EMPTY_PATH | flags), f"move_mount {target}")  # fmt: skip
     finally:
         os.close(fd)

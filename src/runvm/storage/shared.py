@@ -13,6 +13,7 @@ left and removes the directory, and is idempotent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -48,24 +49,26 @@ class SharedDir:
         """Bind ``rootfs`` at ``<cid>/rootfs``; returns the host path of the share."""
         if not rootfs.is_dir():
             raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
-        target = self.path / container_id / "rootfs"
-        target.mkdir(parents=True)
-        _bind(rootfs, target, readonly)
-        return target
+        with contextlib.ExitStack() as fds:
+            base = _mkdir_at(fds, _open_dir(fds, str(self.path)), container_id, exist_ok=True)
+            leaf = _mkdir_at(fds, base, "rootfs", exist_ok=False)
+            _bind(rootfs, leaf, readonly)
+        return self.path / container_id / "rootfs"
 
     def add_bind(self, container_id: str, index: int, source: Path, readonly: bool = False) -> Path:
         """Bind a file or directory at ``<cid>/mounts/<index>``; ``readonly`` makes the host
         side of the share read-only, so a guest that remounts it read-write gains nothing."""
         if not source.exists():
             raise ConfigError(f"bind mount source {source} does not exist")
-        target = self.path / container_id / "mounts" / str(index)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            target.mkdir()
-        else:
-            target.touch()
-        _bind(source, target, readonly)
-        return target
+        with contextlib.ExitStack() as fds:
+            base = _mkdir_at(fds, _open_dir(fds, str(self.path)), container_id, exist_ok=True)
+            parent = _mkdir_at(fds, base, "mounts", exist_ok=True)
+            if source.is_dir():
+                leaf = _mkdir_at(fds, parent, str(index), exist_ok=False)
+            else:
+                leaf = _create_at(fds, parent, str(index))
+            _bind(source, leaf, readonly)
+        return self.path / container_id / "mounts" / str(index)
 
     def remove_container(self, container_id: str) -> None:
         """Detach and remove everything shared for one container."""
@@ -86,13 +89,54 @@ class SharedDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _bind(source: Path, target: Path, readonly: bool) -> None:
-    """A recursive bind; a read-only one is read-only in every namespace it propagates to
-    (virtiofsd's included), with its submounts."""
+# The guest writes into this tree (through virtio-fs or 9p) and may plant symlinks or swap
+# directories at any moment: every step below works on file descriptors opened with
+# O_NOFOLLOW, and mounts go onto those descriptors, so nothing the host creates or mounts can
+# be redirected outside the shared directory.
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(fds: contextlib.ExitStack, name: str, parent: int | None = None) -> int:
+    try:
+        fd = os.open(name, _DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise ConfigError(
+            f"shared directory: {name} is not a directory (replaced from inside the guest?)"
+        ) from None
+    fds.callback(os.close, fd)
+    return fd
+
+
+def _mkdir_at(fds: contextlib.ExitStack, parent: int, name: str, exist_ok: bool) -> int:
+    """Make directory ``name`` in ``parent`` and return an O_PATH descriptor of it."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent)
+    except FileExistsError:
+        if not exist_ok:
+            raise ConfigError(f"shared directory: {name} already exists") from None
+    return _open_dir(fds, name, parent)
+
+
+def _create_at(fds: contextlib.ExitStack, parent: int, name: str) -> int:
+    """Create empty file ``name`` in ``parent`` (it must not exist); return its descriptor."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o644, dir_fd=parent)
+    except FileExistsError:
+        raise ConfigError(f"shared directory: {name} already exists") from None
+    fds.callback(os.close, fd)
+    return fd
+
+
+def _bind(source: Path, target: int, readonly: bool) -> None:
+    """A recursive bind onto the descriptor ``target``; a read-only one is read-only in every
+    namespace it propagates to (virtiofsd's included), with its submounts."""
     if readonly:
-        mounts.bind_readonly(str(source), str(target))
-    else:
-        mounts.mount(str(source), str(target), None, mounts.MS_BIND | mounts.MS_REC)
+        mounts.bind_readonly(str(source), target)
+    else:  # mount(2) follows /proc/self/fd/N to the very inode the descriptor holds
+        mounts.mount(str(source), f"/proc/self/fd/{target}", None, mounts.MS_BIND | mounts.MS_REC)
 
 
 def _mounts_under(base: Path) -> list[str]:

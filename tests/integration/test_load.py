@@ -1,0 +1,115 @@
+"""Load through the shim: PODS pods created, exec'd into and deleted concurrently, ROUNDS
+times, by a private containerd (real QEMU, real shims).
+
+Every operation must succeed (deadlines scale with the number of concurrent boots: these
+hosts have 2 cores and emulate the guest CPU); after every round nothing is left; the shims'
+open descriptors and memory, sampled while the pods run, do not grow from round to round.
+``RUNVM_LOAD_PODS`` and ``RUNVM_LOAD_ROUNDS`` change the size (defaults 20 and 5).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import add_config
+
+from runvm.image.ociarchive import busybox_archive
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+RUNTIME = "io.containerd.runvm.v2"
+IMAGE = "localhost/runvm/busybox:latest"
+PODS = int(os.environ.get("RUNVM_LOAD_PODS", "20"))
+ROUNDS = int(os.environ.get("RUNVM_LOAD_ROUNDS", "5"))
+DEADLINE = 60 + 12 * PODS  # seconds for one operation while PODS VMs boot on 2 cores
+
+
+def shims() -> dict[int, tuple[int, int]]:
+    """pid -> (open descriptors, RSS KiB) of every runvm shim process."""
+    out = subprocess.run(["pgrep", "-f", "containerd-shim-runvm-v2"], capture_output=True,
+                         text=True).stdout.split()  # fmt: skip
+    found = {}
+    for pid in map(int, out):
+        try:
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        found[pid] = (fds, rss)
+    return found
+
+
+def up(containerd: Any, name: str) -> str:
+    """Run a pod and exec into it; '' or what went wrong."""
+    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, name, "sleep", "900",
+                       timeout=DEADLINE)  # fmt: skip
+    if r.returncode:
+        return f"{name}: run: {r.stderr.decode()[-500:]}"
+    r = containerd.ctr("task", "exec", "--exec-id", "x", name, "sh", "-c", "echo $((6*7))",
+                       timeout=DEADLINE)  # fmt: skip
+    if r.returncode or r.stdout != b"42\n":
+        return f"{name}: exec: {r.returncode} {r.stdout!r} {r.stderr.decode()[-500:]}"
+    return ""
+
+
+def down(containerd: Any, name: str) -> str:
+    """Kill, delete the task and the container; '' or what went wrong."""
+    containerd.ctr("task", "kill", "-s", "SIGKILL", name, timeout=DEADLINE)
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        r = containerd.ctr("task", "delete", name, timeout=DEADLINE)
+        if r.returncode == 0 or b"not found" in r.stderr:
+            break
+        if time.monotonic() > deadline:
+            return f"{name}: task delete: {r.stderr.decode()[-500:]}"
+        time.sleep(0.5)
+    r = containerd.ctr("container", "delete", name, timeout=DEADLINE)
+    return f"{name}: container delete: {r.stderr.decode()[-500:]}" if r.returncode else ""
+
+
+def leftovers(state_root: Path) -> list[str]:
+    found = [str(p) for p in (state_root / "sandboxes").glob("*")]
+    for pattern in ("qemu-system", "virtiofsd", "containerd-shim-runvm-v2"):
+        pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+        found += [f"{pattern} {pid}" for pid in pids.split()]
+    return found
+
+
+def test_pods_under_load(containerd: Any, tmp_path: Path, state_root: Path) -> None:
+    add_config(Path(containerd.env["RUNVM_CONFIG"]),
+               f"[hypervisor]\nboot_timeout = {DEADLINE}\n")  # fmt: skip
+    archive = busybox_archive(tmp_path / "busybox.tar", IMAGE)
+    assert containerd.ctr("image", "import", str(archive)).returncode == 0
+    samples: list[tuple[float, float]] = []
+    with ThreadPoolExecutor(PODS) as pool:
+        for round_ in range(ROUNDS):
+            names = [f"load-{round_}-{i}" for i in range(PODS)]
+            started = time.monotonic()
+            problems = [p for p in pool.map(lambda n: up(containerd, n), names) if p]
+            ready = time.monotonic() - started
+            seen = shims()
+            problems += [p for p in pool.map(lambda n: down(containerd, n), names) if p]
+            assert not problems, f"round {round_}:\n" + "\n".join(problems)
+            assert len(seen) == PODS, f"round {round_}: {len(seen)} shims for {PODS} pods"
+            fds = statistics.mean(f for f, _ in seen.values())
+            rss = statistics.mean(r for _, r in seen.values())
+            samples.append((fds, rss))
+            print(f"round {round_}: {PODS} pods up and exec'd in {ready:.0f} s, "
+                  f"shim mean {fds:.1f} fds, {rss / 1024:.1f} MiB RSS, "
+                  f"all down in {time.monotonic() - started - ready:.0f} s")  # fmt: skip
+            deadline = time.monotonic() + 30
+            while leftovers(state_root) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not leftovers(state_root), f"round {round_}: {leftovers(state_root)}"
+    first_fds, first_rss = samples[0]
+    for fds, rss in samples[1:]:
+        assert fds <= first_fds + 1, samples
+        assert rss <= first_rss * 1.10, samples
