@@ -140,10 +140,10 @@ def test_helper_killed(tmp_path: Path, cli_env: dict[str, str], kind: str, stage
 
 
 @pytest.mark.parametrize("stage", ["running", "exec"])
-def test_agent_crash(cli: Cli, stage: str) -> None:
-    add_config(
-        Path(cli.env["RUNVM_CONFIG"]), '[hypervisor]\nkernel_params = "runvm.test_faults=1"\n'
-    )
+def test_agent_crash(tmp_path: Path, cli_env: dict[str, str], stage: str) -> None:
+    faults = '[hypervisor]\nkernel_params = "runvm.test_faults=1"\n'
+    add_config(Path(cli_env["RUNVM_CONFIG"]), faults)
+    cli = Cli(tmp_path, cli_env)
     with subreaper():
         fault_after(cli, "agent", f"f-agent-{stage}", stage)
 

@@ -68,9 +68,15 @@ def monitor_request(st: StateStore, container_id: str, method: str, request: Mes
 
 def clean_sandbox(state: ContainerState) -> None:
     """Remove what a dead monitor left: shared mounts and the sandbox run directory."""
-    if state.sandbox_dir and os.path.isdir(state.sandbox_dir):
-        SharedDir(Path(state.sandbox_dir) / "shared").teardown()
-        shutil.rmtree(state.sandbox_dir, ignore_errors=True)
+    if state.sandbox_dir:
+        clean_sandbox_dir(Path(state.sandbox_dir))
+
+
+def clean_sandbox_dir(path: Path) -> None:
+    """Detach the shared mounts under the sandbox run directory ``path``, then remove it."""
+    if path.is_dir():
+        SharedDir(path / "shared").teardown()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def reap_dead(st: StateStore) -> None:

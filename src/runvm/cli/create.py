@@ -19,6 +19,7 @@ from runvm.cli.monitor.server import MonitorArgs, monitor_main
 from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.runtime.container import Container
+from runvm.runtime.sandbox import sandbox_run_dir
 
 
 def add_create_flags(p: argparse.ArgumentParser) -> None:
@@ -61,6 +62,9 @@ def spawn_monitor(args: argparse.Namespace, foreground_tty: bool = False) -> int
         try:
             pid = fork_helper(lambda ready: monitor_main(margs, ready))
         except BaseException:
+            # A monitor killed half-way cannot undo its own work: its sandbox directory
+            # (mounts included) is removed here. QEMU and virtiofsd die with the monitor.
+            common.clean_sandbox_dir(sandbox_run_dir(margs.config, args.container_id))
             shutil.rmtree(directory, ignore_errors=True)
             raise
         if args.pid_file:

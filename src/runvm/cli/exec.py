@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import uuid
 from pathlib import Path
@@ -29,12 +30,15 @@ from runvm.cli.monitor.attach import (
 )  # fmt: skip
 from runvm.cli.run import wait_forwarding
 from runvm.cli.spawn import ReadyPipe, fork_helper
-from runvm.errors import RpcError, RunvmError
+from runvm.errors import AgentError, RpcError, RunvmError
 from runvm.oci import parse_process
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.state import Status
 from runvm.ttrpc import Client
+
+log = logging.getLogger(__name__)
+LOST_STATUS = 255  # as the monitor reports a container init it lost
 
 
 def add_parser(sub: Any) -> None:
@@ -128,7 +132,11 @@ class _ExecHelper:
                 loop.add_signal_handler(signum, self._signal, agent, signum)
             loop.add_signal_handler(signal.SIGWINCH, lambda: self._later(io.resize()))
             ready.ok()
-            status = (await agent.wait_process(self.cid, self.eid)).status
+            try:
+                status = (await agent.wait_process(self.cid, self.eid)).status
+            except (RpcError, AgentError) as exc:  # the VM (or its monitor) went away
+                log.error("lost the process: the container's VM stopped (%s)", exc)
+                return LOST_STATUS
             await io.drain(DRAIN_TIMEOUT)
             return status
         finally:

@@ -129,7 +129,7 @@ class Sandbox:
         steps = Steps()
         async with steps:
             files = options.guest_files or resolve_guest_files(config)
-            run_dir = Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
+            run_dir = sandbox_run_dir(config, sandbox_id)
             await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
                             lambda: _remove_dir(run_dir))  # fmt: skip
             sandbox = cls(sandbox_id, config, run_dir, steps)
@@ -352,6 +352,11 @@ def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
 def _guest_cid(sandbox_id: str) -> int:
     """A guest vsock CID derived from the id (3 .. 2**31)."""
     return 3 + (int.from_bytes(sandbox_id.encode()[-8:].rjust(8, b"\0"), "big") % (2**31 - 4))
+
+
+def sandbox_run_dir(config: RunvmConfig, sandbox_id: str) -> Path:
+    """Where the sandbox ``sandbox_id`` keeps its sockets, logs and shared directory."""
+    return Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
 
 
 async def _make_run_dir(path: Path, traversable: bool) -> None:
