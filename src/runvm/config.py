@@ -33,7 +33,7 @@ class HypervisorConfig:
     console_log_max_kib: int = 512  # per-sandbox console log cap (two files of this size)
     seccomp: bool = True  # run QEMU under its seccomp sandbox (-sandbox on,...=deny)
     # Run QEMU as this unprivileged user (with its group and /dev/kvm's), not root; "" = root.
-    # Works with virtio-fs and virtio-blk; not with 9p or templates (they need root's files).
+    # Works with virtio-fs; refused with 9p or templates (they need root's files).
     user: str = ""
 
 
