@@ -104,3 +104,20 @@ def test_undecodable_reply_timeout_and_status() -> None:
     with pytest.raises(RpcError) as err:
         asyncio.run(_with_agent(handlers, lambda a: a.start_container("c1")))
     assert err.value.code == Code.NOT_FOUND
+
+
+@pytest.mark.parametrize("status", [256, -1, 2**31 - 1])
+def test_impossible_exit_status_breaks_the_link(status: int) -> None:
+    handlers = {
+        (AGENT_SERVICE, "WaitProcess"): reply(pb.WaitProcessResponse(status=status)),
+        (HEALTH_SERVICE, "Check"): reply(pb.HealthCheckResponse()),
+    }
+
+    async def wait_then_check(agent: AgentClient) -> str:
+        with pytest.raises(AgentError, match=r"outside 0\.\.255"):
+            await agent.wait_process("c1")
+        with pytest.raises(AgentError, match=r"outside 0\.\.255"):  # the link is gone
+            await agent.check()
+        return "checked"
+
+    assert asyncio.run(_with_agent(handlers, wait_then_check)) == "checked"
