@@ -48,6 +48,22 @@ def _toml(tables: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def loose_permissions(*roots: Path) -> list[str]:
+    """Paths under ``roots`` that others may read or write: more than 0711 for a directory,
+    0700 for anything else. Shared container files (below a ``shared`` directory) are the
+    container's own and are skipped."""
+    loose = []
+    for top in roots:
+        for path in [top, *top.rglob("*")]:
+            if "shared" in path.relative_to(top).parts[:-1]:
+                continue
+            mode = path.lstat().st_mode
+            private = 0o711 if path.is_dir() else 0o700
+            if mode & 0o777 & ~private:
+                loose.append(f"{oct(mode & 0o777)} {path}")
+    return loose
+
+
 def add_config(path: Path, text: str) -> None:
     """Merge the TOML ``text`` into the config file at ``path`` (its tables may exist)."""
     import tomllib

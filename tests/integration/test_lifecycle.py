@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import loose_permissions
 
 from runvm.cli.common import parse_signal
 from runvm.errors import RunvmError
@@ -379,15 +380,7 @@ def test_state_is_private_to_root(cli: Cli, state_root: Path) -> None:
     b = bundle(cli.tmp, "sleep 30")
     cli.create(b, "c-private")
     try:
-        loose = []
-        for top in (cli.root, state_root):
-            for path in [top, *top.rglob("*")]:
-                if "shared" in path.relative_to(top).parts[:-1]:
-                    continue  # the container's own files, shared into the guest as they are
-                mode = path.lstat().st_mode
-                private = 0o711 if path.is_dir() else 0o700
-                if mode & 0o777 & ~private:
-                    loose.append(f"{oct(mode & 0o777)} {path}")
+        loose = loose_permissions(cli.root, state_root)
         assert not loose, loose
     finally:
         cli("delete", "--force", "c-private")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runvm import config as cfg
+from runvm import files
 from runvm.cli.spawn import ReadyPipe
 from runvm.shim import wire
 from runvm.shim.events import Publisher
@@ -99,9 +100,7 @@ def _write_record(layout: Layout, service: TaskService) -> None:
         "vm_pid": service.vm_pid,
         "agent_instance": details.instance_id if (details := service.details) else "",
     }
-    tmp = layout.record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, layout.record)
+    files.write_atomic(layout.record, json.dumps(record).encode())
 
 
 async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
