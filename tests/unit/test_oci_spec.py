@@ -56,3 +56,16 @@ def test_process_json() -> None:
     assert parse_process(b'{"args": ["ls"], "cwd": "/"}')["args"] == ["ls"]
     with pytest.raises(ConfigError, match=r"process\.json\.args"):
         parse_process(b'{"args": [1]}')
+
+
+def test_resources_as_docker_sends_them_pass_and_bad_numbers_fail() -> None:
+    from runvm.oci.resources import check_resources
+
+    docker = {"blockIO": {"weight": 0}, "cpu": {"shares": 0, "quota": 0, "period": 0},
+              "memory": {"limit": 0, "swap": -1}, "pids": {"limit": 0}, "devices": []}  # fmt: skip
+    check_resources(docker, "r")
+    for bad, word in (({"cpu": {"period": -1}}, "cpu.period"),
+                      ({"memory": {"limit": "1G"}}, "'1G'"),
+                      ({"blockIO": {"weight": 5000}}, "blockIO.weight")):  # fmt: skip
+        with pytest.raises(ConfigError, match=word):
+            check_resources(bad, "r")

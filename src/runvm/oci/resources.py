@@ -35,7 +35,7 @@ NUMBERS: dict[str, dict[str, tuple[int, int]]] = {
     "cpu": {"shares": _U64, "quota": _I64, "period": _U64, "realtimeRuntime": _I64,
             "realtimePeriod": _U64, "burst": _U64, "idle": (0, 1)},
     "pids": {"limit": _I64},
-    "blockIO": {"weight": (10, 1000), "leafWeight": (10, 1000)},
+    "blockIO": {"weight": (0, 1000), "leafWeight": (0, 1000)},  # 0: not set (Docker sends it)
 }  # fmt: skip
 STRINGS = {"cpu": ("cpus", "mems")}
 
