@@ -3,6 +3,9 @@ logs and guest output, which other local users must not read)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging.handlers
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -27,3 +30,23 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` in which every directory made is 0700 (existing ones keep their mode)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """A rotating log whose files are created 0600 (the first and every one after a rollover)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, PRIVATE)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)

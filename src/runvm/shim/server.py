@@ -63,9 +63,9 @@ def _setup_logging(args: ServeArgs) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.raiseExceptions = False
-    args.layout.pod_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.make_dirs(args.layout.pod_root)
     handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(args.layout.log, maxBytes=LOG_MAX, backupCount=1)
+        files.RotatingLog(args.layout.log, maxBytes=LOG_MAX, backupCount=1)
     ]
     with contextlib.suppress(OSError):
         fd = os.open(args.bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from runvm import config as cfg
+from runvm import files
 from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
@@ -72,7 +73,7 @@ def start_main(args: ShimArgs) -> int:
     annotations = bundle_files.read_annotations(bundle)
     group = group_id(annotations, args.id)
     layout = Layout.of(config, args.address, args.namespace, group)
-    layout.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.make_dirs(layout.socket.parent)
     with locked(layout.lock):
         try:
             if not alive(layout.socket):
