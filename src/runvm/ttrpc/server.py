@@ -218,7 +218,11 @@ class _Connection:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            raise RpcError(Code.DEADLINE_EXCEEDED, "context deadline exceeded") from exc
+            raise RpcError(
+                Code.DEADLINE_EXCEEDED,
+                f"{request.method}: the caller's deadline ({timeout:g} s) passed: "
+                "context deadline exceeded",
+            ) from exc
 
     async def _send_status(self, stream_id: int, code: Code, message: str) -> None:
         await self._send(stream_id, _status_response(code, message))
