@@ -149,15 +149,19 @@ async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
 
 async def read_header(reader: asyncio.StreamReader) -> Header | None:
     """Read one header; None on clean EOF before its first byte."""
+    first = await reader.read(1)
+    return await _header_after(first, reader) if first else None
+
+
+async def _header_after(first: bytes, reader: asyncio.StreamReader) -> Header:
+    """The header whose first byte is ``first``; ProtocolError on EOF before its end."""
     try:
-        raw = await reader.readexactly(HEADER_SIZE)
+        rest = await reader.readexactly(HEADER_SIZE - 1)
     except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
         raise ProtocolError(
-            f"ttrpc: connection closed mid-header ({len(exc.partial)} of {HEADER_SIZE} bytes)"
+            f"ttrpc: connection closed mid-header ({1 + len(exc.partial)} of {HEADER_SIZE} bytes)"
         ) from None
-    return decode_header(raw)
+    return decode_header(first + rest)
 
 
 async def discard(reader: asyncio.StreamReader, n: int) -> None:
@@ -181,21 +185,12 @@ async def read_frame(
     ``stall_timeout``, a frame whose first byte has arrived must be complete within that
     many seconds, else ProtocolError (a peer dripping or withholding the rest).
     """
-    if stall_timeout is None:
-        header = await read_header(reader)
-        if header is None:
-            return None
-        if header.length > max_message:
-            raise FrameTooLarge(header.length, max_message)
-        data = await read_exactly(reader, header.length)
-        return Frame(header.stream_id, header.type, header.flags, data)
     first = await reader.read(1)
     if not first:
         return None
     try:
         async with asyncio.timeout(stall_timeout):
-            raw = first + await read_exactly(reader, HEADER_SIZE - 1)
-            header = decode_header(raw)
+            header = await _header_after(first, reader)
             if header.length > max_message:
                 raise FrameTooLarge(header.length, max_message)
             data = await read_exactly(reader, header.length)
