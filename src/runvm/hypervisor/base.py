@@ -116,7 +116,12 @@ class VMSpec:
 
     @property
     def socket_dir(self) -> Path:
-        return self.run_dir / "qemu" if self.user else self.run_dir
+        return socket_dir(self.run_dir, self.user)
+
+
+def socket_dir(run_dir: Path, user: str) -> Path:
+    """Where QEMU's own sockets go: ``run_dir``, or its ``qemu/`` when QEMU runs as ``user``."""
+    return run_dir / "qemu" if user else run_dir
 
 
 class VM(Protocol):

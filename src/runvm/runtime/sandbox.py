@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
-from runvm.hypervisor.base import AgentChannelSpec, DeviceSpec, NinePSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.base import (
+    AgentChannelSpec,
+    DeviceSpec,
+    NinePSpec,
+    VirtioFsSpec,
+    VMSpec,
+    socket_dir,
+)
 from runvm.hypervisor.qemu.driver import (
     QemuHypervisor,
     QemuVM,
@@ -170,7 +177,7 @@ class Sandbox:
             kind = template.CHANNEL if tpl else channel_kind(config.agent.channel)
             channel = AgentChannelSpec(
                 kind=kind,
-                socket_path=(run_dir / "qemu" if hv_cfg.user else run_dir) / "agent.sock"
+                socket_path=socket_dir(run_dir, hv_cfg.user) / "agent.sock"
                 if kind == "virtio-serial"
                 else None,
                 guest_cid=_guest_cid(sandbox_id) if kind == "vsock" else 0,
