@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 PRIVATE = 0o600
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 def open_append(path: Path) -> BinaryIO:
     """Open ``path`` for appending, creating it 0600 (an existing file keeps its mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
-    return os.fdopen(fd, "ab")
+    return os.fdopen(os.open(path, _APPEND, PRIVATE), "ab")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -47,6 +47,5 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
     """A rotating log whose files are created 0600 (the first and every one after a rollover)."""
 
     def _open(self) -> io.TextIOWrapper:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        fd = os.open(self.baseFilename, flags, PRIVATE)
+        fd = os.open(self.baseFilename, _APPEND, PRIVATE)
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
