@@ -46,6 +46,9 @@ class ImageConfig:
     # How the kernel is loaded: auto (the uncompressed vmlinux through its PVH entry when the
     # image has one, else the bzImage), bzimage, pvh.
     boot: str = "auto"
+    # Boot from the image's read-only root filesystem on a virtio-pmem device mapped with DAX
+    # (all VMs share its pages on the host) instead of the initramfs: minimal variant, pc/q35.
+    dax: bool = False
     kernel: str = ""  # explicit kernel path instead of the built image
     initrd: str = ""  # explicit initrd path instead of the built image
 

@@ -243,6 +243,18 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "runvm.toml absurd memory": ("[hypervisor]\nmemory_mib = 99999999999\n", "memory_mib"),
     "runvm.toml unknown machine": ('[hypervisor]\nmachine = "z80"\n', "z80"),
     "runvm.toml unknown accelerator": ('[hypervisor]\naccelerator = "warp"\n', "warp"),
+    "runvm.toml dax on microvm": (
+        '[image]\nvariant = "minimal"\ndax = true\n[hypervisor]\nmachine = "microvm"\n',
+        "microvm machine has no PCI bus",
+    ),
+    "runvm.toml dax without a root image": (
+        '[image]\nvariant = "debian"\ndax = true\n',
+        "debian guest image has no root image",
+    ),
+    "runvm.toml dax with an explicit kernel": (
+        '[image]\ndax = true\nkernel = "/boot/vmlinuz"\ninitrd = "/boot/initrd"\n',
+        "cannot be combined with an explicit image.kernel",
+    ),
 }
 
 

@@ -38,6 +38,7 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         info = ImageInfo(
             kernel=final / "vmlinuz",
             kernel_pvh="",
+            root_image="",
             initrd=final / "initrd.img",
             variant=args[-2].variant,
             kernel_release="6.1.0-56-cloud-amd64",

@@ -26,6 +26,7 @@ def _info(directory: Path) -> ImageInfo:
     return ImageInfo(
         kernel=directory / "vmlinuz",
         kernel_pvh="",
+        root_image="",
         initrd=directory / "initrd.img",
         variant="debian",
         kernel_release="6.1.0-56-cloud-amd64",

@@ -111,3 +111,16 @@ def test_host_tsc_rate_from_cpuinfo() -> None:
     assert host_tsc_khz("processor\t: 0\ncpu MHz\t\t: 2100.000\n") == 2100000
     assert host_tsc_khz("processor\t: 0\n") == 0
     assert host_tsc_khz("cpu MHz\t: fast\n") == 0
+
+
+def test_dax_root_image_replaces_the_initramfs() -> None:
+    argv = build_argv(spec(Accel.TCG, root_image=Path("/img/root.img"),
+                           root_image_bytes=64 << 20), "/usr/bin/qemu-system-x86_64")  # fmt: skip
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / "qemu-dax.argv"
+    if os.environ.get("RUNVM_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert "-initrd" not in argv and argv[argv.index("-m") + 1] == "512M,slots=1,maxmem=576M"
+    cmdline = argv[argv.index("-append") + 1]
+    assert "root=/dev/pmem0" in cmdline and "rootflags=dax" in cmdline

@@ -28,7 +28,9 @@ def leave_initramfs() -> None:
 
     pivot_root(2) refuses to move the initial rootfs, and crun pivots every container root.
     So PID 1 builds a tmpfs, binds the image's directories into it, moves it over / and
-    chroots into it. The initramfs stays underneath, unreachable from the new root.
+    chroots into it. The initramfs stays underneath, unreachable from the new root. A
+    read-only root image (a DAX boot) gets the same treatment: its directories are bound
+    read-only too, and the image ships the ``/sysroot`` mount point.
     """
     os.makedirs(SYSROOT, exist_ok=True)
     sc.mount("tmpfs", SYSROOT, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755")

@@ -113,6 +113,10 @@ class VMSpec:
     # Unprivileged user QEMU runs as ("" = the caller). Its sockets then live in
     # ``socket_dir``, the one directory that user owns; logs stay in ``run_dir``.
     user: str = ""
+    # Boot from this read-only ext4 image on a virtio-pmem device, mapped with DAX, instead of
+    # ``initrd``: every VM maps the same host pages.
+    root_image: Path | None = None
+    root_image_bytes: int = 0
 
     @property
     def socket_dir(self) -> Path:

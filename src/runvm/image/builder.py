@@ -24,7 +24,7 @@ from pathlib import Path
 
 import runvm
 from runvm.errors import ImageError
-from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune
+from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune, rootimg
 from runvm.image.debs import DebPackage
 from runvm.image.elf import is_elf
 from runvm.image.manifest import MANIFEST, ImageInfo
@@ -34,7 +34,8 @@ DEFAULT_CACHE_DIR = Path("/var/lib/runvm/images")
 AGENT_DIR = "usr/lib/runvm"  # sys.path entry of the agent in the guest
 _DIST_PACKAGES = "usr/lib/python3/dist-packages"
 _PURE_PACKAGES = ("google", "pyroute2")  # copied whole (pure Python), pruned by the closure
-_EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt", "etc/runvm")
+# Mount points PID 1 needs; "sysroot" too, as a read-only (DAX) root cannot have it made.
+_EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt", "sysroot", "etc/runvm")
 _NO_IMAGE = "no guest image built; run `runvm image build`"
 
 Progress = Callable[[str], None]
@@ -213,10 +214,14 @@ def _build(
     if pvh_file is not None:
         shutil.copyfile(pvh_file, out / "vmlinux")
         sizes["kernel_pvh"] = (out / "vmlinux").stat().st_size
+    if source.built is not None:  # the minimal kernel has pmem + DAX built in
+        report("root image for DAX boots")
+        sizes["root_image"] = rootimg.make_ext4(root, out / "root.img")
     info = ImageInfo(
         kernel=final / "vmlinuz",
         kernel_pvh=str(final / "vmlinux") if pvh_file is not None else "",
         initrd=final / "initrd.img",
+        root_image=str(final / "root.img") if source.built is not None else "",
         variant=spec.variant,
         kernel_release=release,
         kernel_package=kernel_name,

@@ -25,6 +25,7 @@ class ImageInfo:
     kernel: Path  # bzImage: boots on every machine type
     kernel_pvh: str  # uncompressed vmlinux with a PVH entry ("" if the image has none)
     initrd: Path
+    root_image: str  # the same tree as a read-only ext4 image for DAX boots ("" if none)
     variant: str  # debian | minimal (see ImageSpec.variant)
     kernel_release: str
     kernel_package: str  # the Debian package the kernel was taken or built from

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: Kernel modules the guest loads; their ``depends=`` closure is added and ordered.
 KERNEL_MODULES = (

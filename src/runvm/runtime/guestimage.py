@@ -13,12 +13,16 @@ from runvm.errors import ImageError
 class GuestFiles:
     kernel: Path
     initrd: Path
+    root_image: Path | None = None  # boot from this on virtio-pmem with DAX (image.dax)
 
 
 def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
     """The config's ``image.kernel``/``image.initrd`` if set, else the built image of the
     configured variant (its PVH vmlinux unless ``image.boot`` says otherwise)."""
     if config.image.kernel or config.image.initrd:
+        if config.image.dax:
+            raise ImageError("image.dax boots the built image's root image: it cannot be "
+                             "combined with an explicit image.kernel or image.initrd")  # fmt: skip
         files = GuestFiles(Path(config.image.kernel), Path(config.image.initrd))
     else:
         from runvm import image  # the builder is only needed when no explicit files are set
@@ -29,7 +33,13 @@ def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
             raise ImageError(f"image.boot = pvh, but the {info.variant} guest image has no "
                              "PVH kernel (the minimal variant has one)")  # fmt: skip
         pvh = config.image.boot != "bzimage" and info.kernel_pvh
-        files = GuestFiles(Path(info.kernel_pvh) if pvh else info.kernel, info.initrd)
+        root_image = None
+        if config.image.dax:
+            if not info.root_image:
+                raise ImageError(f"image.dax = true, but the {info.variant} guest image has no "
+                                 "root image (the minimal variant has one)")  # fmt: skip
+            root_image = Path(info.root_image)
+        files = GuestFiles(Path(info.kernel_pvh) if pvh else info.kernel, info.initrd, root_image)
     for path, what in ((files.kernel, "kernel"), (files.initrd, "initrd")):
         if not path.is_file():
             raise ImageError(f"guest {what} {path} does not exist: run `runvm image build`")

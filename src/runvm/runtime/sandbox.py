@@ -126,6 +126,11 @@ class Sandbox:
                 'cloud kernel has none: set image.variant = "minimal"'
             )
         hv_cfg = config.hypervisor
+        if config.image.dax and hv_cfg.machine == "microvm":
+            raise ConfigError(
+                "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
+                'no PCI bus: set hypervisor.machine = "pc" or "q35"'
+            )
         if hv_cfg.user:
             unprivileged_user(hv_cfg.user)
             if config.storage.shared_fs == "9p" or config.factory.enable:
@@ -194,6 +199,8 @@ class Sandbox:
                 console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
                 user=hv_cfg.user,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
+                root_image=files.root_image,
+                root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
             )  # fmt: skip
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)

@@ -76,6 +76,7 @@ def template_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) 
         "qemu": _file_id(Path(qemu)),
         "kernel": _file_id(files.kernel),
         "initrd": _file_id(files.initrd),
+        "root_image": _file_id(files.root_image) if files.root_image else None,
         "kernel_params": [*PARAMS, *hv.kernel_params.split()],
         "machine": hv.machine,
         "vcpus": hv.vcpus,
@@ -178,6 +179,8 @@ async def _make(
         devices=(channel, NinePSpec(tag=TAG, path=empty)), tcg_tb_size_mib=hv.tcg_tb_size_mib,
         console_log_max_kib=hv.console_log_max_kib, memory_path=tpl.memory, memory_shared=True,
         seccomp=hv.seccomp,
+        root_image=files.root_image,
+        root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
     )  # fmt: skip
     started = time.monotonic()
     vm = await hypervisor.launch(spec)

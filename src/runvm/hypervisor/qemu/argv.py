@@ -38,8 +38,13 @@ def console_socket(spec: VMSpec) -> Path:
     return spec.socket_dir / "console.sock"
 
 
+DAX_ROOT_PARAMS = ("root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax", "ro", "init=/init")
+
+
 def kernel_cmdline(spec: VMSpec) -> str:
     params = [*BASE_KERNEL_PARAMS, *spec.kernel_params]
+    if spec.root_image is not None:
+        params += DAX_ROOT_PARAMS
     if spec.machine == "microvm" and spec.accel is Accel.TCG and spec.host_tsc_khz:
         params.append(f"tsc_early_khz={spec.host_tsc_khz}")
     return " ".join(params)
@@ -117,6 +122,24 @@ def net_device_arg(nic: NetSpec, t: str = "pci") -> str:
     return out
 
 
+def _memory_arg(spec: VMSpec) -> str:
+    if spec.root_image is None:
+        return f"{spec.memory_mib}M"
+    extra = (spec.root_image_bytes + (1 << 20) - 1) >> 20  # the pmem device's address space
+    return f"{spec.memory_mib}M,slots=1,maxmem={spec.memory_mib + extra}M"
+
+
+def _root_args(spec: VMSpec) -> list[str]:
+    """The initramfs, or the root image on a read-only, shared virtio-pmem device."""
+    if spec.root_image is None:
+        return ["-initrd", str(spec.initrd)]
+    return [
+        "-object", f"memory-backend-file,id=rootimg,mem-path={spec.root_image},"
+        f"size={spec.root_image_bytes},share=on,readonly=on",
+        "-device", "virtio-pmem-pci,memdev=rootimg,id=pmem0",
+    ]  # fmt: skip
+
+
 def _memory_backend(spec: VMSpec) -> str:
     size = f"size={spec.memory_mib}M"
     if spec.memory_path is None:
@@ -133,7 +156,6 @@ all arrive as file descriptors."""
 
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
     """The complete argv that starts ``spec``; no side effects."""
-    mem = f"{spec.memory_mib}M"
     return [
         binary,
         "-name", f"runvm-{spec.name},debug-threads=on",
@@ -141,10 +163,10 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         "-machine", f"{spec.machine},memory-backend=mem",
         *_accel_args(spec),
         "-smp", str(spec.vcpus),
-        "-m", mem,
+        "-m", _memory_arg(spec),
         "-object", _memory_backend(spec),
         "-kernel", str(spec.kernel),
-        "-initrd", str(spec.initrd),
+        *_root_args(spec),
         "-append", kernel_cmdline(spec),
         "-no-reboot",
         *(["-sandbox", SECCOMP] if spec.seccomp else []),
