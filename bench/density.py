@@ -3,14 +3,16 @@
 Idle busybox pods (`sleep 100000`) are started one after another through one private
 containerd until one fails to start or --max run; then every one must answer an exec. Reports
 the count, the total PSS of runvm's host processes, and the host CPU they use while idle
-(from /proc/stat over --idle seconds). Templated by default (--cold for cold boots).
+(from /proc/stat over --idle seconds). Templated by default (--cold for cold boots); --dax
+boots the DAX root image, --ksm runs the KSM throttler meanwhile.
 
-Usage (root, after scripts/install): python3 bench/density.py [--max 100] [--cold]
+Usage (root, after scripts/install): python3 bench/density.py [--max 100] [--cold] [--dax] [--ksm]
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,18 +43,25 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=100)
     parser.add_argument("--cold", action="store_true", help="cold boots instead of clones")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU sampling")
+    parser.add_argument("--dax", action="store_true", help="boot the DAX root image")
+    parser.add_argument("--ksm", action="store_true", help="run the KSM throttler")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
     base = Path(tempfile.mkdtemp(prefix="rvd-", dir="/tmp"))
     state = base / "s"
     state.mkdir()
     conf = base / "runvm.toml"
     factory = "" if args.cold else f'[factory]\nenable = true\ndir = "{base / "factory"}"\n'
-    conf.write_text(f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}')
+    dax = "[image]\ndax = true\n" if args.dax else ""
+    conf.write_text(
+        f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}{dax}'
+    )
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
     daemon = PrivateContainerd(base, env)
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(conf)]
     rt = ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path", str(conf)]
     running: list[str] = []
+    throttler = subprocess.Popen([*runvm, "ksm", "serve"]) if args.ksm else None
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
         if not args.cold:
@@ -85,9 +94,13 @@ def main() -> None:
             daemon.ctr("task", "rm", "-f", name)
             daemon.ctr("container", "rm", name)
         subprocess.run([*runvm, "factory", "destroy"], capture_output=True)
+        if throttler is not None:
+            throttler.terminate()
+            throttler.wait(10)
         daemon.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
-    mode = "cold" if args.cold else "templated"
+    mode = ("cold" if args.cold else "templated") + (" + DAX" if args.dax else "")
+    mode += " + KSM" if args.ksm else ""
     print(
         f"{mode}: {len(running)} pods started in {elapsed:.0f} s"
         f"{' (stopped by: ' + failure + ')' if failure else f' (the --max {args.max})'}"

@@ -2,16 +2,19 @@
 
 N busybox `tail -f /dev/null` containers started through one private containerd with the
 runvm shim, left to settle, then the PSS of every QEMU, virtiofsd and runvm shim summed and
-divided by N. Configurations: cold boots and clones of a template, each without and with the
-KSM throttler running (`runvm ksm serve`, kicked by every new sandbox). The guest memory size
-is runvm's default unless --memory says otherwise.
+divided by N. Configurations: cold boots and clones of a template, from the initramfs or from
+the DAX root image (image.dax), each without and with the KSM throttler running (`runvm ksm
+serve`, kicked by every new sandbox). The guest memory size is runvm's default unless
+--memory says otherwise.
 
-Usage (root, after scripts/install): python3 bench/footprint.py [--count 20] [--settle 60]
+Usage (root, after scripts/install):
+    python3 bench/footprint.py [--count 20] [--settle 60] [--configs cold,templated+dax,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,44 +79,62 @@ def measure(daemon: PrivateContainerd, conf: Path, count: int, settle: float, ta
             daemon.ctr("container", "rm", f"{tag}{i}")
 
 
+CONFIGS = ("cold", "templated", "cold+dax", "templated+dax")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--settle", type=float, default=60.0, help="seconds before measuring")
     parser.add_argument("--memory", type=int, default=cfg.HypervisorConfig().memory_mib)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--ksm", choices=("both", "off", "on"), default="both")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
+    chosen = args.configs.split(",")
+    if unknown := set(chosen) - set(CONFIGS):
+        sys.exit(f"unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     base = Path(tempfile.mkdtemp(prefix="rvf-", dir="/tmp"))
     state = base / "s"
     state.mkdir()
-    factory = base / "factory"
     common = (f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n'
               f"[hypervisor]\nmemory_mib = {args.memory}\n")  # fmt: skip
-    cold, tpl = base / "cold.toml", base / "tpl.toml"
-    cold.write_text(common)
-    tpl.write_text(common + f'[factory]\nenable = true\ndir = "{factory}"\n')
+    confs: dict[str, Path] = {}
+    for name in chosen:
+        text = common
+        if "dax" in name:
+            text += "[image]\ndax = true\n"
+        if name.startswith("templated"):
+            text += f'[factory]\nenable = true\ndir = "{base}/factory-{name}"\n'
+        confs[name] = base / f"{name}.toml"
+        confs[name].write_text(text)
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
     daemon = PrivateContainerd(base, env)
     runvm = [sys.executable, "-m", "runvm.cli.main"]
     results: dict[str, dict[str, float]] = {}
+    templated = [c for n, c in confs.items() if n.startswith("templated")]
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
-        subprocess.run([*runvm, "--config", str(tpl), "factory", "init"], check=True)
-        for ksm in (False, True):
+        for conf in templated:
+            subprocess.run([*runvm, "--config", str(conf), "factory", "init"], check=True)
+        for ksm in {"both": (False, True), "off": (False,), "on": (True,)}[args.ksm]:
             throttler = None
             if ksm:
                 throttler = subprocess.Popen([*runvm, "ksm", "serve"])
                 time.sleep(1)
             try:
-                for name, conf in (("cold", cold), ("templated", tpl)):
+                for i, (name, conf) in enumerate(confs.items()):
                     label = f"{name}{' + KSM' if ksm else ''}"
                     results[label] = measure(daemon, conf, args.count, args.settle,
-                                             f"{name[0]}{int(ksm)}-", str(state))  # fmt: skip
+                                             f"c{i}k{int(ksm)}-", str(state))  # fmt: skip
             finally:
                 if throttler is not None:
                     throttler.terminate()
                     throttler.wait(10)
     finally:
-        subprocess.run([*runvm, "--config", str(tpl), "factory", "destroy"], capture_output=True)
+        for conf in templated:
+            subprocess.run([*runvm, "--config", str(conf), "factory", "destroy"],
+                           capture_output=True)  # fmt: skip
         daemon.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
     print(
@@ -121,9 +142,9 @@ def main() -> None:
         f"settled {args.settle:.0f} s; PSS per pod (MiB)"
     )
     cols = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "total", "start s")
-    print(f"{'':18}" + "".join(f"{c:>22}" for c in cols))
+    print(f"{'':22}" + "".join(f"{c:>22}" for c in cols))
     for label, per in results.items():
-        print(f"{label:18}" + "".join(f"{per[c]:22.1f}" for c in cols))
+        print(f"{label:22}" + "".join(f"{per[c]:22.1f}" for c in cols))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Not ``from pyroute2 import IPRoute``: the package root gets its names from entry points,
-# which the guest image (the package files alone) does not have.
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from runvm.errors import RunvmError
+from runvm.network import pyroute
 from runvm.storage import mounts
+
+IPRoute = pyroute.module("pyroute2.iproute.linux").IPRoute
+NetlinkError = pyroute.module("pyroute2.netlink.exceptions").NetlinkError
 
 TAP_SUFFIX = "_rv"  # runvm's taps: tap<ifindex of the pod interface>_rv
 POD_KINDS = ("veth", "macvlan", "vlan", "tun", "ipvlan")

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
@@ -39,8 +39,6 @@ from runvm.hypervisor.qemu.driver import (
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
-from runvm.network import netlink
-from runvm.network.plug import PodNetwork
 from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
@@ -51,6 +49,9 @@ from runvm.runtime.names import check_id, run_dir_name
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
+
+if TYPE_CHECKING:  # pyroute2 (~20 MiB per process) is imported only by pods with networking
+    from runvm.network.plug import PodNetwork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,6 +176,8 @@ class Sandbox:
                                            mount_point=GUEST_ROOT))  # fmt: skip
             net: PodNetwork | None = None
             if options.network:
+                from runvm.network.plug import PodNetwork
+
                 sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
                 steps.add_undo("network", _async(net.unplug))
                 if tpl is None:  # a clone gets its NICs hot-plugged once it runs
@@ -252,6 +255,8 @@ class Sandbox:
 
     async def _watch_network(self) -> None:
         """Follow link changes in the pod namespace (netlink) and sync after each burst."""
+        from runvm.network import netlink
+
         events = netlink.LinkEvents()
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
