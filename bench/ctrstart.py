@@ -7,6 +7,7 @@ through ctr's ``--runtime-config-path`` (the shim reads it), so one containerd s
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,15 @@ from runvm.image.ociarchive import busybox_archive
 IMAGE = "localhost/runvm/busybox:latest"
 
 
+def daemon_env() -> dict[str, str]:
+    """The private containerd's environment (its shims inherit it): this interpreter's bin
+    first, and the caller's PYTHONPATH, so shims run the runvm this bench imports."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def _config(path: Path, state: Path, extra: str = "") -> Path:
     path.write_text(f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{extra}')
     return path
@@ -34,8 +44,7 @@ def run(rounds: int) -> dict[str, list[float]]:
     cold = _config(base / "cold.toml", state)
     factory = base / "factory"
     tpl = _config(base / "tpl.toml", state, f'[factory]\nenable = true\ndir = "{factory}"\n')
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
-    daemon = PrivateContainerd(base, env)
+    daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ctrstart import IMAGE, PrivateContainerd  # bench/ is the script's directory
+from ctrstart import IMAGE, PrivateContainerd, daemon_env  # bench/ is the script's directory
 from footprint import helpers, pss_kib
 
 from runvm.image.ociarchive import busybox_archive
@@ -56,8 +56,7 @@ def main() -> None:
     conf.write_text(
         f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}{dax}'
     )
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
-    daemon = PrivateContainerd(base, env)
+    daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(conf)]
     rt = ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path", str(conf)]
     running: list[str] = []

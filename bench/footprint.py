@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ctrstart import IMAGE, PrivateContainerd  # bench/ is the script's directory
+from ctrstart import IMAGE, PrivateContainerd, daemon_env  # bench/ is the script's directory
 
 from runvm import config as cfg
 from runvm.image.ociarchive import busybox_archive
@@ -108,8 +108,7 @@ def main() -> None:
             text += f'[factory]\nenable = true\ndir = "{base}/factory-{name}"\n'
         confs[name] = base / f"{name}.toml"
         confs[name].write_text(text)
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
-    daemon = PrivateContainerd(base, env)
+    daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main"]
     results: dict[str, dict[str, float]] = {}
     templated = [c for n, c in confs.items() if n.startswith("templated")]
