@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -400,3 +401,61 @@ def factory(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Path]:
         subprocess.run([*runvm, "factory", "destroy"], env=cli_env, capture_output=True,
                        timeout=60)  # fmt: skip
     assert not directory.exists()
+
+
+def cache_settings(env: dict[str, str], size: int) -> str:
+    """The [cache] table of a test: enabled, ``size`` VMs, a socket of the test's own."""
+    return (
+        f'[cache]\nenable = true\nsize = {size}\nsocket = "{env["RUNVM_TEST_ROOT"]}-cache.sock"\n'
+    )
+
+
+class CacheDaemon:
+    """`runvm cache serve` with the test's config, its socket in the test's state root."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "runvm.cli.main", "cache",
+                                          "serve"], env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=out)  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "runvm.cli.main", "cache", "status"],
+                           env=self.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    def wait(self, timeout: float = 180, **want: int) -> dict[str, Any]:
+        """Poll the status until it shows ``want`` (e.g. ready=1); fail with the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if all(status.get(k) == v for k, v in want.items()):
+                return status
+            assert self.proc is None or self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{status} != {want}: {self.log.read_text()}"
+            time.sleep(0.5)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        return self.proc.wait(60)
+
+
+@pytest.fixture
+def cache_daemon(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[CacheDaemon]:
+    """A running cache daemon (size 1 unless the test's config says otherwise before it)."""
+    conf = Path(cli_env["RUNVM_CONFIG"])
+    if "[cache]" not in conf.read_text():
+        add_config(conf, cache_settings(cli_env, 1))
+    daemon = CacheDaemon(cli_env, tmp_path / "cache.log")
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.stop()

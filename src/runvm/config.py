@@ -95,6 +95,15 @@ class FactoryConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    # Take a booted (or cloned) VM from `runvm cache serve` when it has one that matches;
+    # else boot cold or clone as usual. The daemon keeps ``size`` VMs ready.
+    enable: bool = False
+    socket: str = "/run/runvm/cache.sock"
+    size: int = 2
+
+
+@dataclass(frozen=True)
 class RunvmConfig:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -103,6 +112,7 @@ class RunvmConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     factory: FactoryConfig = field(default_factory=FactoryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 _CHOICES = {
@@ -122,6 +132,7 @@ _RANGES = {
     ("hypervisor", "boot_timeout"): (1, 3600),
     ("hypervisor", "console_log_max_kib"): (4, 1 << 20),
     ("agent", "timeout"): (1, 3600),
+    ("cache", "size"): (1, 1024),
 }
 
 

@@ -9,6 +9,9 @@ Contract:
   the exit code and the tail of the log.
 - :meth:`Child.stop` ends the child (SIGTERM, then SIGKILL after ``grace`` seconds) and always
   reaps it; calling it again is harmless. ``async with`` guarantees it runs.
+- :class:`ForeignProcess` is the same interface for a process this one did not start (a VM
+  handed over by the cache daemon), held by a pidfd: its exit is seen, its status is not
+  (``UNKNOWN_STATUS``); its parent reaps it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import select
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,3 +172,75 @@ class Child:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+UNKNOWN_STATUS = 255  # a foreign process's exit status is its parent's to know
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot; with the pid, its identity), or None
+    if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+class ForeignProcess:
+    """A process held by its pidfd (not our child); see the module docstring. Any number of
+    callers may wait (and be cancelled) at once: one reader on the pidfd serves them all."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self._exited = False
+        self._exit: asyncio.Future[None] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        if not self._exited:
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            self._exited = bool(poller.poll(0))
+        return UNKNOWN_STATUS if self._exited else None
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            if self._exit is None:
+                loop = asyncio.get_running_loop()
+                exit_ = self._exit = loop.create_future()
+
+                def readable() -> None:
+                    loop.remove_reader(self.pidfd)
+                    if not exit_.done():
+                        exit_.set_result(None)
+
+                loop.add_reader(self.pidfd, readable)
+            await asyncio.shield(self._exit)
+            self._exited = True
+        return UNKNOWN_STATUS
+
+    def signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signum)
+
+    async def stop(self, grace: float = 3.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` s; returns once the process is gone."""
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.wait(), grace)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+        return await self.wait()
+
+    def close(self) -> None:
+        """Let go of the pidfd (after which the process counts as gone); idempotent."""
+        if self.pidfd >= 0:
+            if self._exit is not None and not self._exit.done():
+                asyncio.get_running_loop().remove_reader(self.pidfd)
+                self._exit.set_result(None)
+            os.close(self.pidfd)
+            self.pidfd = -1
+            self._exited = True

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runvm import __version__
 from runvm.cli import (
+    cache,
     check,
     create,
     delete,
@@ -38,7 +39,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, factory, ksm, demo)  # fmt: skip
+         check, image, factory, cache, ksm, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

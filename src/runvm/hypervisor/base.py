@@ -117,6 +117,9 @@ class VMSpec:
     # ``initrd``: every VM maps the same host pages.
     root_image: Path | None = None
     root_image_bytes: int = 0
+    # QEMU dies with the process that started it (PR_SET_PDEATHSIG); False for the VMs the
+    # cache daemon keeps ready, which outlive it in the sandboxes they are handed to.
+    die_with_owner: bool = True
 
     @property
     def socket_dir(self) -> Path:

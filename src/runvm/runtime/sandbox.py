@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from runvm.cache import client as cache
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
@@ -39,7 +40,7 @@ from runvm.hypervisor.qemu.driver import (
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
-from runvm.process import Child
+from runvm.process import Child, ForeignProcess
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import template
@@ -81,6 +82,9 @@ class SandboxOptions:
     # The sandbox will hot-plug devices (a block-device rootfs): a configured machine that
     # cannot (microvm) is replaced by pc for this sandbox.
     needs_hotplug: bool = False
+    # A VM for the cache daemon: 9p share, virtio-serial, no NICs, QEMU not tied to this
+    # process; start() returns before CreateSandbox and the daemon later calls release().
+    pooled: bool = False
 
 
 class Sandbox:
@@ -143,29 +147,49 @@ class Sandbox:
         async with steps:
             files = options.guest_files or resolve_guest_files(config)
             run_dir = sandbox_run_dir(config, sandbox_id)
-            await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
-                            lambda: _remove_dir(run_dir))  # fmt: skip
-            sandbox = cls(sandbox_id, config, run_dir, steps)
-            if options.needs_hotplug and not machine_capabilities(sandbox.machine).hotplug_blk:
-                log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
-                         sandbox_id, sandbox.machine)  # fmt: skip
-                sandbox.machine = "pc"
             hypervisor = QemuHypervisor(hv_cfg.path)
-            sandbox.accel = await steps.run(
+            accel = await steps.run(
                 "accelerator",
                 detect(
                     hv_cfg.accelerator, hypervisor.resolve_binary(), files.kernel,
                     Path(config.runtime.cache_dir),
                 ),
             )  # fmt: skip
+            plain = options.share_fs and not (options.extra_devices
+                                              or options.extra_kernel_params)  # fmt: skip
+            handed = None
+            if config.cache.enable and plain and not options.pooled and not options.guest_files:
+                qemu = hypervisor.resolve_binary()
+                handed = await steps.run(
+                    "cache-take", cache.take(config, sandbox_id, files, accel.accel.value, qemu)
+                )
+            if handed is None:
+                await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
+                                lambda: _remove_dir(run_dir))  # fmt: skip
+            else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
+                process = ForeignProcess(handed.pid, handed.pidfd)
+                steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
+                steps.add_undo("cached-qemu", process.stop)
+            sandbox = cls(sandbox_id, config, run_dir, steps)
+            sandbox.accel = accel
+            if options.needs_hotplug and not machine_capabilities(sandbox.machine).hotplug_blk:
+                log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
+                         sandbox_id, sandbox.machine)  # fmt: skip
+                sandbox.machine = "pc"
             tpl = None
-            if config.factory.enable and options.share_fs and not (
-                    options.extra_devices or options.extra_kernel_params):  # fmt: skip
+            if config.factory.enable and plain and handed is None:
                 tpl = await template.usable(config, files, sandbox.accel)
-            sandbox.templated = tpl is not None
+            sandbox.templated = tpl is not None or (handed is not None and handed.templated)
+            clonelike = tpl is not None or handed is not None  # NICs hot-plugged once it runs
             devices = list(options.extra_devices)
             storages = []
-            if options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None):
+            if handed is not None:
+                sandbox._shared_dir(made=True)
+                storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
+                                           options=list(NINEP_OPTIONS),
+                                           mount_point=GUEST_ROOT))  # fmt: skip
+            elif options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None
+                                       or options.pooled):  # fmt: skip
                 devices.append(await steps.run("9p", sandbox._share_9p()))
                 storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
                                            options=list(NINEP_OPTIONS),
@@ -180,9 +204,10 @@ class Sandbox:
 
                 sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
                 steps.add_undo("network", _async(net.unplug))
-                if tpl is None:  # a clone gets its NICs hot-plugged once it runs
+                if not clonelike:
                     devices += await steps.run("network", _async(net.plug)())
-            kind = template.CHANNEL if tpl else channel_kind(config.agent.channel)
+            kind = (template.CHANNEL if clonelike or options.pooled
+                    else channel_kind(config.agent.channel))  # fmt: skip
             channel = AgentChannelSpec(
                 kind=kind,
                 socket_path=socket_dir(run_dir, hv_cfg.user) / "agent.sock"
@@ -204,12 +229,16 @@ class Sandbox:
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
                 root_image=files.root_image,
                 root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
+                die_with_owner=not options.pooled,
             )  # fmt: skip
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)
             booted = time.monotonic()
             ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
-            sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
+            if handed is not None:
+                sandbox.vm = vm = await steps.run("cache-adopt", hypervisor.adopt(spec, process))
+            else:
+                sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
             steps.add_undo("qemu", vm.stop)
             if tpl is not None:
                 await steps.run("restore", vm.load_state(tpl.state))
@@ -228,6 +257,9 @@ class Sandbox:
                                                   sandbox.agent.resume_clone(resume))  # fmt: skip
             else:
                 sandbox.details = await steps.run("guest-details", sandbox.agent.guest_details())
+            if options.pooled:
+                steps.commit()
+                return sandbox
             request = pb.CreateSandboxRequest(
                 sandbox_id=sandbox_id,
                 hostname=options.hostname,
@@ -235,7 +267,7 @@ class Sandbox:
                 storages=storages,
             )
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
-            if net is not None and tpl is not None:
+            if net is not None and clonelike:
                 await steps.run("network", net.sync(vm, sandbox.agent))
             elif net is not None:
                 await steps.run("network-config", net.configure(sandbox.agent))
@@ -305,10 +337,12 @@ class Sandbox:
         log.error("sandbox %s: %s", self.id, self.failure)
         await self.vm.stop()
 
-    def _shared_dir(self) -> SharedDir:
+    def _shared_dir(self, made: bool = False) -> SharedDir:
+        """The shared directory (``made``: already set up, by the cache daemon)."""
         shared = SharedDir(self.run_dir / "shared")
         self.steps.add_undo("shared-dir", lambda: asyncio.to_thread(shared.teardown))
-        shared.setup()
+        if not made:
+            shared.setup()
         self.shared = shared
         return shared
 
@@ -341,6 +375,16 @@ class Sandbox:
             console = f"\n--- guest console ---\n{tail}" if tail else ""
             kind = AgentTimeout if isinstance(exc, (AgentTimeout, OSError)) else AgentError
             raise kind(f"sandbox {self.id}: agent not ready: {exc}{console}") from exc
+
+    async def release(self) -> None:
+        """Let go of a pooled sandbox's VM and leave it running for the sandbox it is handed
+        to: agent link and QMP closed, nothing undone (the taker owns QEMU, share, run dir)."""
+        self._stopped = True
+        if self.agent is not None:
+            await self.agent.close()
+        if self.vm is not None:
+            await self.vm.detach()
+        self.steps = Steps()
 
     async def stop(self) -> None:
         """Power the guest off through the agent, then make sure QEMU is gone; idempotent."""

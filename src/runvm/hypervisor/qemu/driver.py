@@ -5,7 +5,9 @@ connection is up and whose serial console is being copied into ``<run_dir>/conso
 (rotated to ``console.log.1`` at the cap, so at most twice the cap is kept). On any failure
 QEMU is stopped and a :class:`LaunchError` carries argv, exit code and log tail.
 :meth:`QemuVM.stop` asks QMP ``quit``, then SIGTERM, then SIGKILL; it is idempotent and
-removes the VM's sockets.
+removes the VM's sockets. :meth:`QemuVM.detach` lets go of a running VM (QMP and console
+closed, QEMU left running) so that :meth:`QemuHypervisor.adopt` in another process can take
+it over by its pidfd.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from runvm import files
 from runvm.errors import ConfigError, HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
-from runvm.process import Child, ChildSpec, read_tail
+from runvm.process import Child, ChildSpec, ForeignProcess, read_tail
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs a dropped connection as an error; here QEMU exiting is reported by runvm itself.
@@ -65,7 +67,7 @@ class ConsoleLog:
 class QemuVM:
     """A running QEMU process and its QMP connection."""
 
-    def __init__(self, spec: VMSpec, child: Child, qmp: QMPClient) -> None:
+    def __init__(self, spec: VMSpec, child: Child | ForeignProcess, qmp: QMPClient) -> None:
         self.spec = spec
         self.child = child
         self.qmp = qmp
@@ -275,6 +277,16 @@ class QemuVM:
     async def wait(self) -> int:
         return await self.child.wait()
 
+    async def detach(self) -> None:
+        """Close QMP and the console copy and leave QEMU running (see the module docstring)."""
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            await self.qmp.disconnect()
+        if self._console_task:
+            self._console_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._console_task
+
     async def stop(self) -> None:
         """QMP quit, then SIGTERM, then SIGKILL; always reaps and removes sockets."""
         if self._stopped:
@@ -286,6 +298,8 @@ class QemuVM:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.child.wait(), QUIT_GRACE)
         await self.child.stop()
+        if isinstance(self.child, ForeignProcess):
+            self.child.close()
         with contextlib.suppress(Exception):
             await self.qmp.disconnect()
         if self._console_task:
@@ -358,6 +372,7 @@ class QemuHypervisor:
                 argv=argv,
                 log_path=log_path,
                 pass_fds=inherited_fds(spec),
+                die_with_parent=spec.die_with_owner,
                 **credentials(spec),
             )
         )
@@ -380,5 +395,19 @@ class QemuHypervisor:
                 sock.unlink(missing_ok=True)
             raise
         vm = QemuVM(spec, child, qmp)
+        vm.start_console()
+        return vm
+
+    async def adopt(self, spec: VMSpec, process: ForeignProcess) -> QemuVM:
+        """Take over the running QEMU ``process`` whose sockets are where ``spec`` puts them:
+        connect QMP and copy the console again. HypervisorError if QMP does not answer."""
+        qmp = QMPClient(f"runvm-{spec.name}")
+        try:
+            await asyncio.wait_for(qmp.connect(str(qmp_socket(spec))), QMP_READY_TIMEOUT)
+        except Exception as exc:
+            raise HypervisorError(
+                f"the handed-over VM (pid {process.pid}) has no QMP: {exc}"
+            ) from exc
+        vm = QemuVM(spec, process, qmp)
         vm.start_console()
         return vm

@@ -1,0 +1,95 @@
+"""The sandbox's side of the VM cache: ask the daemon for a ready VM matching this config.
+
+Contract of :func:`take`: a :class:`Handed` VM (its QEMU pid and pidfd, its run directory
+already moved to the sandbox's, where the sandbox takes it over) or None when there is no
+daemon, no ready VM or none that matches; the reason is logged. It never raises for a cache
+problem: the caller then boots as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runvm.cache import wire
+from runvm.config import RunvmConfig
+from runvm.runtime import template
+from runvm.runtime.guestimage import GuestFiles
+
+log = logging.getLogger(__name__)
+
+TAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Handed:
+    pid: int
+    pidfd: int
+    templated: bool
+    vm_id: str  # the pool's name for it (QEMU's ``-name``)
+
+
+def cache_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) -> dict[str, Any]:
+    """What a cached VM must have been made with to serve a sandbox of ``config``."""
+    hv = config.hypervisor
+    return {
+        **template.template_key(config, files, accel, qemu),
+        "state_root": config.runtime.state_root,
+        "seccomp": hv.seccomp,
+        "console_log_max_kib": hv.console_log_max_kib,
+    }
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def request(path: Path, message: dict[str, Any], timeout: float) -> tuple[dict[str, Any], int]:
+    """One exchange with the daemon: (reply, pidfd or -1). OSError or WireError on failure."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(wire.encode(message))
+        data = b""
+        fds: list[int] = []
+        while not data.endswith(b"\n") and len(data) <= wire.LINE_MAX:
+            chunk, got, _, _ = socket.recv_fds(sock, wire.LINE_MAX + 1, wire.MAX_FDS)
+            fds += got
+            if not chunk:
+                break
+            data += chunk
+        try:
+            reply = wire.decode(data.rstrip(b"\n"))
+            if len(fds) > 1:
+                raise wire.WireError(f"{len(fds)} file descriptors in one reply")
+        except wire.WireError:
+            _close_all(fds)
+            raise
+        return reply, (fds[0] if fds else -1)
+
+
+async def take(
+    config: RunvmConfig, sandbox_id: str, files: GuestFiles, accel: str, qemu: str
+) -> Handed | None:
+    """See the module docstring."""
+    path = Path(config.cache.socket)
+    message = {"op": "take", "sandbox": sandbox_id,
+               "key": cache_key(config, files, accel, qemu)}  # fmt: skip
+    try:
+        reply, pidfd = await asyncio.to_thread(request, path, message, TAKE_TIMEOUT)
+    except (OSError, wire.WireError) as exc:
+        log.info("cache: no VM from %s (%s); booting without it", path, exc)
+        return None
+    pid, vm_id = reply.get("pid"), reply.get("vm")
+    if reply.get("ok") is not True or pidfd < 0 or not isinstance(pid, int):
+        if pidfd >= 0:
+            os.close(pidfd)
+        log.info("cache: no VM (%s); booting without it", reply.get("error", "malformed reply"))
+        return None
+    return Handed(pid, pidfd, reply.get("templated") is True, str(vm_id))
