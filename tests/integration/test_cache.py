@@ -15,15 +15,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CacheDaemon, add_config, runvm_cli
 
 from runvm.image.busybox import make_bundle
+from runvm.image.ociarchive import busybox_archive
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 RUNVM = [sys.executable, "-m", "runvm.cli.main"]
+RUNTIME = "io.containerd.runvm.v2"
 cli = runvm_cli
 
 
@@ -123,7 +126,7 @@ def test_bad_requests_get_errors_and_the_daemon_lives_on(
     assert oct(os.stat(sock_path).st_mode & 0o777) == "0o600"
     for data, words in ((b"not json\n", "not JSON"), (b"[1]\n", "not a JSON object"),
                         (b'{"op": "steal"}\n', "unknown op"),
-                        (b'{"op": "take", "sandbox": "../x", "key": {}}\n', "invalid"),
+                        (b'{"op": "take", "run_dir": "/etc/x"}\n', "not a path under"),
                         (b"x" * 20000, "longer than")):  # fmt: skip
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
@@ -170,3 +173,39 @@ def test_a_daemon_killed_hard_leaves_nothing_once_restarted(
     state = Path(cli_env["RUNVM_CONFIG"]).read_text().split('state_root = "')[1].split('"')[0]
     assert not list(Path(state, "sandboxes").glob("cache-*"))
     assert not list(Path(state, "cache").glob("*.json"))
+
+
+def test_containerd_shim_takes_a_cached_vm_and_it_dies_with_the_shim(
+    containerd: Any, tmp_path: Path, state_root: Path, cache_daemon: CacheDaemon
+) -> None:
+    """Through containerd: the shim takes the VM (output, exit code, exec; QEMU joins the pod's
+    host cgroup), and a shim killed with SIGKILL takes its VM along."""
+    image = "localhost/runvm/busybox:latest"
+    r = containerd.ctr("image", "import", str(busybox_archive(tmp_path / "bb.tar", image)))
+    assert r.returncode == 0, r.stderr
+    cache_daemon.wait(ready=1)
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "c1",
+                       "sh", "-c", "echo hi; exit 7")  # fmt: skip
+    assert (r.stdout, r.returncode) == (b"hi\n", 7), r.stderr
+    cache_daemon.wait(ready=1, leased=0)
+    (pooled,) = qemus("/sandboxes/cache-")
+    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, image, "c2", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    try:
+        log = state_root / "k" / "default" / "c2.log"
+        try:
+            cache_daemon.wait(leased=1, timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nshim log: {log.read_text()[-3000:]}") from None
+        memory = [ln for ln in Path(f"/proc/{pooled}/cgroup").read_text().splitlines()
+                  if ":memory:" in ln or ln.startswith("0::")]  # fmt: skip
+        assert memory and memory[0].endswith("/default/c2"), memory
+        r = containerd.ctr("task", "exec", "--exec-id", "e1", "c2", "sh", "-c", "echo ok")
+        assert r.stdout == b"ok\n", r.stderr
+        record = json.loads((state_root / "k" / "default" / "c2.json").read_text())
+        os.kill(record["shim_pid"], signal.SIGKILL)
+        assert gone(pooled), "the handed-over VM outlived its shim"
+        cache_daemon.wait(leased=0)
+    finally:
+        containerd.ctr("task", "delete", "-f", "c2")
+        containerd.ctr("container", "delete", "c2")

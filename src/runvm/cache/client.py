@@ -39,7 +39,6 @@ def cache_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) -> 
     hv = config.hypervisor
     return {
         **template.template_key(config, files, accel, qemu),
-        "state_root": config.runtime.state_root,
         "seccomp": hv.seccomp,
         "console_log_max_kib": hv.console_log_max_kib,
     }
@@ -75,11 +74,11 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> tuple[dict[s
 
 
 async def take(
-    config: RunvmConfig, sandbox_id: str, files: GuestFiles, accel: str, qemu: str
+    config: RunvmConfig, run_dir: Path, files: GuestFiles, accel: str, qemu: str
 ) -> Handed | None:
-    """See the module docstring."""
+    """See the module docstring; ``run_dir`` is where the VM's directory is to be moved."""
     path = Path(config.cache.socket)
-    message = {"op": "take", "sandbox": sandbox_id,
+    message = {"op": "take", "run_dir": str(run_dir),
                "key": cache_key(config, files, accel, qemu)}  # fmt: skip
     try:
         reply, pidfd = await asyncio.to_thread(request, path, message, TAKE_TIMEOUT)

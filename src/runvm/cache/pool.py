@@ -4,9 +4,10 @@ sure a handed-over VM dies with the sandbox process that took it.
 Contract:
 - :meth:`Pool.fill` boots (or clones, with a usable template) pooled sandboxes one at a
   time until ``size`` wait ready; a ready VM that dies is replaced; boot failures back off.
-- :meth:`Pool.take` hands the oldest ready VM to the sandbox ``sandbox_id`` of process
-  ``peer``: the daemon lets go of its agent link and QMP, moves its run directory to the
-  sandbox's, records the lease and returns the QEMU pid and a pidfd. From then on the daemon
+- :meth:`Pool.take` hands the oldest ready VM to the sandbox of process ``peer`` whose run
+  directory is to be ``run_dir`` (a new directory under the daemon's state root, on its
+  filesystem): the daemon lets go of its agent link and QMP, moves the VM's directory there,
+  records the lease and returns the QEMU pid and a pidfd. From then on the daemon
   watches the peer: if it exits while QEMU still runs, QEMU is killed (so a sandbox process
   killed with SIGKILL takes its VM along). CacheMiss says why nothing was handed over.
 - QEMU of a pooled VM does not die with the daemon (it may already belong to a sandbox).
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runvm import files
 from runvm.cache import records
 from runvm.cache.client import cache_key
 from runvm.config import RunvmConfig
@@ -121,9 +123,9 @@ class Pool:
             records.remove(self.records, entry.sandbox.id)
             self._wake.set()
 
-    async def take(self, sandbox_id: str, key: object, peer: int) -> tuple[int, int, bool, str]:
+    async def take(self, run_dir: Path, key: object, peer: int) -> tuple[int, int, bool, str]:
         """(QEMU pid, pidfd, templated, vm id); see the module docstring."""
-        check_id(sandbox_id)
+        target = self._target(run_dir)
         if key != await self.key():
             mine = await self.key()
             theirs = key if isinstance(key, dict) else {}
@@ -131,9 +133,6 @@ class Pool:
             raise CacheMiss(f"the cache's VMs differ in {', '.join(diff)}")
         if not self.ready:
             raise CacheMiss("no VM is ready")
-        target = sandbox_run_dir(self.config, sandbox_id)
-        if target.exists():
-            raise CacheMiss(f"sandbox directory {target} already exists")
         peer_start = start_time(peer)
         if peer_start is None:
             raise CacheMiss(f"the requesting process {peer} is gone")
@@ -157,8 +156,20 @@ class Pool:
         self.leases[sandbox.id] = asyncio.ensure_future(
             self._lease(sandbox.id, ForeignProcess(vm.pid, os.dup(pidfd)), peer)
         )
-        log.info("cache: %s handed to sandbox %s (pid %d)", sandbox.id, sandbox_id, peer)
+        log.info("cache: %s handed over: %s (pid %d)", sandbox.id, target, peer)
         return vm.pid, pidfd, sandbox.templated, sandbox.id
+
+    def _target(self, run_dir: Path) -> Path:
+        """``run_dir`` if a VM's directory may become it; CacheMiss naming the problem if not.
+        Its parent is made (0700) when missing."""
+        root = Path(self.config.runtime.state_root)
+        if not run_dir.is_absolute() or ".." in run_dir.parts or not run_dir.is_relative_to(root):
+            raise CacheMiss(f"run_dir {str(run_dir)!r} is not a path under {root}")
+        check_id(run_dir.name, "run directory")
+        if run_dir.exists():
+            raise CacheMiss(f"run_dir {run_dir} already exists")
+        files.make_dirs(run_dir.parent)
+        return run_dir
 
     async def _lease(self, vm_id: str, qemu: ForeignProcess, peer: int) -> None:
         """Kill QEMU if the process that took it exits first."""

@@ -48,10 +48,10 @@ async def _answer(pool: Pool, message: dict[str, Any], peer: int) -> tuple[dict[
     if op == "status":
         return {"ok": True, **pool.status()}, -1
     if op == "take":
-        sandbox = message.get("sandbox")
-        if not isinstance(sandbox, str):
-            raise wire.WireError("take: 'sandbox' must be a string")
-        pid, pidfd, templated, vm_id = await pool.take(sandbox, message.get("key"), peer)
+        run_dir = message.get("run_dir")
+        if not isinstance(run_dir, str):
+            raise wire.WireError("take: 'run_dir' must be a string")
+        pid, pidfd, templated, vm_id = await pool.take(Path(run_dir), message.get("key"), peer)
         return {"ok": True, "pid": pid, "templated": templated, "vm": vm_id}, pidfd
     raise wire.WireError(f"unknown op {op!r}")
 

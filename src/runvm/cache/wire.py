@@ -1,7 +1,7 @@
 """The cache socket's protocol: one JSON object per line each way, at most ``LINE_MAX``
 bytes; a handed-over VM's pidfd travels with the reply as SCM_RIGHTS.
 
-Requests: ``{"op": "take", "sandbox": ID, "key": {...}}`` and ``{"op": "status"}``.
+Requests: ``{"op": "take", "run_dir": PATH, "key": {...}}`` and ``{"op": "status"}``.
 Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": WHY}``. Either side drops a peer
 that sends more than ``LINE_MAX`` bytes without a newline, or anything but a JSON object.
 """

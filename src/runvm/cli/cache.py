@@ -25,11 +25,10 @@ def check(conf: cfg.RunvmConfig) -> None:
     """ConfigError for a config whose VMs the cache cannot hand over."""
     hv = conf.hypervisor
     if hv.user:
-        raise ConfigError("cache: QEMU must run as root (its share is 9p): unset hypervisor.user")
+        raise ConfigError("cache: QEMU as hypervisor.user is not supported for cached VMs")
     if hv.machine == "microvm":
-        raise ConfigError("cache: a handed-over VM gets its NICs hot-plugged; microvm cannot")
-    if conf.image.variant == "debian" and not conf.image.kernel:
-        raise ConfigError('cache: its VMs share over 9p: set image.variant = "minimal"')
+        raise ConfigError("cache: a handed-over VM gets its share and NICs hot-plugged; "
+                          'microvm cannot: set hypervisor.machine = "pc" or "q35"')  # fmt: skip
 
 
 def serve(args: argparse.Namespace) -> int:

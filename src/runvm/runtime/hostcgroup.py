@@ -138,3 +138,15 @@ def _current(hierarchy_dir: Path) -> Path:
         ):
             return mount / rel.lstrip("/")
     return mount
+
+
+def join_mine(pid: int, root: Path = CGROUP_ROOT) -> list[str]:
+    """Move ``pid`` into this process's cgroup in every hierarchy (a VM handed over by the
+    cache was started in the daemon's); returns the failures, for the caller to log."""
+    failures = []
+    for hierarchy in hierarchies(root):
+        try:
+            (_current(hierarchy) / "cgroup.procs").write_text(str(pid))
+        except (OSError, StopIteration) as exc:
+            failures.append(f"{hierarchy}: {exc}")
+    return failures

@@ -43,7 +43,7 @@ from runvm.ksm import server as ksm
 from runvm.process import Child, ForeignProcess
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
-from runvm.runtime import template
+from runvm.runtime import hostcgroup, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.names import check_id, run_dir_name
@@ -82,8 +82,9 @@ class SandboxOptions:
     # The sandbox will hot-plug devices (a block-device rootfs): a configured machine that
     # cannot (microvm) is replaced by pc for this sandbox.
     needs_hotplug: bool = False
-    # A VM for the cache daemon: 9p share, virtio-serial, no NICs, QEMU not tied to this
-    # process; start() returns before CreateSandbox and the daemon later calls release().
+    # A VM for the cache daemon: booted cold (virtio-fs needs shared guest RAM), no share and
+    # no NICs yet (its taker hot-plugs both), virtio-serial, QEMU not tied to this process;
+    # start() returns before CreateSandbox and the daemon later calls release().
     pooled: bool = False
 
 
@@ -161,7 +162,7 @@ class Sandbox:
             if config.cache.enable and plain and not options.pooled and not options.guest_files:
                 qemu = hypervisor.resolve_binary()
                 handed = await steps.run(
-                    "cache-take", cache.take(config, sandbox_id, files, accel.accel.value, qemu)
+                    "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
                 )
             if handed is None:
                 await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
@@ -177,19 +178,20 @@ class Sandbox:
                          sandbox_id, sandbox.machine)  # fmt: skip
                 sandbox.machine = "pc"
             tpl = None
-            if config.factory.enable and plain and handed is None:
+            if config.factory.enable and plain and handed is None and not options.pooled:
                 tpl = await template.usable(config, files, sandbox.accel)
             sandbox.templated = tpl is not None or (handed is not None and handed.templated)
             clonelike = tpl is not None or handed is not None  # NICs hot-plugged once it runs
             devices = list(options.extra_devices)
             storages = []
-            if handed is not None:
-                sandbox._shared_dir(made=True)
-                storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
-                                           options=list(NINEP_OPTIONS),
+            late_share = None  # virtio-fs hot-plugged into a handed-over VM
+            if options.pooled:
+                pass
+            elif handed is not None:
+                late_share = await steps.run("virtio-fs", sandbox._share_fs())
+                storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
                                            mount_point=GUEST_ROOT))  # fmt: skip
-            elif options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None
-                                       or options.pooled):  # fmt: skip
+            elif options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None):
                 devices.append(await steps.run("9p", sandbox._share_9p()))
                 storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
                                            options=list(NINEP_OPTIONS),
@@ -237,6 +239,11 @@ class Sandbox:
             ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
             if handed is not None:
                 sandbox.vm = vm = await steps.run("cache-adopt", hypervisor.adopt(spec, process))
+                for failure in hostcgroup.join_mine(vm.pid):  # the caller's accounting
+                    log.warning("sandbox %s: QEMU not moved to this cgroup: %s", sandbox_id,
+                                failure)  # fmt: skip
+                if late_share is not None:
+                    await steps.run("virtio-fs-plug", vm.hotplug_fs(late_share))
             else:
                 sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
             steps.add_undo("qemu", vm.stop)
@@ -337,12 +344,10 @@ class Sandbox:
         log.error("sandbox %s: %s", self.id, self.failure)
         await self.vm.stop()
 
-    def _shared_dir(self, made: bool = False) -> SharedDir:
-        """The shared directory (``made``: already set up, by the cache daemon)."""
+    def _shared_dir(self) -> SharedDir:
         shared = SharedDir(self.run_dir / "shared")
         self.steps.add_undo("shared-dir", lambda: asyncio.to_thread(shared.teardown))
-        if not made:
-            shared.setup()
+        shared.setup()
         self.shared = shared
         return shared
 

@@ -25,7 +25,7 @@ from qemu.qmp import QMPClient
 
 from runvm import files
 from runvm.errors import ConfigError, HypervisorError, LaunchError
-from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VMSpec
+from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
 from runvm.process import Child, ChildSpec, ForeignProcess, read_tail
 
@@ -155,6 +155,23 @@ class QemuVM:
             self._ports.pop(f"dev-{nic.id}", None)
             with contextlib.suppress(HypervisorError):
                 await self.execute("netdev_del", {"id": nic.id})
+            raise
+
+    async def hotplug_fs(self, share: VirtioFsSpec, share_id: str = "fs-hp") -> None:
+        """Add a vhost-user-fs device for the virtiofsd on ``share.socket_path`` (the guest RAM
+        must be shared: a cold-booted VM's memfd; not a clone's private mapping)."""
+        slot = self._slot(f"dev-{share_id}")
+        backend = {"type": "socket", "data": {"server": False,
+                   "addr": {"type": "unix", "data": {"path": str(share.socket_path)}}}}  # fmt: skip
+        try:
+            await self.execute("chardev-add", {"id": share_id, "backend": backend})
+            device = {"driver": "vhost-user-fs-pci", "id": f"dev-{share_id}", "chardev": share_id,
+                      "tag": share.tag, "queue-size": share.queue_size, **slot}  # fmt: skip
+            await self.execute("device_add", device)
+        except BaseException:
+            self._ports.pop(f"dev-{share_id}", None)
+            with contextlib.suppress(HypervisorError):
+                await self.execute("chardev-remove", {"id": share_id})
             raise
 
     async def unplug_nic(self, nic_id: str, timeout: float = 10.0) -> None:
