@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config
+from conftest import add_config, cache_settings
 
 from runvm.image.busybox import make_bundle
 
@@ -97,25 +97,30 @@ def runvm(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedPro
                           capture_output=True, timeout=240, **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "vcpus", "cloned"),
-                         [pytest.param("tcfilter", 2, False, marks=pytest.mark.smoke),
-                          ("macvtap", 1, False), ("tcfilter", 1, True)])  # fmt: skip
+@pytest.mark.parametrize(("model", "vcpus", "start"),
+                         [pytest.param("tcfilter", 2, "cold", marks=pytest.mark.smoke),
+                          ("macvtap", 1, "cold"), ("tcfilter", 1, "cloned"),
+                          ("tcfilter", 1, "cached")])  # fmt: skip
 def test_two_vm_pods_on_a_bridge(
     model: str,
     vcpus: int,
-    cloned: bool,
+    start: str,
     pods: Pods,
     tmp_path: Path,
     cli_env: dict[str, str],
     request: pytest.FixtureRequest,
 ) -> None:
     """tcfilter with 2 vCPUs: a multi-queue tap, one queue pair per vCPU. ``cloned``: both
-    pods are clones of a template, their NICs hot-plugged after the clone resumed."""
-    if cloned:
-        request.getfixturevalue("factory")
+    pods are clones of a template, ``cached``: both are VMs the cache daemon booted; in both
+    their NICs are hot-plugged once the VM runs."""
     conf = Path(cli_env["RUNVM_CONFIG"])
     add_config(conf, f'[network]\nmodel = "{model}"\n'
                     f"[hypervisor]\nvcpus = {vcpus}\n")  # fmt: skip
+    if start == "cloned":
+        request.getfixturevalue("factory")
+    if start == "cached":
+        add_config(conf, cache_settings(cli_env, 2))
+        request.getfixturevalue("cache_daemon").wait(ready=2)
     server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
     # A permanent neighbour in the pod's namespace is copied into the guest.
     ip("-n", pods.pods[1], "neigh", "add", "10.77.0.99", "lladdr", "02:00:00:00:00:99", "dev",
@@ -147,7 +152,10 @@ def test_two_vm_pods_on_a_bridge(
     try:
         ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
         srv = [a for a in ps.splitlines() if "qemu-system" in a and "runvm-srv" in a]
-        assert srv and ("-incoming defer" in srv[0]) == cloned, srv
+        if start == "cached":
+            assert not srv and request.getfixturevalue("cache_daemon").status()["leased"] == 1
+        else:
+            assert srv and ("-incoming defer" in srv[0]) == (start == "cloned"), srv
         r = runvm(cli_env, "run", "-b", str(client), "cli", stdin=subprocess.DEVNULL)
         expected = [str(vcpus), "1400", "ping-peer", "ping-gateway", "echo-hi", "neighbour",
                     "nameserver", "10.77.0.53", "10.77.0.11", "server-pod"]  # fmt: skip

@@ -40,11 +40,11 @@ from runvm.process import ForeignProcess, start_time
 from runvm.runtime.guestimage import resolve_guest_files
 from runvm.runtime.names import check_id
 from runvm.runtime.sandbox import Sandbox, SandboxOptions, sandbox_run_dir
-from runvm.storage.shared import SharedDir
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 60.0
+RELEASE_SETTLE = 1.0  # seconds for a guest agent to notice its host left
 
 
 class CacheMiss(RunvmError):
@@ -105,6 +105,15 @@ class Pool:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             backoff = 1.0
+            # Let go of the agent link now: by the time a sandbox takes the VM, the agent has
+            # long seen the host leave and waits for the next one (a takeover racing that
+            # hang-up would lose requests).
+            try:
+                await sandbox.release()
+                await asyncio.sleep(RELEASE_SETTLE)
+            except asyncio.CancelledError:
+                await self._discard(sandbox)
+                raise
             entry = Ready(sandbox)
             entry.watcher = asyncio.ensure_future(self._watch_ready(entry))
             self.ready.append(entry)
@@ -119,7 +128,7 @@ class Pool:
         if entry in self.ready:
             self.ready.remove(entry)
             log.warning("cache: ready VM %s exited; replacing it", entry.sandbox.id)
-            await entry.sandbox.stop()
+            await self._kill(None, entry.sandbox.run_dir)
             records.remove(self.records, entry.sandbox.id)
             self._wake.set()
 
@@ -142,7 +151,6 @@ class Pool:
             entry.watcher.cancel()
         sandbox, vm = entry.sandbox, entry.sandbox.vm
         assert vm is not None
-        await sandbox.release()
         try:
             if vm.child.returncode is not None:
                 raise CacheMiss("the ready VM exited while being handed over")
@@ -195,15 +203,22 @@ class Pool:
                 holder.close()
             self.leases.pop(vm_id, None)
 
+    async def _discard(self, sandbox: Sandbox) -> None:
+        """Stop a released pool VM of ours (SIGTERM: QEMU exits cleanly) and forget it."""
+        if sandbox.vm is not None:
+            await sandbox.vm.child.stop()
+        await self._kill(None, sandbox.run_dir)
+        records.remove(self.records, sandbox.id)
+
     async def _kill(self, pid: int | None, run_dir: Path) -> None:
-        """Kill a pool VM's QEMU and remove what its directory holds."""
+        """Kill a pool VM's QEMU (a pid not ours to wait for) and remove its directory (pool
+        VMs have no share: nothing is mounted in it)."""
         if pid is not None:
             with contextlib.suppress(OSError):
                 qemu = ForeignProcess(pid, os.pidfd_open(pid))
                 qemu.signal(signal.SIGKILL)
                 await qemu.wait()
                 qemu.close()
-        await asyncio.to_thread(SharedDir(run_dir / "shared").teardown)
         shutil.rmtree(run_dir, ignore_errors=True)
 
     async def recover(self) -> None:
@@ -228,7 +243,6 @@ class Pool:
         for entry in ready:
             if entry.watcher is not None:
                 entry.watcher.cancel()
-            await entry.sandbox.stop()
-            records.remove(self.records, entry.sandbox.id)
+            await self._discard(entry.sandbox)
         for task in list(self.leases.values()):
             task.cancel()
