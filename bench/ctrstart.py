@@ -1,5 +1,7 @@
 """`ctr run --rm` of busybox `true` through one private containerd: runc, runvm cold, runvm
-cloned from a template. Used by ``bench/start.py --ctr``.
+cloned from a template, runvm handed a ready VM by `runvm cache serve` (one kept ready; each
+measured start waits until it is, so no refill boot competes with a measurement). Used by
+``bench/start.py --ctr``.
 
 Each configuration runs once per round, rounds interleaved; the runvm ones get their config
 through ctr's ``--runtime-config-path`` (the shim reads it), so one containerd serves all.
@@ -7,6 +9,7 @@ through ctr's ``--runtime-config-path`` (the shim reads it), so one containerd s
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -37,6 +40,19 @@ def _config(path: Path, state: Path, extra: str = "") -> Path:
     return path
 
 
+def _pool_full(conf: Path, timeout: float = 300) -> None:
+    """Wait until the cache daemon of ``conf`` has its one VM ready."""
+    deadline = time.monotonic() + timeout
+    status = [sys.executable, "-m", "runvm.cli.main", "--config", str(conf), "cache", "status"]
+    while True:
+        r = subprocess.run(status, capture_output=True, text=True)
+        if r.returncode == 0 and json.loads(r.stdout).get("ready") == 1:
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"the cache daemon has no VM ready after {timeout} s: {r.stdout}")
+        time.sleep(0.5)
+
+
 def run(rounds: int) -> dict[str, list[float]]:
     base = Path(tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
     state = base / "s"
@@ -44,8 +60,13 @@ def run(rounds: int) -> dict[str, list[float]]:
     cold = _config(base / "cold.toml", state)
     factory = base / "factory"
     tpl = _config(base / "tpl.toml", state, f'[factory]\nenable = true\ndir = "{factory}"\n')
+    sock = base / "cache.sock"
+    cached = _config(base / "cached.toml", state,
+                     f'[cache]\nenable = true\nsize = 1\nsocket = "{sock}"\n')  # fmt: skip
     daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
+    cache = subprocess.Popen([sys.executable, "-m", "runvm.cli.main", "--config", str(cached),
+                              "cache", "serve"], stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
         subprocess.run([*runvm, "factory", "init"], check=True, capture_output=True)
@@ -55,10 +76,13 @@ def run(rounds: int) -> dict[str, list[float]]:
                            str(cold)],
             "runvm templated": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
                                 str(tpl)],
+            "runvm cached": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
+                             str(cached)],
         }  # fmt: skip
         times: dict[str, list[float]] = {name: [] for name in configs}
         for i in range(rounds):
             for name, args in configs.items():
+                _pool_full(cached)  # no refill boot competes with any measured start
                 start = time.monotonic()
                 r = daemon.ctr("run", "--rm", *args, IMAGE, f"b{i}-{len(times[name])}", "true")
                 if r.returncode != 0:
@@ -66,6 +90,8 @@ def run(rounds: int) -> dict[str, list[float]]:
                 times[name].append(time.monotonic() - start)
         return times
     finally:
+        cache.terminate()
+        cache.wait(60)
         subprocess.run([*runvm, "factory", "destroy"], capture_output=True)
         daemon.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -15,7 +15,8 @@ TCG translation cache instead of 64), interleaved: a cold start through the Pyth
 with the sandbox up and the container created.
 
 With --ctr, instead: `ctr run --rm` of busybox `true` through one private containerd with
-runc, runvm cold and runvm cloned from a template (bench/ctrstart.py), ratios to runc.
+runc, runvm cold, runvm cloned from a template and runvm handed a VM by the cache daemon
+(bench/ctrstart.py), ratios to runc.
 
 Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix | --ctr]
 """
@@ -164,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
-    parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated")
+    parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated, cached")
     args = parser.parse_args()
     if args.ctr:
         import ctrstart

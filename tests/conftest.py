@@ -28,7 +28,13 @@ MATRIX = os.environ.get("RUNVM_TEST_MATRIX", "")
 
 HARDWARE_PREFIX = "hardware:"
 ALLOWED_HARDWARE = ("KVM", "vhost-vsock", "vhost-net", "VFIO")
-LEAK_PATTERNS = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "runvm-monitor")
+LEAK_PATTERNS = (
+    "qemu-system",
+    "virtiofsd",
+    "containerd-shim-runvm",
+    "runvm-monitor",
+    "cache serve",
+)
 
 
 def matrix_settings() -> dict[str, dict[str, Any]]:
@@ -85,7 +91,10 @@ def runvm_cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.Co
 
 def write_config(path: Path, state_root: Path, accel_cache: Path) -> Path:
     """A private config: own state and cache directories, plus the smoke matrix's settings."""
-    path.write_text(f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n')
+    path.write_text(
+        f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n'
+        f'[cache]\nsocket = "{state_root}/cache.sock"\n'
+    )  # never the machine's
     add_config(path, _toml(matrix_settings()))
     return path
 
@@ -181,6 +190,7 @@ def runvm_config(state_root: Path, accel_cache: Path) -> cfg.RunvmConfig:
     """Defaults with private state and cache directories."""
     tables = matrix_settings()
     tables["runtime"] = {"state_root": str(state_root), "cache_dir": str(accel_cache)}
+    tables["cache"] = {"socket": str(state_root / "cache.sock")}  # never the machine's
     return cfg.parse(tables)
 
 
@@ -403,11 +413,9 @@ def factory(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Path]:
     assert not directory.exists()
 
 
-def cache_settings(env: dict[str, str], size: int) -> str:
-    """The [cache] table of a test: enabled, ``size`` VMs, a socket of the test's own."""
-    return (
-        f'[cache]\nenable = true\nsize = {size}\nsocket = "{env["RUNVM_TEST_ROOT"]}-cache.sock"\n'
-    )
+def cache_settings(size: int) -> str:
+    """The [cache] table of a test: enabled, ``size`` VMs (the socket is the test's own)."""
+    return f"[cache]\nenable = true\nsize = {size}\n"
 
 
 class CacheDaemon:
@@ -449,9 +457,11 @@ class CacheDaemon:
 @pytest.fixture
 def cache_daemon(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[CacheDaemon]:
     """A running cache daemon (size 1 unless the test's config says otherwise before it)."""
+    import tomllib
+
     conf = Path(cli_env["RUNVM_CONFIG"])
-    if "[cache]" not in conf.read_text():
-        add_config(conf, cache_settings(cli_env, 1))
+    if "size" not in tomllib.loads(conf.read_text()).get("cache", {}):
+        add_config(conf, cache_settings(1))
     daemon = CacheDaemon(cli_env, tmp_path / "cache.log")
     daemon.start()
     try:

@@ -119,7 +119,7 @@ def test_two_vm_pods_on_a_bridge(
     if start == "cloned":
         request.getfixturevalue("factory")
     if start == "cached":
-        add_config(conf, cache_settings(cli_env, 2))
+        add_config(conf, cache_settings(2))
         request.getfixturevalue("cache_daemon").wait(ready=2)
     server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
     # A permanent neighbour in the pod's namespace is copied into the guest.
