@@ -89,6 +89,19 @@ def runvm_cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.Co
     return r
 
 
+def start_write_exec(env: dict[str, str], name: str, bundle: Path) -> None:
+    """Start container ``name`` (whose program writes "hi" to /written), wait for the write to
+    reach the host's rootfs, then exec: its output, and an exit code of 7."""
+    runvm_cli(env, "start", name)
+    deadline = time.monotonic() + 30
+    while not (bundle / "rootfs/written").exists():
+        assert time.monotonic() < deadline, "the container did not write its rootfs"
+        time.sleep(0.2)
+    assert runvm_cli(env, "exec", name, "cat", "/written").stdout == "hi\n"
+    r = runvm_cli(env, "exec", name, "sh", "-c", "exit 7", ok=False)
+    assert r.returncode == 7, r.stderr
+
+
 def write_config(path: Path, state_root: Path, accel_cache: Path) -> Path:
     """A private config: own state and cache directories, plus the smoke matrix's settings."""
     path.write_text(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CacheDaemon, add_config, runvm_cli
+from conftest import CacheDaemon, add_config, runvm_cli, start_write_exec
 
 from runvm.image.busybox import make_bundle
 from runvm.image.ociarchive import busybox_archive
@@ -80,14 +80,7 @@ def test_a_cached_sandbox_runs_a_container(
     try:
         assert cache_daemon.wait(leased=1)["leased"] == 1
         assert pooled in qemus("")  # the very QEMU the pool had booted now serves the sandbox
-        cli(cli_env, "start", "cached1")
-        deadline = time.monotonic() + 30
-        while not (b / "rootfs/written").exists():
-            assert time.monotonic() < deadline, "the container did not write its rootfs"
-            time.sleep(0.2)
-        assert cli(cli_env, "exec", "cached1", "cat", "/written").stdout == "hi\n"
-        r = cli(cli_env, "exec", "cached1", "sh", "-c", "exit 7", ok=False)
-        assert r.returncode == 7, r.stderr
+        start_write_exec(cli_env, "cached1", b)
         cache_daemon.wait(ready=1)  # refilled
     finally:
         cli(cli_env, "kill", "cached1", "KILL", ok=False)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_config, runvm_cli
+from conftest import add_config, runvm_cli, start_write_exec
 
 from runvm import config as cfg
 from runvm.image.busybox import make_bundle
@@ -46,14 +46,7 @@ def test_a_cloned_sandbox_runs_a_container(
         qemu = [a for a in ps.splitlines() if "qemu-system" in a and "runvm-clone1" in a]
         assert qemu and "-incoming defer" in qemu[0] and f"mem-path={factory}/memory" in qemu[0]
         assert "share=off" in qemu[0] and "virtio-9p" in qemu[0]
-        cli(cli_env, "start", "clone1")
-        deadline = time.monotonic() + 30
-        while not (b / "rootfs/written").exists():
-            assert time.monotonic() < deadline, "the container did not write its rootfs"
-            time.sleep(0.2)
-        assert cli(cli_env, "exec", "clone1", "cat", "/written").stdout == "hi\n"
-        r = cli(cli_env, "exec", "clone1", "sh", "-c", "exit 7", ok=False)
-        assert r.returncode == 7, r.stderr
+        start_write_exec(cli_env, "clone1", b)
     finally:
         cli(cli_env, "kill", "clone1", "KILL", ok=False)
         cli(cli_env, "delete", "--force", "clone1", ok=False)
