@@ -199,8 +199,9 @@ class TaskService:
                                  needs_hotplug=needs_hotplug)  # fmt: skip
         self.sandbox = await Sandbox.start(self.group, self.config, options)
         self.sandbox_task = task.id
-        log.info("pod %s: VM up (pid %d, %s)", self.group, self.vm_pid,
-                 self.sandbox.accel.accel.value if self.sandbox.accel else "?")  # fmt: skip
+        steps = " ".join(f"{k}={v:.3f}" for k, v in self.sandbox.timings.items())
+        log.info("pod %s: VM up (pid %d, %s; %s)", self.group, self.vm_pid,
+                 self.sandbox.accel.accel.value if self.sandbox.accel else "?", steps)  # fmt: skip
 
     async def _watch_oom(self, task_id: str) -> None:
         """Publish /tasks/oom each time the guest counts a new OOM kill in the container."""
