@@ -30,7 +30,6 @@ TAKE_TIMEOUT = 10.0
 class Handed:
     pid: int
     pidfd: int
-    templated: bool
     vm_id: str  # the pool's name for it (QEMU's ``-name``)
 
 
@@ -91,4 +90,4 @@ async def take(
             os.close(pidfd)
         log.info("cache: no VM (%s); booting without it", reply.get("error", "malformed reply"))
         return None
-    return Handed(pid, pidfd, reply.get("templated") is True, str(vm_id))
+    return Handed(pid, pidfd, str(vm_id))

@@ -2,8 +2,9 @@
 sure a handed-over VM dies with the sandbox process that took it.
 
 Contract:
-- :meth:`Pool.fill` boots (or clones, with a usable template) pooled sandboxes one at a
-  time until ``size`` wait ready; a ready VM that dies is replaced; boot failures back off.
+- :meth:`Pool.fill` boots pooled sandboxes (cold: a taker's virtio-fs needs shared guest
+  RAM) one at a time until ``size`` wait ready; a ready VM that dies is replaced; boot
+  failures back off.
 - :meth:`Pool.take` hands the oldest ready VM to the sandbox of process ``peer`` whose run
   directory is to be ``run_dir`` (a new directory under the daemon's state root, on its
   filesystem): the daemon lets go of its agent link and QMP, moves the VM's directory there,
@@ -117,8 +118,7 @@ class Pool:
             entry = Ready(sandbox)
             entry.watcher = asyncio.ensure_future(self._watch_ready(entry))
             self.ready.append(entry)
-            log.info("cache: %s ready (%s, %.2f s); %d ready", vm_id,
-                     "cloned" if sandbox.templated else "booted",
+            log.info("cache: %s ready (booted in %.2f s); %d ready", vm_id,
                      sum(sandbox.timings.values()), len(self.ready))  # fmt: skip
 
     async def _watch_ready(self, entry: Ready) -> None:
@@ -132,11 +132,11 @@ class Pool:
             records.remove(self.records, entry.sandbox.id)
             self._wake.set()
 
-    async def take(self, run_dir: Path, key: object, peer: int) -> tuple[int, int, bool, str]:
-        """(QEMU pid, pidfd, templated, vm id); see the module docstring."""
+    async def take(self, run_dir: Path, key: object, peer: int) -> tuple[int, int, str]:
+        """(QEMU pid, pidfd, vm id); see the module docstring."""
         target = self._target(run_dir)
-        if key != await self.key():
-            mine = await self.key()
+        mine = await self.key()
+        if key != mine:
             theirs = key if isinstance(key, dict) else {}
             diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             raise CacheMiss(f"the cache's VMs differ in {', '.join(diff)}")
@@ -165,7 +165,7 @@ class Pool:
             self._lease(sandbox.id, ForeignProcess(vm.pid, os.dup(pidfd)), peer)
         )
         log.info("cache: %s handed over: %s (pid %d)", sandbox.id, target, peer)
-        return vm.pid, pidfd, sandbox.templated, sandbox.id
+        return vm.pid, pidfd, sandbox.id
 
     def _target(self, run_dir: Path) -> Path:
         """``run_dir`` if a VM's directory may become it; CacheMiss naming the problem if not.

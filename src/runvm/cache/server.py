@@ -51,8 +51,8 @@ async def _answer(pool: Pool, message: dict[str, Any], peer: int) -> tuple[dict[
         run_dir = message.get("run_dir")
         if not isinstance(run_dir, str):
             raise wire.WireError("take: 'run_dir' must be a string")
-        pid, pidfd, templated, vm_id = await pool.take(Path(run_dir), message.get("key"), peer)
-        return {"ok": True, "pid": pid, "templated": templated, "vm": vm_id}, pidfd
+        pid, pidfd, vm_id = await pool.take(Path(run_dir), message.get("key"), peer)
+        return {"ok": True, "pid": pid, "vm": vm_id}, pidfd
     raise wire.WireError(f"unknown op {op!r}")
 
 

@@ -15,6 +15,10 @@ class GuestFiles:
     initrd: Path
     root_image: Path | None = None  # boot from this on virtio-pmem with DAX (image.dax)
 
+    @property
+    def root_image_bytes(self) -> int:
+        return self.root_image.stat().st_size if self.root_image else 0
+
 
 def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
     """The config's ``image.kernel``/``image.initrd`` if set, else the built image of the

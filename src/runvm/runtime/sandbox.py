@@ -149,18 +149,15 @@ class Sandbox:
             files = options.guest_files or resolve_guest_files(config)
             run_dir = sandbox_run_dir(config, sandbox_id)
             hypervisor = QemuHypervisor(hv_cfg.path)
+            qemu = hypervisor.resolve_binary()
             accel = await steps.run(
                 "accelerator",
-                detect(
-                    hv_cfg.accelerator, hypervisor.resolve_binary(), files.kernel,
-                    Path(config.runtime.cache_dir),
-                ),
-            )  # fmt: skip
+                detect(hv_cfg.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir)),
+            )
             plain = options.share_fs and not (options.extra_devices
                                               or options.extra_kernel_params)  # fmt: skip
             handed = None
             if config.cache.enable and plain and not options.pooled and not options.guest_files:
-                qemu = hypervisor.resolve_binary()
                 handed = await steps.run(
                     "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
                 )
@@ -180,13 +177,13 @@ class Sandbox:
             tpl = None
             if config.factory.enable and plain and handed is None and not options.pooled:
                 tpl = await template.usable(config, files, sandbox.accel)
-            sandbox.templated = tpl is not None or (handed is not None and handed.templated)
+            sandbox.templated = tpl is not None
             clonelike = tpl is not None or handed is not None  # NICs hot-plugged once it runs
             devices = list(options.extra_devices)
             storages = []
             late_share = None  # virtio-fs hot-plugged into a handed-over VM
             if options.pooled:
-                pass
+                pass  # its taker hot-plugs the share (below)
             elif handed is not None:
                 late_share = await steps.run("virtio-fs", sandbox._share_fs())
                 storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
@@ -230,7 +227,7 @@ class Sandbox:
                 user=hv_cfg.user,
                 host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
                 root_image=files.root_image,
-                root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
+                root_image_bytes=files.root_image_bytes,
                 die_with_owner=not options.pooled,
             )  # fmt: skip
             if tpl is not None:

@@ -180,7 +180,7 @@ async def _make(
         console_log_max_kib=hv.console_log_max_kib, memory_path=tpl.memory, memory_shared=True,
         seccomp=hv.seccomp,
         root_image=files.root_image,
-        root_image_bytes=files.root_image.stat().st_size if files.root_image else 0,
+        root_image_bytes=files.root_image_bytes,
     )  # fmt: skip
     started = time.monotonic()
     vm = await hypervisor.launch(spec)
