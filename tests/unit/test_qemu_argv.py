@@ -124,3 +124,14 @@ def test_dax_root_image_replaces_the_initramfs() -> None:
     assert "-initrd" not in argv and argv[argv.index("-m") + 1] == "512M,slots=1,maxmem=576M"
     cmdline = argv[argv.index("-append") + 1]
     assert "root=/dev/pmem0" in cmdline and "rootflags=dax" in cmdline
+
+
+@pytest.mark.parametrize("machine", ["pc", "microvm"])
+def test_free_page_reporting_balloon(machine: str) -> None:
+    plain = build_argv(spec(Accel.TCG, machine=machine))
+    argv = build_argv(spec(Accel.TCG, machine=machine, free_page_reporting=True))
+    t = "device" if machine == "microvm" else "pci"
+    assert "balloon" not in " ".join(plain)
+    assert f"virtio-balloon-{t},id=balloon0,free-page-reporting=on" in argv
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert "runvm.page_reporting_order=5" in cmdline

@@ -112,12 +112,29 @@ def kernel_params() -> dict[str, str]:
     return {w[6:].partition("=")[0]: w.partition("=")[2] for w in words if w.startswith("runvm.")}
 
 
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+def set_page_reporting_order(params: dict[str, str]) -> None:
+    """Report free blocks from ``runvm.page_reporting_order`` up (the host asks for it with a
+    free-page-reporting balloon). Written after the balloon driver registered: registration
+    resets the order to the kernel's default."""
+    order = params.get("page_reporting_order", "")
+    if not order.isdigit() or not PAGE_REPORTING_ORDER.exists():
+        return
+    try:
+        PAGE_REPORTING_ORDER.write_text(order)
+    except OSError as exc:
+        log.warning("page reporting order %s not set: %s", order, exc)
+
+
 def run() -> dict[str, object]:
     """The PID 1 recipe; returns the image manifest."""
     leave_initramfs()
     mount_pseudo_filesystems()
     manifest = read_manifest()
     load_modules(manifest)
+    set_page_reporting_order(kernel_params())
     mount_cgroup2()
     os.makedirs("/run/runvm", exist_ok=True)
     return manifest

@@ -120,6 +120,10 @@ class VMSpec:
     # QEMU dies with the process that started it (PR_SET_PDEATHSIG); False for the VMs the
     # cache daemon keeps ready, which outlive it in the sandboxes they are handed to.
     die_with_owner: bool = True
+    # A virtio-balloon with free page reporting: the guest hands back the pages it frees and
+    # QEMU releases them (a hole punched in the memfd). Never for a template or its clones:
+    # the hole would be punched in the template's file, under every other clone.
+    free_page_reporting: bool = False
 
     @property
     def socket_dir(self) -> Path:

@@ -229,6 +229,7 @@ class Sandbox:
                 root_image=files.root_image,
                 root_image_bytes=files.root_image_bytes,
                 die_with_owner=not options.pooled,
+                free_page_reporting=True,  # not kept by a clone (template.clone_spec)
             )  # fmt: skip
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)

@@ -126,7 +126,9 @@ async def usable(config: RunvmConfig, files: GuestFiles, accel: AccelReport) -> 
 
 def clone_spec(tpl: Template, spec: VMSpec) -> VMSpec:
     """``spec`` (channel + 9p share only) turned into a clone of ``tpl``."""
-    return replace(spec, memory_path=tpl.memory, memory_shared=False, incoming=True)
+    return replace(
+        spec, memory_path=tpl.memory, memory_shared=False, incoming=True, free_page_reporting=False
+    )
 
 
 async def create(config: RunvmConfig) -> Template:

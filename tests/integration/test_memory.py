@@ -1,0 +1,65 @@
+"""Memory a cold guest frees goes back to the host (free page reporting; real QEMU)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from runvm import config as cfg
+from runvm.image.busybox import make_bundle
+from runvm.runtime.container import Container
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
+
+MIB = 1 << 20
+FILL_MIB = 60  # under the default 64 MiB /dev/shm of a container
+
+
+def guest_ram_rss(pid: int) -> int:
+    """Resident bytes of the QEMU mapping that holds guest RAM (the memfd backend)."""
+    rss, in_ram = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if not first.endswith(":"):
+            in_ram = "memory-backend-memfd" in line
+        elif in_ram and first == "Rss:":
+            rss += int(line.split()[1]) * 1024
+    return rss
+
+
+def test_freed_guest_memory_is_released(runvm_config: cfg.RunvmConfig, tmp_path: Path) -> None:
+    script = (f"head -c {FILL_MIB}m /dev/zero > /dev/shm/fill && sleep 4 && rm /dev/shm/fill; "
+              "tail -f /dev/null")  # fmt: skip
+    make_bundle(tmp_path, ["sh", "-c", script])
+
+    async def scenario() -> tuple[int, int, int]:
+        sandbox = await Sandbox.start("fpr1", runvm_config, SandboxOptions(hostname="fpr1"))
+        try:
+            assert sandbox.vm is not None
+            pid = sandbox.vm.pid
+            before = guest_ram_rss(pid)
+            container = await Container.create(sandbox, "fpr1", tmp_path, stdin=False)
+            await container.start()
+            peak = low = before
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                now = guest_ram_rss(pid)
+                peak = max(peak, now)
+                if peak - before > (FILL_MIB - 10) * MIB:
+                    low = min(low if low != before else now, now)
+                    if peak - low > (FILL_MIB - 20) * MIB:
+                        break
+                await asyncio.sleep(0.25)
+            return before, peak, low
+        finally:
+            await sandbox.stop()
+
+    before, peak, low = asyncio.run(scenario())
+    print(f"guest RAM resident: {before / MIB:.0f} MiB, filled {peak / MIB:.0f}, "
+          f"freed {low / MIB:.0f}")  # fmt: skip
+    assert peak - before > (FILL_MIB - 10) * MIB, "the guest's writes never reached its RAM"
+    assert peak - low > (FILL_MIB - 20) * MIB, "the freed pages stayed resident on the host"
