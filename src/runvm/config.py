@@ -27,7 +27,7 @@ class HypervisorConfig:
     machine: str = "pc"
     vcpus: int = 1
     memory_mib: int = 256
-    tcg_tb_size_mib: int = 64  # translation cache under TCG
+    tcg_tb_size_mib: int = 32  # translation cache under TCG (MiB; a guest fills it)
     kernel_params: str = ""  # appended to the guest kernel command line
     boot_timeout: float = 90.0  # seconds from QEMU start until the agent must answer
     console_log_max_kib: int = 512  # per-sandbox console log cap (two files of this size)

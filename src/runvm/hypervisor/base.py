@@ -101,7 +101,7 @@ class VMSpec:
     machine: str = "pc"
     kernel_params: Sequence[str] = ()
     devices: Sequence[DeviceSpec] = field(default_factory=tuple)
-    tcg_tb_size_mib: int = 64
+    tcg_tb_size_mib: int = 32
     console_log_max_kib: int = 512
     host_tsc_khz: int = 0  # given to a microvm guest under TCG (its TSC calibration can hang)
     # Guest RAM in a file instead of a memfd: a template's (shared: written through to the
