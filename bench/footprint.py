@@ -4,8 +4,10 @@ N busybox `tail -f /dev/null` containers started through one private containerd 
 runvm shim, left to settle, then the PSS of every QEMU, virtiofsd and runvm shim summed and
 divided by N. Configurations: cold boots and clones of a template, from the initramfs or from
 the DAX root image (image.dax), each without and with the KSM throttler running (`runvm ksm
-serve`, kicked by every new sandbox). The guest memory size is runvm's default unless
---memory says otherwise.
+serve`, kicked by every new sandbox); a configuration name ending in "+shared" runs with one
+shim for the namespace (`[shim] scope = "namespace"`). The guest memory size is runvm's
+default unless --memory says otherwise. The "TCG" column is the part of QEMU's PSS that is
+its translation cache (the anonymous executable mapping), which a KVM guest does not have.
 
 Usage (root, after scripts/install):
     python3 bench/footprint.py [--count 20] [--settle 60] [--configs cold,templated+dax,...]
@@ -39,6 +41,21 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def tcg_kib(pid: int) -> int:
+    """PSS of QEMU's TCG translation cache: its anonymous read-write-execute mapping."""
+    total, in_cache = 0, False
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            first, *rest = line.split()
+            if not first.endswith(":"):
+                in_cache = bool(rest) and rest[0] == "rwxp" and len(rest) == 4
+            elif in_cache and first == "Pss:":
+                total += int(rest[0])
+    except OSError:
+        pass
+    return total
+
+
 def helpers(marker: str) -> dict[str, list[int]]:
     """PIDs of runvm's host processes whose command line mentions ``marker``."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
@@ -67,6 +84,7 @@ def measure(daemon: PrivateContainerd, conf: Path, count: int, settle: float, ta
         pids = helpers(marker)
         per = {name: sum(pss_kib(p) for p in ps) / 1024 / count for name, ps in pids.items()}
         per["total"] = sum(per.values())
+        per["TCG"] = sum(tcg_kib(p) for p in pids["qemu-system"]) / 1024 / count
         per["start s"] = boot
         per["processes"] = sum(len(p) for p in pids.values())
         return per
@@ -92,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
     chosen = args.configs.split(",")
-    if unknown := set(chosen) - set(CONFIGS):
+    if unknown := {c.removesuffix("+shared") for c in chosen} - set(CONFIGS):
         sys.exit(f"unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     base = Path(tempfile.mkdtemp(prefix="rvf-", dir="/tmp"))
     state = base / "s"
@@ -104,6 +122,8 @@ def main() -> None:
         text = common
         if "dax" in name:
             text += "[image]\ndax = true\n"
+        if name.endswith("+shared"):
+            text += '[shim]\nscope = "namespace"\n'
         if name.startswith("templated"):
             text += f'[factory]\nenable = true\ndir = "{base}/factory-{name}"\n'
         confs[name] = base / f"{name}.toml"
@@ -111,7 +131,7 @@ def main() -> None:
     daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main"]
     results: dict[str, dict[str, float]] = {}
-    templated = [c for n, c in confs.items() if n.startswith("templated")]
+    templated = [c for n, c in confs.items() if n.startswith("templated")]  # one factory each
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
         for conf in templated:
@@ -140,10 +160,10 @@ def main() -> None:
         f"{args.count} busybox pods through ctr, guest memory {args.memory} MiB, "
         f"settled {args.settle:.0f} s; PSS per pod (MiB)"
     )
-    cols = ("qemu-system", "virtiofsd", "containerd-shim-runvm", "total", "start s")
-    print(f"{'':22}" + "".join(f"{c:>22}" for c in cols))
+    cols = ("qemu-system", "TCG", "virtiofsd", "containerd-shim-runvm", "total", "start s")
+    print(f"{'':30}" + "".join(f"{c:>22}" for c in cols))
     for label, per in results.items():
-        print(f"{label:22}" + "".join(f"{per[c]:22.1f}" for c in cols))
+        print(f"{label:30}" + "".join(f"{per[c]:22.1f}" for c in cols))
 
 
 if __name__ == "__main__":

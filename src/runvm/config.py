@@ -105,6 +105,14 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ShimConfig:
+    # containerd's shim processes: one per pod ("pod": a shim that dies takes only its pod),
+    # or one serving every pod of a containerd namespace ("namespace": the shim's memory is
+    # paid once instead of per pod; a shim that dies takes all of them).
+    scope: str = "pod"
+
+
+@dataclass(frozen=True)
 class RunvmConfig:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -114,6 +122,7 @@ class RunvmConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     factory: FactoryConfig = field(default_factory=FactoryConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    shim: ShimConfig = field(default_factory=ShimConfig)
 
 
 _CHOICES = {
@@ -125,6 +134,7 @@ _CHOICES = {
     ("network", "model"): ("tcfilter", "macvtap", "none"),
     ("storage", "virtiofs_cache"): ("auto", "always", "none"),
     ("storage", "shared_fs"): ("virtio-fs", "9p"),
+    ("shim", "scope"): ("pod", "namespace"),
 }
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),

@@ -23,7 +23,7 @@ from pathlib import Path
 from runvm.errors import ConfigError, RunvmError
 from runvm.hypervisor.base import NetSpec
 from runvm.hypervisor.qemu.driver import QemuVM
-from runvm.network import netlink
+from runvm.network import netlink, netns
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 
@@ -68,24 +68,36 @@ class PodNetwork:
     plugged: list[Plugged] = field(default_factory=list)
     topology: netlink.Topology | None = None
     next_id: int = 0
+    # The pod's namespace when the caller is not in it (a shim serving several pods); None:
+    # the calling thread is in it.
+    netns_fd: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"network model {self.model!r}: use one of {', '.join(MODELS)}")
 
+    def inside(self) -> contextlib.AbstractContextManager[None]:
+        """The calling thread in the pod's namespace for a block of netlink work."""
+        return netns.inside(self.netns_fd)
+
     def plug(self) -> list[NetSpec]:
         if self.model == "none":
             return []
-        self.topology = netlink.scan()
-        try:
-            for iface in self.topology.interfaces:
-                self.plugged.append(self._plug_one(iface))
-        except BaseException:
-            self.unplug()
-            raise
+        with self.inside():
+            self.topology = netlink.scan()
+            try:
+                for iface in self.topology.interfaces:
+                    self.plugged.append(self._plug_one(iface))
+            except BaseException:
+                self.unplug()
+                raise
         return [p.spec for p in self.plugged]
 
     def _plug_one(self, iface: netlink.Interface) -> Plugged:
+        with self.inside():
+            return self._plug_here(iface)
+
+    def _plug_here(self, iface: netlink.Interface) -> Plugged:
         i, self.next_id = self.next_id, self.next_id + 1
         if self.model == "tcfilter":
             name = netlink.tap_name(iface)
@@ -116,10 +128,18 @@ class PodNetwork:
 
     def _remove(self, p: Plugged) -> None:
         self.handed_over([p])
-        if self.model == "tcfilter":
-            netlink.unredirect(p.iface.index)
-        else:
-            netlink.delete_link(p.host_link)
+        with self.inside():
+            if self.model == "tcfilter":
+                netlink.unredirect(p.iface.index)
+            else:
+                netlink.delete_link(p.host_link)
+
+    def leftovers(self) -> dict[str, list[int]]:
+        """What outlives QEMU in the pod's namespace if this process is killed: ingress
+        redirects on its interfaces (tcfilter) and macvtap links; see :func:`clean_up`."""
+        redirects = [p.iface.index for p in self.plugged if self.model == "tcfilter"]
+        links = [p.host_link for p in self.plugged if self.model == "macvtap"]
+        return {"redirects": redirects, "links": links}
 
     def unplug(self) -> None:
         for p in self.plugged:
@@ -131,7 +151,8 @@ class PodNetwork:
         ones that went away. Must run on the thread that is in the pod's namespace."""
         if self.model == "none":
             return
-        topology = netlink.scan()
+        with self.inside():
+            topology = netlink.scan()
         present = {i.index: i for i in topology.interfaces}
         for p in [p for p in self.plugged if p.iface.index not in present]:
             log.info("network: %s went away: unplugging %s", p.iface.name, p.spec.id)
@@ -182,3 +203,20 @@ class PodNetwork:
                 pb.ARPNeighbor(address=n.address, lladdr=n.lladdr, device=n.device)
                 for n in topo.neighbours
             ])  # fmt: skip
+
+
+def clean_up(netns_path: str, leftovers: dict[str, list[int]]) -> None:
+    """Remove :meth:`PodNetwork.leftovers` of a dead process from the namespace at
+    ``netns_path`` (gone already: nothing to do)."""
+    try:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with netns.inside(fd):
+            for index in leftovers.get("redirects", []):
+                netlink.unredirect(index)
+            for index in leftovers.get("links", []):
+                netlink.delete_link(index)
+    finally:
+        os.close(fd)

@@ -79,6 +79,9 @@ class SandboxOptions:
     # Wire the interfaces of the caller's network namespace into the VM (config's model).
     # Only for a namespace of the pod's own: never the host's.
     network: bool = False
+    # That namespace as a descriptor, when the caller is not in it (a shim serving several
+    # pods); the caller keeps it open while the sandbox runs.
+    netns_fd: int | None = None
     # The sandbox will hot-plug devices (a block-device rootfs): a configured machine that
     # cannot (microvm) is replaced by pc for this sandbox.
     needs_hotplug: bool = False
@@ -201,7 +204,8 @@ class Sandbox:
             if options.network:
                 from runvm.network.plug import PodNetwork
 
-                sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir)
+                sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir,
+                                                   netns_fd=options.netns_fd)  # fmt: skip
                 steps.add_undo("network", _async(net.unplug))
                 if not clonelike:
                     devices += await steps.run("network", _async(net.plug)())
@@ -294,7 +298,9 @@ class Sandbox:
         """Follow link changes in the pod namespace (netlink) and sync after each burst."""
         from runvm.network import netlink
 
-        events = netlink.LinkEvents()
+        assert self.network is not None
+        with self.network.inside():
+            events = netlink.LinkEvents()
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
 

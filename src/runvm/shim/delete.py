@@ -20,13 +20,15 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from runvm import config as cfg
+from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
 from runvm.shim import shim_api_pb2 as spb
 from runvm.shim import wire
 from runvm.shim.cmdline import ShimArgs, group_id
-from runvm.shim.layout import Layout
+from runvm.shim.layout import SHARED, Layout
 from runvm.shim.start import alive, locked
 
 KILLED_STATUS = 128 + signal.SIGKILL
@@ -37,11 +39,14 @@ def delete_main(args: ShimArgs) -> int:
     group = group_id(bundle_files.read_annotations(bundle), args.id)
     config_path = bundle_files.read_config_path(bundle)
     config = cfg.load(Path(config_path) if config_path else None)
-    layout = Layout.of(config, args.address, args.namespace, group)
+    layout = Layout.of(config, args.address, args.namespace, group, config_path)
     if layout.socket.parent.is_dir():
         with locked(layout.lock):
             if not alive(layout.socket):
                 cleanup(layout)
+                if config.shim.scope == "namespace":  # the shared shim's own log
+                    for path in layout.of_pod(SHARED).logs:
+                        path.unlink(missing_ok=True)
     response = spb.DeleteResponse(
         pid=0, exit_status=KILLED_STATUS, exited_at=wire.timestamp(datetime.now(UTC))
     )
@@ -52,11 +57,17 @@ def delete_main(args: ShimArgs) -> int:
 
 def cleanup(layout: Layout) -> None:
     """Remove what a dead shim of ``layout.group`` left behind (idempotent)."""
-    cgroups: list[str] = []
+    record: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        cgroups = list(json.loads(layout.record.read_text()).get("cgroups") or [])
-    for directory in sorted(cgroups, key=len, reverse=True):
+        record = dict(json.loads(layout.record.read_text()))
+    for directory in sorted(record.get("cgroups") or [], key=len, reverse=True):
         _remove_cgroup(Path(directory))
+    network = record.get("network") or {}
+    if network.get("netns"):  # QEMU is gone (the cgroups above, or PDEATHSIG)
+        from runvm.network.plug import clean_up
+
+        with contextlib.suppress(OSError, RunvmError):
+            clean_up(str(network["netns"]), network)
     shutil.rmtree(layout.run_dir, ignore_errors=True)
     for path in (layout.socket, layout.record, layout.lock, *layout.logs):
         path.unlink(missing_ok=True)

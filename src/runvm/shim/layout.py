@@ -1,8 +1,9 @@
 """Where a shim keeps its things, derived from the config, the command line and the group.
 
 - ``<state_root>/s/<sha256>``: the ttrpc socket (the address containerd dials; the hash is
-  Go's ``SocketAddress`` of containerd's address, the namespace and the group id), with
-  ``.lock`` (serializes concurrent ``start``) next to it;
+  Go's ``SocketAddress`` of containerd's address, the namespace and the group id, or
+  :data:`SHARED` when one shim serves the namespace: ``shim.scope``), with ``.lock``
+  (serializes concurrent ``start``) next to it;
 - ``<state_root>/k/<ns>``: the state root of the namespace's pods: ``sandboxes/<group>``
   (the VM's run directory), ``<group>.json`` (the record ``delete`` cleans up from) and
   ``<group>.log`` (the shim's log).
@@ -19,20 +20,30 @@ from runvm import config as cfg
 from runvm.runtime.names import run_dir_name
 from runvm.shim.cmdline import socket_address
 
+SHARED = "*"
+"""The socket's group when one shim serves every pod of a namespace (no container id is '*')."""
+
 
 @dataclass(frozen=True)
 class Layout:
     state_root: Path
     namespace: str
-    group: str
-    address: str  # unix://<socket>
+    group: str  # the pod: the first container's id, or the pod sandbox's
+    address: str  # unix://<socket> of the shim serving the pod
 
     @classmethod
     def of(cls, config: cfg.RunvmConfig, containerd_address: str, namespace: str,
-           group: str) -> Layout:  # fmt: skip
+           group: str, config_path: str | None = None) -> Layout:  # fmt: skip
+        """``config_path``: the runtime options' config file; pods of other configs get
+        other shared shims."""
         root = Path(config.runtime.state_root)
-        address = socket_address(containerd_address, namespace, group, str(root / "s"))
+        key = f"{SHARED}{config_path or ''}" if config.shim.scope == "namespace" else group
+        address = socket_address(containerd_address, namespace, key, str(root / "s"))
         return cls(root, namespace, group, address)
+
+    def of_pod(self, group: str) -> Layout:
+        """The layout of another pod served by the same shim."""
+        return dataclasses.replace(self, group=group)
 
     @property
     def socket(self) -> Path:
@@ -47,12 +58,16 @@ class Layout:
         return self.state_root / "k" / run_dir_name(self.namespace)
 
     @property
+    def _name(self) -> str:  # ids start with a letter or digit: ".shim" is nobody's
+        return ".shim" if self.group == SHARED else run_dir_name(self.group)
+
+    @property
     def record(self) -> Path:
-        return self.pod_root / f"{run_dir_name(self.group)}.json"
+        return self.pod_root / f"{self._name}.json"
 
     @property
     def log(self) -> Path:
-        return self.pod_root / f"{run_dir_name(self.group)}.log"
+        return self.pod_root / f"{self._name}.log"
 
     @property
     def logs(self) -> tuple[Path, Path]:

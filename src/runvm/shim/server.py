@@ -5,7 +5,8 @@ Recipe: leave containerd's pipes (stdio to /dev/null), move into a mount namespa
 the bundle's ``log`` FIFO and the pod's log file, serve the Task service on the socket, keep
 the pod record current for ``delete``, and say "ready". It ends on ``Shutdown`` with no task
 left, or on SIGTERM/SIGINT: every task and the VM are stopped, then the socket, lock, record
-and host cgroup are removed.
+and host cgroup are removed. With ``shim.scope = "namespace"`` the same holds for every pod
+of the namespace, each with its own record, behind one :class:`PodRouter`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from runvm.cli.spawn import ReadyPipe
 from runvm.shim import wire
 from runvm.shim.events import Publisher
 from runvm.shim.layout import Layout
+from runvm.shim.router import PodRouter
 from runvm.shim.service import TaskService
 from runvm.storage import mounts
 from runvm.ttrpc import Server
@@ -97,6 +99,7 @@ def _write_record(layout: Layout, service: TaskService) -> None:
         "run_dir": str(layout.run_dir),
         "tasks": sorted(service.tasks),
         "cgroups": [str(p) for p in service.cgroup.created] if service.cgroup else [],
+        "network": service.network_leftovers(),
         "vm_pid": service.vm_pid,
         "agent_instance": details.instance_id if (details := service.details) else "",
     }
@@ -106,31 +109,56 @@ def _write_record(layout: Layout, service: TaskService) -> None:
 async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     layout = args.layout
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), layout.namespace)
-    service = TaskService(layout.group, layout.namespace, layout.pod_config(args.config),
-                          publisher)  # fmt: skip
-    service.on_change = lambda: _write_record(layout, service)
+    config = layout.pod_config(args.config)
     server = Server()
-    server.register(wire.TASK_SERVICE, service.handlers())
+    pods: list[Layout] = []  # whose records this shim keeps
+    if args.config.shim.scope == "namespace":
+        router = PodRouter(layout.namespace, config, publisher)
+
+        def record(service: TaskService) -> None:
+            pod = layout.of_pod(service.group)
+            if pod not in pods:
+                pods.append(pod)
+            _write_record(pod, service)
+
+        def forget(service: TaskService) -> None:
+            pod = layout.of_pod(service.group)
+            pod.record.unlink(missing_ok=True)
+            if pod in pods:
+                pods.remove(pod)
+
+        router.on_change, router.on_forget = record, forget
+        server.register(wire.TASK_SERVICE, router.handlers())
+        done, close = router.done, router.close
+        what = f"the pods of namespace {layout.namespace}"
+    else:
+        service = TaskService(layout.group, layout.namespace, config, publisher)
+        service.on_change = lambda: _write_record(layout, service)
+        server.register(wire.TASK_SERVICE, service.handlers())
+        _write_record(layout, service)
+        pods.append(layout)
+        done, close = service.done, service.close
+        what = f"group {layout.group}"
     listener = await asyncio.start_unix_server(
         server.serve_connection, sock=socket.socket(fileno=args.listen_fd)
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, service.done.set)
-    _write_record(layout, service)
+        loop.add_signal_handler(signum, done.set)
     ready.ok()
-    log.info("serving group %s on %s", layout.group, layout.address)
+    log.info("serving %s on %s", what, layout.address)
     try:
-        await service.done.wait()
+        await done.wait()
         await asyncio.sleep(0.1)  # let the Shutdown reply go out
     finally:
         listener.close()
-        await service.close()
+        await close()
         await publisher.flush(FLUSH_TIMEOUT)
         await publisher.close()
         server.close()
-        log.info("shim for %s exits", layout.group)
+        log.info("shim for %s exits", what)
         logging.shutdown()
-        for path in (layout.socket, layout.lock, layout.record, *layout.logs):
+        for path in (layout.socket, layout.lock, *layout.logs,
+                     *(pod.record for pod in pods)):  # fmt: skip
             path.unlink(missing_ok=True)
     return 0

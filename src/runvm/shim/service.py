@@ -1,10 +1,13 @@
 """containerd's Task service over the runtime core: the containers of one pod VM.
 
-Contract: one :class:`TaskService` per shim process serves every task of one group (a pod, or
-a lone container). The first Create (the pod sandbox, or the lone container) enters the
-network namespace and host cgroup its config names and boots the VM; later Creates of the
-pod add containers to the same VM. Deleting the last task stops the VM; ``Shutdown`` with no
-task left ends the shim (``done`` is set). Events are published in containerd's order:
+Contract: one :class:`TaskService` serves every task of one group (a pod, or a lone
+container): alone in its shim process, or ``shared`` with other pods' services behind a
+:class:`~runvm.shim.router.PodRouter`, when it must not move the process (network namespace,
+host cgroup) and keeps the pod's namespace as a descriptor instead. The first Create (the
+pod sandbox, or the lone container) enters the network namespace and host cgroup its config
+names and boots the VM; later Creates of the pod add containers to the same VM. Deleting
+the last task stops the VM; ``Shutdown`` with no task left ends the shim (``done`` is set).
+Events are published in containerd's order:
 create, start, exec-added, exec-started, exit (after the output was drained), delete,
 paused, resumed. Requests about unknown ids fail NOT_FOUND; bad input INVALID_ARGUMENT;
 requests in the wrong state FAILED_PRECONDITION.
@@ -50,11 +53,53 @@ MAX_JSON = 1 << 20  # exec process / resources documents
 VERSION = "runvm-shim 1"
 
 
+METHODS = {
+    "Create": "create", "Start": "start", "Delete": "delete", "State": "state", "Pids": "pids",
+    "Pause": "pause", "Resume": "resume", "Checkpoint": "checkpoint", "Kill": "kill",
+    "Exec": "exec", "ResizePty": "resize_pty", "CloseIO": "close_io", "Update": "update",
+    "Wait": "wait", "Stats": "stats", "Connect": "connect", "Shutdown": "shutdown",
+}  # fmt: skip
+"""containerd's Task methods -> the :class:`TaskService` coroutine serving each."""
+
+
+def unary(name: str, fn: Callable[[Any], Awaitable[Message]]) -> Handler:
+    """A ttrpc handler for Task method ``name``: decode the request, call ``fn``, map errors to
+    codes (bad input INVALID_ARGUMENT, runtime failures INTERNAL)."""
+    request_type = wire.TASK_METHODS[name][0]
+
+    async def handler(payload: bytes, ctx: CallContext) -> bytes:
+        try:
+            request = request_type.FromString(payload)
+        except DecodeError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"{name}: {exc}") from exc
+        log.debug("-> %s %s", name, request)
+        try:
+            return (await fn(request)).SerializeToString()
+        except RpcError as exc:
+            log.debug("<- %s: %s", name, exc)
+            raise
+        except ConfigError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        except (RunvmError, OSError) as exc:
+            log.error("%s: %s", name, exc)
+            raise RpcError(Code.INTERNAL, str(exc)) from exc
+
+    return handler
+
+
 class TaskService:
     def __init__(
-        self, group: str, namespace: str, config: cfg.RunvmConfig, publisher: Publisher
+        self,
+        group: str,
+        namespace: str,
+        config: cfg.RunvmConfig,
+        publisher: Publisher,
+        shared: bool = False,
     ) -> None:
         self.group = group
+        self.shared = shared
+        self.netns_fd: int | None = None  # shared: the pod's network namespace
+        self.netns_path = ""  # the pod's namespace, if its config names one
         self.namespace = namespace
         self.config = config
         self.events = publisher
@@ -68,37 +113,7 @@ class TaskService:
 
     # --- plumbing ------------------------------------------------------------------------
     def handlers(self) -> dict[str, Handler]:
-        methods: dict[str, Callable[[Any], Awaitable[Message]]] = {
-            "Create": self.create, "Start": self.start, "Delete": self.delete,
-            "State": self.state, "Pids": self.pids, "Pause": self.pause, "Resume": self.resume,
-            "Checkpoint": self.checkpoint, "Kill": self.kill, "Exec": self.exec,
-            "ResizePty": self.resize_pty, "CloseIO": self.close_io, "Update": self.update,
-            "Wait": self.wait, "Stats": self.stats, "Connect": self.connect,
-            "Shutdown": self.shutdown,
-        }  # fmt: skip
-        return {name: self._unary(name, fn) for name, fn in methods.items()}
-
-    def _unary(self, name: str, fn: Callable[[Any], Awaitable[Message]]) -> Handler:
-        request_type = wire.TASK_METHODS[name][0]
-
-        async def handler(payload: bytes, ctx: CallContext) -> bytes:
-            try:
-                request = request_type.FromString(payload)
-            except DecodeError as exc:
-                raise RpcError(Code.INVALID_ARGUMENT, f"{name}: {exc}") from exc
-            log.debug("-> %s %s", name, request)
-            try:
-                return (await fn(request)).SerializeToString()
-            except RpcError as exc:
-                log.debug("<- %s: %s", name, exc)
-                raise
-            except ConfigError as exc:
-                raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
-            except (RunvmError, OSError) as exc:
-                log.error("%s: %s", name, exc)
-                raise RpcError(Code.INTERNAL, str(exc)) from exc
-
-        return handler
+        return {name: unary(name, getattr(self, attr)) for name, attr in METHODS.items()}
 
     def _task(self, task_id: str) -> Task:
         task = self.tasks.get(task_id)
@@ -122,6 +137,13 @@ class TaskService:
     @property
     def details(self) -> apb.GuestDetailsResponse | None:
         return self.sandbox.details if self.sandbox is not None else None
+
+    def network_leftovers(self) -> dict[str, Any]:
+        """For ``delete`` after this process died: what to remove in which namespace."""
+        net = self.sandbox.network if self.sandbox is not None else None
+        if net is None or not self.netns_path:
+            return {}
+        return {"netns": self.netns_path, **net.leftovers()}
 
     @property
     def vm_pid(self) -> int:
@@ -186,19 +208,38 @@ class TaskService:
 
     async def _boot(self, task: Task, spec: dict[str, Any], needs_hotplug: bool) -> None:
         """The pod's first container: network namespace, host cgroup, then the VM."""
-        netns.apply(spec)
+        try:
+            await self._boot_vm(task, spec, needs_hotplug)
+        except BaseException:
+            await self._stop_vm()
+            raise
+
+    async def _boot_vm(self, task: Task, spec: dict[str, Any], needs_hotplug: bool) -> None:
+        self.netns_path = netns.network_namespace(spec)[1]
+        if self.shared:
+            self.netns_fd = netns.open_namespace(spec)
+        else:
+            netns.apply(spec)
         cgroups_path = (spec.get("linux") or {}).get("cgroupsPath")
         if cgroups_path:
             try:
                 self.cgroup = HostCgroup.create(cgroups_path)
-                self.cgroup.enter()
+                if not self.shared:  # QEMU and virtiofsd start in it
+                    self.cgroup.enter()
             except (OSError, RunvmError) as exc:
                 log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
         hostname = spec.get("hostname") or task.id[:63]
         options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0],
-                                 needs_hotplug=needs_hotplug)  # fmt: skip
-        self.sandbox = await Sandbox.start(self.group, self.config, options)
+                                 needs_hotplug=needs_hotplug, netns_fd=self.netns_fd)  # fmt: skip
+        self.sandbox = sandbox = await Sandbox.start(self.group, self.config, options)
         self.sandbox_task = task.id
+        if self.shared and self.cgroup is not None:  # moved in once started
+            for child in (sandbox.vm, sandbox.virtiofsd):
+                if child is not None:
+                    try:
+                        self.cgroup.enter(child.pid)
+                    except OSError as exc:
+                        log.warning("host cgroup: pid %d not moved: %s", child.pid, exc)
         steps = " ".join(f"{k}={v:.3f}" for k, v in self.sandbox.timings.items())
         log.info("pod %s: VM up (pid %d, %s; %s)", self.group, self.vm_pid,
                  self.sandbox.accel.accel.value if self.sandbox.accel else "?", steps)  # fmt: skip
@@ -241,6 +282,9 @@ class TaskService:
             self.cgroup.leave()
             await asyncio.to_thread(self.cgroup.remove)
             self.cgroup = None
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
 
     async def _exited(self, proc: Proc) -> None:
         task = self.tasks.get(proc.container_id)

@@ -24,7 +24,7 @@ from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
 from runvm.shim.cmdline import ShimArgs, container_kind, group_id
-from runvm.shim.layout import Layout
+from runvm.shim.layout import SHARED, Layout
 
 MAX_OPTIONS = 1 << 20
 CONNECT_TIMEOUT = 2.0
@@ -72,7 +72,7 @@ def start_main(args: ShimArgs) -> int:
     bundle_files.write_config_path(bundle, config_path)
     annotations = bundle_files.read_annotations(bundle)
     group = group_id(annotations, args.id)
-    layout = Layout.of(config, args.address, args.namespace, group)
+    layout = Layout.of(config, args.address, args.namespace, group, config_path)
     files.make_dirs(layout.socket.parent)
     with locked(layout.lock):
         try:
@@ -80,7 +80,8 @@ def start_main(args: ShimArgs) -> int:
                 if container_kind(annotations, args.id) == "container":
                     raise RunvmError(f"container {args.id}: its pod sandbox {group} has no "
                                      "running shim (create the sandbox first)")  # fmt: skip
-                _spawn_server(args, layout, config, bundle)
+                serves = layout.of_pod(SHARED) if config.shim.scope == "namespace" else layout
+                _spawn_server(args, serves, config, bundle)
         except BaseException:
             layout.lock.unlink(missing_ok=True)  # no shim: nothing of the group may stay
             raise
