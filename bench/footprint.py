@@ -4,10 +4,12 @@ N busybox `tail -f /dev/null` containers started through one private containerd 
 runvm shim, left to settle, then the PSS of every QEMU, virtiofsd and runvm shim summed and
 divided by N. Configurations: cold boots and clones of a template, from the initramfs or from
 the DAX root image (image.dax), each without and with the KSM throttler running (`runvm ksm
-serve`, kicked by every new sandbox); a configuration name ending in "+shared" runs with one
-shim for the namespace (`[shim] scope = "namespace"`). The guest memory size is runvm's
-default unless --memory says otherwise. The "TCG" column is the part of QEMU's PSS that is
-its translation cache (the anonymous executable mapping), which a KVM guest does not have.
+serve`, kicked by every new sandbox). A configuration is "cold" or "templated" plus any of
+"+dax", "+9p" (the rootfs over 9p: no virtio-fs, so a cold guest's RAM is private and KSM can
+merge it) and "+shared" (one shim for the namespace, `[shim] scope = "namespace"`). The
+guest memory size is runvm's default unless --memory says otherwise. The "TCG" column is the
+part of QEMU's PSS that is its translation cache (the anonymous executable mapping), which a
+KVM guest does not have.
 
 Usage (root, after scripts/install):
     python3 bench/footprint.py [--count 20] [--settle 60] [--configs cold,templated+dax,...]
@@ -98,6 +100,7 @@ def measure(daemon: PrivateContainerd, conf: Path, count: int, settle: float, ta
 
 
 CONFIGS = ("cold", "templated", "cold+dax", "templated+dax")
+MODIFIERS = ("dax", "9p", "shared")
 
 
 def main() -> None:
@@ -110,8 +113,10 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
     chosen = args.configs.split(",")
-    if unknown := {c.removesuffix("+shared") for c in chosen} - set(CONFIGS):
-        sys.exit(f"unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
+    if unknown := [c for c in chosen if c.split("+")[0] not in ("cold", "templated")
+                   or not set(c.split("+")[1:]) <= set(MODIFIERS)]:  # fmt: skip
+        sys.exit(f"unknown configurations {unknown}: cold or templated, plus any of "
+                 f"{', '.join('+' + m for m in MODIFIERS)}")  # fmt: skip
     base = Path(tempfile.mkdtemp(prefix="rvf-", dir="/tmp"))
     state = base / "s"
     state.mkdir()
@@ -122,7 +127,9 @@ def main() -> None:
         text = common
         if "dax" in name:
             text += "[image]\ndax = true\n"
-        if name.endswith("+shared"):
+        if "+9p" in name:
+            text += '[storage]\nshared_fs = "9p"\n'
+        if "+shared" in name:
             text += '[shim]\nscope = "namespace"\n'
         if name.startswith("templated"):
             text += f'[factory]\nenable = true\ndir = "{base}/factory-{name}"\n'

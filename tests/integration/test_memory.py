@@ -1,8 +1,10 @@
-"""Memory a cold guest frees goes back to the host (free page reporting; real QEMU)."""
+"""Guest RAM on the host (real QEMU): what a cold guest frees goes back (free page reporting);
+it is shared with virtiofsd only when virtio-fs needs it, else private (mergeable by KSM)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,19 +21,30 @@ MIB = 1 << 20
 FILL_MIB = 60  # under the default 64 MiB /dev/shm of a container
 
 
-def guest_ram_rss(pid: int) -> int:
-    """Resident bytes of the QEMU mapping that holds guest RAM (the memfd backend)."""
-    rss, in_ram = 0, False
+def guest_ram(pid: int) -> tuple[int, set[str]]:
+    """Resident bytes and permissions of QEMU's mappings of guest RAM (the memfd backend)."""
+    rss, in_ram, perms = 0, False, set()
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        first = line.split(maxsplit=1)[0]
+        first, *rest = line.split()
         if not first.endswith(":"):
             in_ram = "memory-backend-memfd" in line
+            if in_ram:
+                perms.add(rest[0])
         elif in_ram and first == "Rss:":
-            rss += int(line.split()[1]) * 1024
-    return rss
+            rss += int(rest[0]) * 1024
+    return rss, perms
 
 
-def test_freed_guest_memory_is_released(runvm_config: cfg.RunvmConfig, tmp_path: Path) -> None:
+def guest_ram_rss(pid: int) -> int:
+    return guest_ram(pid)[0]
+
+
+@pytest.mark.parametrize(("shared_fs", "mapping"), [("virtio-fs", "rw-s"), ("9p", "rw-p")])
+def test_freed_guest_memory_is_released(
+    runvm_config: cfg.RunvmConfig, tmp_path: Path, shared_fs: str, mapping: str
+) -> None:
+    storage = dataclasses.replace(runvm_config.storage, shared_fs=shared_fs)
+    runvm_config = dataclasses.replace(runvm_config, storage=storage)
     script = (f"head -c {FILL_MIB}m /dev/zero > /dev/shm/fill && sleep 4 && rm /dev/shm/fill; "
               "tail -f /dev/null")  # fmt: skip
     make_bundle(tmp_path, ["sh", "-c", script])
@@ -41,7 +54,8 @@ def test_freed_guest_memory_is_released(runvm_config: cfg.RunvmConfig, tmp_path:
         try:
             assert sandbox.vm is not None
             pid = sandbox.vm.pid
-            before = guest_ram_rss(pid)
+            before, perms = guest_ram(pid)
+            assert perms == {mapping}, perms
             container = await Container.create(sandbox, "fpr1", tmp_path, stdin=False)
             await container.start()
             peak = low = before

@@ -135,3 +135,8 @@ def test_free_page_reporting_balloon(machine: str) -> None:
     assert f"virtio-balloon-{t},id=balloon0,free-page-reporting=on" in argv
     cmdline = argv[argv.index("-append") + 1].split()
     assert "runvm.page_reporting_order=5" in cmdline
+
+
+def test_private_guest_ram_without_vhost_user() -> None:
+    argv = build_argv(spec(Accel.TCG, memory_shared=False, devices=()))
+    assert "memory-backend-memfd,id=mem,size=512M,share=off" in argv

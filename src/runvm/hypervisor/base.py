@@ -107,6 +107,8 @@ class VMSpec:
     # Guest RAM in a file instead of a memfd: a template's (shared: written through to the
     # file) or a clone's (private copy-on-write mapping of the template's file).
     memory_path: Path | None = None
+    # Guest RAM mapped shared: needed by vhost-user devices (virtio-fs), which map it too;
+    # private RAM (a memfd's or a clone's) is anonymous memory that KSM can merge.
     memory_shared: bool = True
     incoming: bool = False  # wait for a saved state (``-incoming defer``) instead of booting
     seccomp: bool = True  # QEMU's own seccomp filter (``-sandbox``, see argv.SECCOMP)

@@ -234,6 +234,9 @@ class Sandbox:
                 root_image_bytes=files.root_image_bytes,
                 die_with_owner=not options.pooled,
                 free_page_reporting=True,  # not kept by a clone (template.clone_spec)
+                # virtio-fs (now, or hot-plugged into a pooled VM) maps guest RAM too; 9p
+                # does not, and private RAM can be merged by KSM.
+                memory_shared=options.pooled or any(isinstance(d, VirtioFsSpec) for d in devices),
             )  # fmt: skip
             if tpl is not None:
                 spec = template.clone_spec(tpl, spec)

@@ -1,6 +1,6 @@
 """The QEMU command line as a pure function of a :class:`VMSpec` (golden-tested).
 
-Guest RAM is a shared memfd so that vhost-user devices (virtio-fs) can map it. The kernel
+Guest RAM is a memfd, shared when vhost-user devices (virtio-fs) must map it too. The kernel
 command line makes a guest panic or reboot end QEMU (``panic=-1`` with ``-no-reboot``).
 """
 
@@ -149,9 +149,9 @@ def _root_args(spec: VMSpec) -> list[str]:
 
 def _memory_backend(spec: VMSpec) -> str:
     size = f"size={spec.memory_mib}M"
-    if spec.memory_path is None:
-        return f"memory-backend-memfd,id=mem,{size},share=on"
     share = "on" if spec.memory_shared else "off"
+    if spec.memory_path is None:
+        return f"memory-backend-memfd,id=mem,{size},share={share}"
     return f"memory-backend-file,id=mem,{size},mem-path={spec.memory_path},share={share}"
 
 
