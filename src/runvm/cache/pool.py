@@ -45,7 +45,7 @@ from runvm.runtime.sandbox import Sandbox, SandboxOptions, sandbox_run_dir
 log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 60.0
-RELEASE_SETTLE = 1.0  # seconds for a guest agent to notice its host left
+RELEASE_SETTLE = 3.0  # seconds for a guest agent to notice its host left (TCG under load)
 
 
 class CacheMiss(RunvmError):
