@@ -35,10 +35,6 @@ def guest_ram(pid: int) -> tuple[int, set[str]]:
     return rss, perms
 
 
-def guest_ram_rss(pid: int) -> int:
-    return guest_ram(pid)[0]
-
-
 @pytest.mark.parametrize(("shared_fs", "mapping"), [("virtio-fs", "rw-s"), ("9p", "rw-p")])
 def test_freed_guest_memory_is_released(
     runvm_config: cfg.RunvmConfig, tmp_path: Path, shared_fs: str, mapping: str
@@ -61,7 +57,7 @@ def test_freed_guest_memory_is_released(
             peak = low = before
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                now = guest_ram_rss(pid)
+                now = guest_ram(pid)[0]
                 peak = max(peak, now)
                 if peak - before > (FILL_MIB - 10) * MIB:
                     low = min(low if low != before else now, now)
