@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -16,7 +17,9 @@ from guestvariant import variant
 from runvm import config as cfg
 from runvm import image
 from runvm.errors import AgentError, AgentTimeout, VersionMismatch
+from runvm.hypervisor.base import AgentChannelSpec, socket_dir
 from runvm.protocol import agent_pb2 as pb
+from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
@@ -74,6 +77,50 @@ def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
         os.kill(r["pid"], 0)
     assert not r["sandbox"].run_dir.exists()
     print(f"QEMU start -> agent ready: {r['ready']:.2f} s; steps {r['sandbox'].timings}")
+
+
+def test_host_sessions_follow_each_other_without_a_lost_request(
+    runvm_config: cfg.RunvmConfig,
+) -> None:
+    """The guest agent keeps its port open across host sessions: a host that connects right
+    after another hung up (even with a request in flight) is answered at once, every time."""
+    if runvm_config.agent.channel == "vsock":
+        pytest.skip("about virtio-serial sessions")
+
+    async def scenario() -> tuple[list[float], str]:
+        sandbox = await Sandbox.start("sessions1", runvm_config, SandboxOptions(share_fs=False))
+        try:
+            assert sandbox.agent is not None and sandbox.vm is not None
+            instance = (await sandbox.agent.guest_details()).instance_id
+            assert sandbox._watcher is not None
+            sandbox._watcher.cancel()  # this test hangs up on purpose: no stop on a closed link
+            await sandbox.agent.close()
+            path = socket_dir(sandbox.run_dir, runvm_config.hypervisor.user) / "agent.sock"
+            channel = AgentChannelSpec(kind="virtio-serial", socket_path=path)
+            vm = sandbox.vm
+            answered = []
+            for i in range(16):
+                started = time.monotonic()
+                agent = await connect_agent(channel, 10, 10, vm.wait)
+                details = await agent.guest_details()
+                answered.append(time.monotonic() - started)
+                assert details.instance_id == instance
+                late = asyncio.ensure_future(agent.guest_details()) if i % 2 else None
+                await asyncio.sleep(0)  # odd rounds hang up with a request in flight
+                await agent.close()
+                if late is not None:
+                    late.cancel()
+                    with contextlib.suppress(BaseException):
+                        await late
+            sandbox.agent = await connect_agent(channel, 10, 10, vm.wait)
+        finally:
+            await sandbox.stop()
+        return answered, instance
+
+    answered, _ = run(scenario)
+    assert len(answered) == 16 and max(answered) < 10
+    print(f"16 sessions, answer after connect: max {max(answered):.3f} s, "
+          f"mean {sum(answered) / 16:.3f} s")  # fmt: skip
 
 
 def test_qmp_quit_stops_the_vm(runvm_config: cfg.RunvmConfig) -> None:

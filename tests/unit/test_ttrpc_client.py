@@ -254,3 +254,37 @@ def test_close_wakes_pending_calls_and_is_idempotent() -> None:
         assert await peer[0].read() == b""
 
     run(test)
+
+
+def test_leftovers_before_the_first_answer_are_dropped_only_when_asked() -> None:
+    """A virtio-serial client (``leftovers=True``) drops a previous client's late replies
+    that arrive before its own first answer; after it, or without the flag, they break it."""
+
+    async def main(leftovers: bool) -> tuple[bytes | None, int, bool]:
+        a, b = socket.socketpair()
+        client = Client(*await asyncio.open_connection(sock=a), leftovers=leftovers)
+        peer_r, peer_w = await asyncio.open_connection(sock=b)
+        call = asyncio.ensure_future(client.call("s", "m", b"", timeout=5))
+        request = await read_frame(peer_r)
+        assert request is not None and request.stream_id == 1
+        for stale in (7, 9):
+            reply = Response(payload=b"old").SerializeToString()
+            peer_w.write(encode_frame(Frame(stale, MessageType.RESPONSE, 0, reply)))
+        mine = Response(payload=b"mine").SerializeToString()
+        peer_w.write(encode_frame(Frame(1, MessageType.RESPONSE, 0, mine)))
+        try:
+            answer: bytes | None = await call
+        except ProtocolError:
+            answer = None
+        dropped = client.dropped
+        if answer is not None:  # after the first answer a stray reply is an error again
+            reply = Response(payload=b"old").SerializeToString()
+            peer_w.write(encode_frame(Frame(11, MessageType.RESPONSE, 0, reply)))
+            await asyncio.wait_for(client.wait_closed(), 5)
+        broken = isinstance(client.error, ProtocolError)
+        await client.close()
+        peer_w.close()
+        return answer, dropped, broken
+
+    assert asyncio.run(main(True)) == (b"mine", 2, True)
+    assert asyncio.run(main(False)) == (None, 0, True)

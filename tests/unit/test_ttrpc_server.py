@@ -401,3 +401,40 @@ def test_a_session_on_pipes_ends_cleanly_at_eof() -> None:
         os.close(r_out)
 
     asyncio.run(main())
+
+
+def test_reused_stream_id_starts_a_new_client_when_the_transport_has_no_boundaries() -> None:
+    """With ``on_restart`` (the agent's virtio-serial port) a reused id means the host side
+    was replaced: the new client is served and the old one's late reply is never sent."""
+    release = asyncio.Event()
+    restarts: list[int] = []
+
+    async def slow(payload: bytes, ctx: CallContext) -> bytes:
+        await release.wait()
+        return b"late"
+
+    async def main() -> None:
+        server = make_server()
+        server.register("test.Slow", {"Slow": slow})
+        a, b = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=b)
+        served = asyncio.create_task(
+            server.serve_connection(reader, writer, on_restart=lambda: restarts.append(1))
+        )
+        peer = await asyncio.open_connection(sock=a)
+        old = Request(service="test.Slow", method="Slow").SerializeToString()
+        peer[1].write(encode_frame(Frame(1, MessageType.REQUEST, 0, old)))
+        peer[1].write(encode_frame(Frame(3, MessageType.REQUEST, 0, old)))
+        await asyncio.sleep(0.1)
+        response = await raw_call(peer, 1, request(payload=b"new"))  # the next client
+        assert response.payload == b"new" and restarts == [1]
+        release.set()  # the old client's two calls finish now: nothing may reach the new one
+        response = await raw_call(peer, 3, request(payload=b"second"))
+        assert response.payload == b"second"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(read_frame(peer[0]), 0.3)
+        peer[1].close()
+        await asyncio.wait_for(served, 5)
+        server.close()
+
+    asyncio.run(main())

@@ -1,27 +1,43 @@
 """The agent's end of the host link: a virtio-serial port or a vsock listener.
 
-virtio-serial facts this code is shaped by: without udev there is no /dev/virtio-ports/NAME,
-so the port is found through /sys/class/virtio-ports/*/name; read() returns EOF while no host
-is connected, so an EOF ends one session and the port is reopened after a short pause; only
-one process may hold the port open. Each host connection is one ttrpc session.
+virtio-serial facts this code is shaped by (drivers/char/virtio_console.c): without udev
+there is no /dev/virtio-ports/NAME, so the port is found through
+/sys/class/virtio-ports/*/name; only one process may hold the port open; data the host sends
+while the port is closed, or that is still queued when it is closed, is discarded. So the
+agent opens the port once and keeps it open for its whole life. While no host is connected a
+read returns EOF at once and poll() reports POLLHUP; the driver raises SIGIO (``O_ASYNC``)
+when the host connects or hangs up. Each host connection is one ttrpc session: a session
+starts when the host is connected and ends at the EOF that follows its hang-up; replies
+still queued then are dropped, never sent to the next host. A host that hangs up and
+another that connects before the agent reads again leave no EOF at all (the driver handles
+both events first): the next client's first stream id, reused, marks that boundary instead
+(``Server.serve_connection``'s ``on_restart``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
+import select
+import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from runvm.ttrpc import Server
 
 log = logging.getLogger("runvm.agent")
 
 VSOCK_PORT = 1024
-REOPEN_PAUSE = 0.1
+OPEN_PAUSE = 0.1  # seconds between attempts to open a port that is not free yet
+HOST_RECHECK = 1.0  # seconds between checks for a host, should a SIGIO be missed
 READ_LIMIT = 8 << 20
+READ_CHUNK = 64 << 10
+WRITE_HIGH = 256 << 10  # queued reply bytes above which writers wait in drain()
 
 
 def find_port(name: str, timeout: float = 10.0) -> str:
@@ -42,35 +58,181 @@ def find_port(name: str, timeout: float = 10.0) -> str:
         time.sleep(0.01)
 
 
-async def _open_streams(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
+def host_connected(fd: int) -> bool:
+    """Whether a host holds the other end of the port (no POLLHUP)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLOUT)
+    return not any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+class PortSession(asyncio.Transport):
+    """One host session on an open port fd, which it never closes.
+
+    Ends (``connection_lost``) at EOF, on a read or write error, on close() or abort(), or
+    when a reply cannot be written because the host is gone; queued bytes are then dropped.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._fd = fd
+        self._protocol = protocol
+        self._buffer = bytearray()
+        self._ended = False
+        self._reading = False
+        self._writing_paused = False
+        self.done: asyncio.Future[None] = loop.create_future()
+        protocol.connection_made(self)
+        self.resume_reading()
+
+    # reading
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if data:
+            self._protocol.data_received(data)
+            return
+        self.pause_reading()
+        self._protocol.eof_received()
+        self._end(None)
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._ended:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reading = True
+
+    # writing
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ended or not data:
+            return
+        if not self._buffer:
+            try:
+                written = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError as exc:
+                self._end(exc)
+                return
+            data = memoryview(data)[written:]
+            if not data:
+                return
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._buffer += data
+        if len(self._buffer) > WRITE_HIGH and not self._writing_paused:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def _write_ready(self) -> None:
+        try:
+            written = os.write(self._fd, self._buffer)
+        except (BlockingIOError, InterruptedError):
+            if not host_connected(self._fd):  # poll reports the hang-up as writable
+                self._end(None)
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        del self._buffer[:written]
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+        if self._writing_paused and len(self._buffer) <= WRITE_HIGH // 4:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def drop_unsent(self) -> None:
+        """Forget the bytes not written yet (replies owed to a host that is gone)."""
+        if self._buffer:
+            self._loop.remove_writer(self._fd)
+            self._buffer.clear()
+        if self._writing_paused:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    # ending
+    def is_closing(self) -> bool:
+        return self._ended
+
+    def close(self) -> None:
+        self._end(None)
+
+    def abort(self) -> None:
+        self._end(None)
+
+    def _end(self, exc: Exception | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.pause_reading()
+        self.drop_unsent()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+        self.done.set_result(None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"fd": self._fd}.get(name, default)
+
+
+def _open_port(path: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    reader = asyncio.StreamReader(limit=READ_LIMIT)
-    protocol = asyncio.StreamReaderProtocol(reader)
-    await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", buffering=0))
-    wfile = os.fdopen(os.dup(fd), "wb", buffering=0)
-    transport, wprotocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, wfile)
-    writer = asyncio.StreamWriter(transport, wprotocol, reader, loop)
-    return reader, writer
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    return fd
+
+
+async def _until_host(fd: int, changed: asyncio.Event) -> None:
+    while True:
+        changed.clear()
+        if host_connected(fd):
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), HOST_RECHECK)
 
 
 async def serve_virtio_serial(server: Server, path: str) -> None:
-    """Serve ttrpc sessions on the port forever, one per host connection. A port that cannot
-    be opened yet (the previous session's fd still closing) is retried, never given up."""
+    """Serve ttrpc sessions on the port forever, one per host connection, holding it open.
+    A port that cannot be opened yet is retried, never given up."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    loop.add_signal_handler(signal.SIGIO, changed.set)
     while True:
         try:
-            reader, writer = await _open_streams(path)
+            fd = _open_port(path)
+            break
         except OSError as exc:
-            log.warning("reopening %s: %s", path, exc)
-            await asyncio.sleep(REOPEN_PAUSE)
-            continue
+            log.warning("opening %s: %s", path, exc)
+            await asyncio.sleep(OPEN_PAUSE)
+    while True:
+        await _until_host(fd, changed)
+        reader = asyncio.StreamReader(limit=READ_LIMIT)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        session = PortSession(loop, fd, protocol)
+        writer = asyncio.StreamWriter(session, protocol, reader, loop)
         try:
-            await server.serve_connection(reader, writer)
+            await server.serve_connection(reader, writer, on_restart=session.drop_unsent)
         except Exception:
             log.exception("session on %s failed", path)
         finally:
-            writer.close()
-        await asyncio.sleep(REOPEN_PAUSE)
+            session.abort()
 
 
 async def serve_vsock(server: Server, port: int = VSOCK_PORT) -> None:

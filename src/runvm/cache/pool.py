@@ -45,7 +45,6 @@ from runvm.runtime.sandbox import Sandbox, SandboxOptions, sandbox_run_dir
 log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 60.0
-RELEASE_SETTLE = 3.0  # seconds for a guest agent to notice its host left (TCG under load)
 
 
 class CacheMiss(RunvmError):
@@ -106,12 +105,10 @@ class Pool:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             backoff = 1.0
-            # Let go of the agent link now: by the time a sandbox takes the VM, the agent has
-            # long seen the host leave and waits for the next one (a takeover racing that
-            # hang-up would lose requests).
+            # Let go of the agent link now: the taker's session starts with a handshake on
+            # a port the agent keeps open, whether or not it has seen this one end.
             try:
                 await sandbox.release()
-                await asyncio.sleep(RELEASE_SETTLE)
             except asyncio.CancelledError:
                 await self._discard(sandbox)
                 raise

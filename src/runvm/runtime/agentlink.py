@@ -5,6 +5,12 @@ succeeded within ``boot_timeout`` seconds; raises AgentTimeout when the deadline
 AgentError when the VM exits first, VersionMismatch on a version mismatch. Nothing stays
 open on failure. Only one request is in flight until the agent answers: virtio-serial does
 not drain the host socket while the guest has its port closed, and a flood would block.
+
+A virtio-serial port has no connection boundaries: when a host hangs up and this one connects
+before the agent reads again, the agent never sees an EOF, and replies it owed the previous
+host come to this one first. So every session starts with the Version handshake on stream 1
+(the agent takes a reused stream id for a new host and drops what it still owed the old one),
+and until it is answered, replies on other streams are dropped as leftovers.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ async def _open(channel: AgentChannelSpec, deadline: float) -> Client:
         try:
             if channel.kind == "virtio-serial":
                 assert channel.socket_path is not None
-                return await Client.connect_unix(str(channel.socket_path))
+                return await Client.connect_unix(str(channel.socket_path), leftovers=True)
             sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:

@@ -58,21 +58,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POWEROFF_WAIT = 5.0
-ASK_AGAIN = 5.0  # seconds before a handed-over VM's agent is asked again
-
-
-async def _details_again(agent: AgentClient, deadline: float) -> pb.GuestDetailsResponse:
-    """GuestDetails from a handed-over VM, asked again until ``deadline`` (monotonic): its
-    agent may still be closing the cache daemon's session when ours starts, and a request
-    that reaches the port then is dropped by the guest (a late answer is still taken)."""
-    while True:
-        try:
-            return await asyncio.wait_for(agent.guest_details(), ASK_AGAIN)
-        except TimeoutError:
-            if time.monotonic() + ASK_AGAIN > deadline:
-                raise AgentTimeout("a handed-over VM's agent did not answer") from None
-            log.warning("handed-over VM: GuestDetails unanswered after %g s; asking again",
-                        ASK_AGAIN)  # fmt: skip
 
 
 def channel_kind(wanted: str) -> str:
@@ -283,9 +268,8 @@ class Sandbox:
                 sandbox.details = await steps.run("resume-clone",
                                                   sandbox.agent.resume_clone(resume))  # fmt: skip
             else:
-                details = (_details_again(sandbox.agent, booted + hv_cfg.boot_timeout)
-                           if handed is not None else sandbox.agent.guest_details())  # fmt: skip
-                sandbox.details = await steps.run("guest-details", details)
+                sandbox.details = await steps.run("guest-details",
+                                                  sandbox.agent.guest_details())  # fmt: skip
             if options.pooled:
                 steps.commit()
                 return sandbox

@@ -37,6 +37,11 @@ class Client:
     (a stream never used, a second answer) is a protocol error that closes the connection.
     A frame must be complete within ``frame_timeout`` seconds of its first byte (default
     :data:`FRAME_TIMEOUT`, read when the client is made).
+
+    ``leftovers=True`` is for a transport without connection boundaries (a virtio-serial
+    port): until the first answer arrives, responses on streams this client never used are
+    a previous client's, written before the server knew it was gone, and are dropped
+    (counted in ``dropped``) instead of breaking the connection.
     """
 
     def __init__(
@@ -46,8 +51,10 @@ class Client:
         *,
         max_message: int = MAX_MESSAGE,
         frame_timeout: float | None = None,
+        leftovers: bool = False,
     ) -> None:
         self._reader = reader
+        self._leftovers = leftovers
         self._writer = writer
         self.max_message = max_message
         self.frame_timeout = FRAME_TIMEOUT if frame_timeout is None else frame_timeout
@@ -204,6 +211,9 @@ class Client:
         future = self._pending.get(frame.stream_id)
         if future is not None and not future.done():
             future.set_result(response)
+            self._leftovers = False
+        elif self._leftovers and frame.stream_id >= self._next_id:
+            self.dropped += 1
         elif frame.stream_id in self._abandoned:
             del self._abandoned[frame.stream_id]
             self.dropped += 1

@@ -78,10 +78,21 @@ class Server:
         return listener
 
     async def serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
-        """Serve one connection until EOF, a broken frame, or :meth:`close`; then close it."""
-        connection = _Connection(self, reader, writer)
+        """Serve one connection until EOF, a broken frame, or :meth:`close`; then close it.
+
+        ``on_restart`` is for a transport without connection boundaries (a virtio-serial
+        port, where a host can hang up and another connect before the reader sees EOF): a
+        request that reuses a stream id then means a new client started at 1. Replies still
+        owed to the old client are dropped, ``on_restart`` is called (to drop its unsent
+        bytes) and the stream ids start over. Without it a reused id is refused.
+        """
+        connection = _Connection(self, reader, writer, on_restart)
         self._connections.add(connection)
         try:
             await connection.run()
@@ -111,9 +122,15 @@ class _Connection:
     """The state of one served connection."""
 
     def __init__(
-        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        server: Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_restart: Callable[[], None] | None,
     ) -> None:
         self._server = server
+        self._on_restart = on_restart
+        self._client = 0  # which client on this connection (see Server.serve_connection)
         self._reader = reader
         self._writer = writer
         self._last_stream_id = 0
@@ -166,6 +183,12 @@ class _Connection:
                     "StreamID must be odd for client initiated streams",
                 )
                 continue
+            if header.stream_id <= self._last_stream_id and self._on_restart is not None:
+                log.info("ttrpc: stream %d after %d: a new client", header.stream_id,
+                         self._last_stream_id)  # fmt: skip
+                self._client += 1
+                self._last_stream_id = 0
+                self._on_restart()
             if header.stream_id <= self._last_stream_id:
                 await self._send_status(
                     header.stream_id,
@@ -175,7 +198,7 @@ class _Connection:
                 continue
             self._last_stream_id = header.stream_id
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(header.stream_id, data))
+            task = asyncio.create_task(self._handle(header.stream_id, data, self._client))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -183,7 +206,7 @@ class _Connection:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _handle(self, stream_id: int, data: bytes) -> None:
+    async def _handle(self, stream_id: int, data: bytes, client: int) -> None:
         try:
             payload = await self._dispatch(data)
             response = Response(payload=payload).SerializeToString()
@@ -198,7 +221,7 @@ class _Connection:
                 f"response length {len(response)} exceeds maximum message size of "
                 f"{self._server.max_message}",
             )
-        await self._send(stream_id, response)
+        await self._send(stream_id, response, client)
 
     async def _dispatch(self, data: bytes) -> bytes:
         try:
@@ -225,12 +248,16 @@ class _Connection:
             ) from exc
 
     async def _send_status(self, stream_id: int, code: Code, message: str) -> None:
-        await self._send(stream_id, _status_response(code, message))
+        await self._send(stream_id, _status_response(code, message), self._client)
 
-    async def _send(self, stream_id: int, response: bytes) -> None:
-        """Write a Response; a failed write is left for the read loop to notice."""
+    async def _send(self, stream_id: int, response: bytes, client: int) -> None:
+        """Write a Response (dropped if its client is gone); a failed write is left for the
+        read loop to notice."""
         frame = encode_frame(Frame(stream_id, MessageType.RESPONSE, 0, response))
         async with self._write_lock:
+            if client != self._client:
+                log.debug("ttrpc: stream %d's client is gone; reply dropped", stream_id)
+                return
             try:
                 self._writer.write(frame)
                 await self._writer.drain()
