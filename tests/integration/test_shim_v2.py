@@ -167,8 +167,14 @@ def test_detached_task_exec_ps_metrics_pause_kill_delete(
                            "echo exec-out; cat /etc/hostname >/dev/null; exit 3")  # fmt: skip
         assert (r.stdout, r.returncode) == (b"exec-out\n", 3), r.stderr
 
+        # ctr sends the terminal's size (ResizePty) only after the exec started, so the shell
+        # may run before it arrives (a 0x0 pty, as under runc): it waits for a size.
+        sized = (
+            "tty; for i in $(seq 100); do stty size 2>/dev/null | grep -q . && break; "
+            "sleep 0.1; done"
+        )
         out, code = ctr_on_terminal(containerd, "task", "exec", "-t", "--exec-id", "e2", "bg1",
-                                    "sh", "-c", "tty; stty size; exit 4")  # fmt: skip
+                                    "sh", "-c", f"{sized}; stty size; exit 4")  # fmt: skip
         assert b"/dev/pts/" in out and code == 4, out
         assert b"33 111" in out, out  # ResizePty carried the client's terminal size
 
