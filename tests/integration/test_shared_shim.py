@@ -7,17 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import add_config
-from test_network import Pods, pods  # noqa: F401  (the fixture)
+from test_network import Pods, ip, pods  # noqa: F401  (the fixture)
 from test_shim_v2 import RUNTIME, exec_out, image, procs_with, task_row, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 SHIM = "containerd-shim-runvm-v2"
+
+
+def tc_qdiscs(netns: str, dev: str) -> str:
+    return subprocess.run(["tc", "-n", netns, "qdisc", "show", "dev", dev],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
 
 
 def run_pod(containerd: Any, ref: str, task_id: str, netns: str) -> int:
@@ -71,6 +77,16 @@ def test_one_shim_serves_the_namespace(
         for k, t in enumerate(["m1", "m2"]):
             run_pod(containerd, image, t, pods.path(k))
             ids.append(t)
+        # A NIC that joins m1's pod later is hot-plugged, and the record names its redirect.
+        ip("-n", pods.router, "link", "add", "v7", "type", "veth", "peer", "name", "eth1",
+           "netns", pods.pods[0])  # fmt: skip
+        ip("-n", pods.pods[0], "link", "set", "eth1", "up")
+        record = records / "m1.json"
+        wait_for(
+            "the late NIC in m1's record",
+            lambda: len(json.loads(record.read_text())["network"]["redirects"]) == 2,
+        )
+        assert "ingress" in tc_qdiscs(pods.pods[0], "eth1")
         (shim,) = procs_with(SHIM, containerd.address)
         os.kill(shim, signal.SIGKILL)
         wait_for("the VMs to die with their shim",
@@ -81,6 +97,7 @@ def test_one_shim_serves_the_namespace(
             containerd.ctr("task", "delete", "-f", t)
         wait_for("the redirects to go",
                  lambda: pods.host_side_clean(0) and pods.host_side_clean(1), 20)  # fmt: skip
+        assert "ingress" not in tc_qdiscs(pods.pods[0], "eth1")
         assert not Path("/sys/fs/cgroup/memory/default/m1").exists()
     finally:
         for t in reversed(ids):

@@ -87,7 +87,7 @@ class PodNetwork:
             self.topology = netlink.scan()
             try:
                 for iface in self.topology.interfaces:
-                    self.plugged.append(self._plug_one(iface))
+                    self.plugged.append(self._plug_here(iface))
             except BaseException:
                 self.unplug()
                 raise

@@ -91,6 +91,76 @@ class SandboxOptions:
     pooled: bool = False
 
 
+def _refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> None:
+    """ConfigError for settings that cannot work together, before anything is made."""
+    if (config.storage.shared_fs == "9p" and config.image.variant == "debian"
+            and not (options.guest_files or config.image.kernel)):  # fmt: skip
+        raise ConfigError(
+            "storage.shared_fs = 9p needs a guest kernel with 9p; Debian's "
+            'cloud kernel has none: set image.variant = "minimal"'
+        )
+    hv_cfg = config.hypervisor
+    if config.image.dax and hv_cfg.machine == "microvm":
+        raise ConfigError(
+            "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
+            'no PCI bus: set hypervisor.machine = "pc" or "q35"'
+        )
+    if hv_cfg.user:
+        unprivileged_user(hv_cfg.user)
+        if config.storage.shared_fs == "9p" or config.factory.enable:
+            raise ConfigError(
+                "hypervisor.user: QEMU runs as root with 9p sharing or templates "
+                "(factory.enable); use virtio-fs and no templates"
+            )
+
+
+@dataclass
+class _Origin:
+    """Where a sandbox's VM comes from: a VM taken from the cache (``handed``, its QEMU
+    ``process``), a clone of a template (``tpl``), or else a cold boot."""
+
+    files: GuestFiles
+    accel: AccelReport
+    hypervisor: QemuHypervisor
+    handed: cache.Handed | None = None
+    process: ForeignProcess | None = None
+    tpl: template.Template | None = None
+
+    @property
+    def clonelike(self) -> bool:
+        """Booted before this sandbox existed: NICs are hot-plugged once it runs."""
+        return self.tpl is not None or self.handed is not None
+
+    @classmethod
+    async def choose(
+        cls, config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
+    ) -> _Origin:
+        """Ask the cache first, then the template; make or take over ``run_dir``."""
+        files = options.guest_files or resolve_guest_files(config)
+        hypervisor = QemuHypervisor(config.hypervisor.path)
+        qemu = hypervisor.resolve_binary()
+        accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
+                                files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
+        origin = cls(files, accel, hypervisor)
+        plain = options.share_fs and not (options.extra_devices
+                                          or options.extra_kernel_params)  # fmt: skip
+        fresh = plain and not options.pooled
+        if config.cache.enable and fresh and not options.guest_files:
+            origin.handed = await steps.run(
+                "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
+            )
+        if origin.handed is None:
+            await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
+                            lambda: _remove_dir(run_dir))  # fmt: skip
+        else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
+            origin.process = ForeignProcess(origin.handed.pid, origin.handed.pidfd)
+            steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
+            steps.add_undo("cached-qemu", origin.process.stop)
+        if config.factory.enable and fresh and origin.handed is None:
+            origin.tpl = await template.usable(config, files, accel)
+        return origin
+
+
 class Sandbox:
     """One running VM with its agent; see the module docstring."""
 
@@ -109,6 +179,7 @@ class Sandbox:
         self.virtiofsd: Child | None = None
         self.failure = ""  # why the sandbox died under us, if it did
         self.network: PodNetwork | None = None
+        self.on_network_change: Callable[[], None] = lambda: None  # NICs plugged or unplugged
         self._net_lock = asyncio.Lock()
         self._net_watcher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -128,167 +199,152 @@ class Sandbox:
     ) -> Sandbox:
         check_id(sandbox_id)
         options = options or SandboxOptions()
-        if (config.storage.shared_fs == "9p" and config.image.variant == "debian"
-                and not (options.guest_files or config.image.kernel)):  # fmt: skip
-            raise ConfigError(
-                "storage.shared_fs = 9p needs a guest kernel with 9p; Debian's "
-                'cloud kernel has none: set image.variant = "minimal"'
-            )
-        hv_cfg = config.hypervisor
-        if config.image.dax and hv_cfg.machine == "microvm":
-            raise ConfigError(
-                "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
-                'no PCI bus: set hypervisor.machine = "pc" or "q35"'
-            )
-        if hv_cfg.user:
-            unprivileged_user(hv_cfg.user)
-            if config.storage.shared_fs == "9p" or config.factory.enable:
-                raise ConfigError(
-                    "hypervisor.user: QEMU runs as root with 9p sharing or templates "
-                    "(factory.enable); use virtio-fs and no templates"
-                )
+        _refuse_bad_combinations(config, options)
         steps = Steps()
         async with steps:
-            files = options.guest_files or resolve_guest_files(config)
             run_dir = sandbox_run_dir(config, sandbox_id)
-            hypervisor = QemuHypervisor(hv_cfg.path)
-            qemu = hypervisor.resolve_binary()
-            accel = await steps.run(
-                "accelerator",
-                detect(hv_cfg.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir)),
-            )
-            plain = options.share_fs and not (options.extra_devices
-                                              or options.extra_kernel_params)  # fmt: skip
-            handed = None
-            if config.cache.enable and plain and not options.pooled and not options.guest_files:
-                handed = await steps.run(
-                    "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
-                )
-            if handed is None:
-                await steps.run("run-dir", _make_run_dir(run_dir, bool(hv_cfg.user)),
-                                lambda: _remove_dir(run_dir))  # fmt: skip
-            else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
-                process = ForeignProcess(handed.pid, handed.pidfd)
-                steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
-                steps.add_undo("cached-qemu", process.stop)
+            origin = await _Origin.choose(config, options, run_dir, steps)
             sandbox = cls(sandbox_id, config, run_dir, steps)
-            sandbox.accel = accel
-            if options.needs_hotplug and not machine_capabilities(sandbox.machine).hotplug_blk:
+            sandbox.accel = origin.accel
+            sandbox.templated = origin.tpl is not None
+            if options.needs_hotplug and not sandbox.hotplug_blk:
                 log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
                          sandbox_id, sandbox.machine)  # fmt: skip
                 sandbox.machine = "pc"
-            tpl = None
-            if config.factory.enable and plain and handed is None and not options.pooled:
-                tpl = await template.usable(config, files, sandbox.accel)
-            sandbox.templated = tpl is not None
-            clonelike = tpl is not None or handed is not None  # NICs hot-plugged once it runs
-            devices = list(options.extra_devices)
-            storages = []
-            late_share = None  # virtio-fs hot-plugged into a handed-over VM
-            if options.pooled:
-                pass  # its taker hot-plugs the share (below)
-            elif handed is not None:
-                late_share = await steps.run("virtio-fs", sandbox._share_fs())
-                storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
-                                           mount_point=GUEST_ROOT))  # fmt: skip
-            elif options.share_fs and (config.storage.shared_fs == "9p" or tpl is not None):
-                devices.append(await steps.run("9p", sandbox._share_9p()))
-                storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
-                                           options=list(NINEP_OPTIONS),
-                                           mount_point=GUEST_ROOT))  # fmt: skip
-            elif options.share_fs:
-                devices.append(await steps.run("virtio-fs", sandbox._share_fs()))
-                storages.append(pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
-                                           mount_point=GUEST_ROOT))  # fmt: skip
-            net: PodNetwork | None = None
+            devices, storages, late_share = await sandbox._shares(options, origin)
             if options.network:
-                from runvm.network.plug import PodNetwork
-
-                sandbox.network = net = PodNetwork(config.network.model, hv_cfg.vcpus, run_dir,
-                                                   netns_fd=options.netns_fd)  # fmt: skip
-                steps.add_undo("network", _async(net.unplug))
-                if not clonelike:
-                    devices += await steps.run("network", _async(net.plug)())
-            kind = (template.CHANNEL if clonelike or options.pooled
-                    else channel_kind(config.agent.channel))  # fmt: skip
-            channel = AgentChannelSpec(
-                kind=kind,
-                socket_path=socket_dir(run_dir, hv_cfg.user) / "agent.sock"
-                if kind == "virtio-serial"
-                else None,
-                guest_cid=_guest_cid(sandbox_id) if kind == "vsock" else 0,
-            )
-            params = [f"runvm.channel={kind}", *options.extra_kernel_params]
-            if hv_cfg.kernel_params:
-                params += hv_cfg.kernel_params.split()
-            spec = VMSpec(
-                name=sandbox_id, run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
-                accel=sandbox.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
-                machine=sandbox.machine, kernel_params=tuple(params),
-                devices=(channel, *devices),
-                tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
-                console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
-                user=hv_cfg.user,
-                host_tsc_khz=host_tsc_khz() if sandbox.machine == "microvm" else 0,
-                root_image=files.root_image,
-                root_image_bytes=files.root_image_bytes,
-                die_with_owner=not options.pooled,
-                free_page_reporting=True,  # not kept by a clone (template.clone_spec)
-                # virtio-fs (now, or hot-plugged into a pooled VM) maps guest RAM too; 9p
-                # does not, and private RAM can be merged by KSM.
-                memory_shared=options.pooled or any(isinstance(d, VirtioFsSpec) for d in devices),
-            )  # fmt: skip
-            if tpl is not None:
-                spec = template.clone_spec(tpl, spec)
+                devices += await sandbox._network(options, origin)
+            channel = sandbox._channel(options, origin)
+            spec = sandbox._vm_spec(options, origin, channel, devices)
             booted = time.monotonic()
-            ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
-            if handed is not None:
-                sandbox.vm = vm = await steps.run("cache-adopt", hypervisor.adopt(spec, process))
-                for failure in hostcgroup.join_mine(vm.pid):  # the caller's accounting
-                    log.warning("sandbox %s: QEMU not moved to this cgroup: %s", sandbox_id,
-                                failure)  # fmt: skip
-                if late_share is not None:
-                    await steps.run("virtio-fs-plug", vm.hotplug_fs(late_share))
-            else:
-                sandbox.vm = vm = await steps.run("qemu-start", hypervisor.launch(spec))
-            steps.add_undo("qemu", vm.stop)
-            if tpl is not None:
-                await steps.run("restore", vm.load_state(tpl.state))
-            elif net is not None:
-                net.handed_over()  # the taps now live as long as QEMU
-            sandbox.agent = await steps.run(
-                "agent-ready",
-                sandbox._connect(channel, hv_cfg.boot_timeout - (time.monotonic() - booted)),
-            )
-            steps.add_undo("agent", sandbox.agent.close)
-            if tpl is not None:
-                resume = pb.ResumeCloneRequest(random_seed=os.urandom(64),
-                                               instance_id=uuid.uuid4().hex,
-                                               host_time_ns=time.time_ns())  # fmt: skip
-                sandbox.details = await steps.run("resume-clone",
-                                                  sandbox.agent.resume_clone(resume))  # fmt: skip
-            else:
-                sandbox.details = await steps.run("guest-details",
-                                                  sandbox.agent.guest_details())  # fmt: skip
+            await sandbox._run_vm(spec, origin, late_share)
+            await sandbox._greet(channel, origin, booted)
             if options.pooled:
                 steps.commit()
                 return sandbox
-            request = pb.CreateSandboxRequest(
-                sandbox_id=sandbox_id,
-                hostname=options.hostname,
-                host_time_ns=time.time_ns(),
-                storages=storages,
-            )
+            request = pb.CreateSandboxRequest(sandbox_id=sandbox_id, hostname=options.hostname,
+                                              host_time_ns=time.time_ns(),
+                                              storages=storages)  # fmt: skip
+            assert sandbox.agent is not None and sandbox.vm is not None
             await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
-            if net is not None and clonelike:
-                await steps.run("network", net.sync(vm, sandbox.agent))
-            elif net is not None:
-                await steps.run("network-config", net.configure(sandbox.agent))
+            if sandbox.network is not None and origin.clonelike:
+                await steps.run("network", sandbox.network.sync(sandbox.vm, sandbox.agent))
+            elif sandbox.network is not None:
+                await steps.run("network-config", sandbox.network.configure(sandbox.agent))
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         if sandbox.network is not None and sandbox.network.model != "none":
             sandbox._net_watcher = asyncio.ensure_future(sandbox._watch_network())
         return sandbox
+
+    async def _shares(
+        self, options: SandboxOptions, origin: _Origin
+    ) -> tuple[list[DeviceSpec], list[pb.Storage], VirtioFsSpec | None]:
+        """The boot devices, the guest mounts of the shared directory, and a virtio-fs
+        device to hot-plug into a VM taken from the cache (its boot devices are fixed)."""
+        devices = list(options.extra_devices)
+        storages: list[pb.Storage] = []
+        late_share = None
+        virtio_fs = pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
+                               mount_point=GUEST_ROOT)  # fmt: skip
+        if options.pooled:
+            pass  # its taker hot-plugs the share
+        elif origin.handed is not None:
+            late_share = await self.steps.run("virtio-fs", self._share_fs())
+            storages.append(virtio_fs)
+        elif options.share_fs and (self.config.storage.shared_fs == "9p" or origin.tpl):
+            devices.append(await self.steps.run("9p", self._share_9p()))
+            storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
+                                       options=list(NINEP_OPTIONS),
+                                       mount_point=GUEST_ROOT))  # fmt: skip
+        elif options.share_fs:
+            devices.append(await self.steps.run("virtio-fs", self._share_fs()))
+            storages.append(virtio_fs)
+        return devices, storages, late_share
+
+    async def _network(self, options: SandboxOptions, origin: _Origin) -> list[DeviceSpec]:
+        """The pod's network; its NICs as boot devices, or none yet for a VM that is cloned
+        or taken (they are hot-plugged once it runs)."""
+        from runvm.network.plug import PodNetwork
+
+        self.network = net = PodNetwork(self.config.network.model, self.config.hypervisor.vcpus,
+                                        self.run_dir, netns_fd=options.netns_fd)  # fmt: skip
+        self.steps.add_undo("network", _async(net.unplug))
+        if origin.clonelike:
+            return []
+        return list(await self.steps.run("network", _async(net.plug)()))
+
+    def _channel(self, options: SandboxOptions, origin: _Origin) -> AgentChannelSpec:
+        kind = (template.CHANNEL if origin.clonelike or options.pooled
+                else channel_kind(self.config.agent.channel))  # fmt: skip
+        if kind == "vsock":
+            return AgentChannelSpec(kind=kind, guest_cid=_guest_cid(self.id))
+        path = socket_dir(self.run_dir, self.config.hypervisor.user) / "agent.sock"
+        return AgentChannelSpec(kind=kind, socket_path=path)
+
+    def _vm_spec(
+        self,
+        options: SandboxOptions,
+        origin: _Origin,
+        channel: AgentChannelSpec,
+        devices: list[DeviceSpec],
+    ) -> VMSpec:
+        hv_cfg = self.config.hypervisor
+        params = [f"runvm.channel={channel.kind}", *options.extra_kernel_params]
+        if hv_cfg.kernel_params:
+            params += hv_cfg.kernel_params.split()
+        files = origin.files
+        spec = VMSpec(
+            name=self.id, run_dir=self.run_dir, kernel=files.kernel, initrd=files.initrd,
+            accel=origin.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
+            machine=self.machine, kernel_params=tuple(params),
+            devices=(channel, *devices),
+            tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
+            console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
+            user=hv_cfg.user,
+            host_tsc_khz=host_tsc_khz() if self.machine == "microvm" else 0,
+            root_image=files.root_image,
+            root_image_bytes=files.root_image_bytes,
+            die_with_owner=not options.pooled,
+            free_page_reporting=True,  # not kept by a clone (template.clone_spec)
+            # virtio-fs (now, or hot-plugged into a pooled VM) maps guest RAM too; 9p
+            # does not, and private RAM can be merged by KSM.
+            memory_shared=options.pooled or any(isinstance(d, VirtioFsSpec) for d in devices),
+        )  # fmt: skip
+        return template.clone_spec(origin.tpl, spec) if origin.tpl else spec
+
+    async def _run_vm(self, spec: VMSpec, origin: _Origin, late_share: VirtioFsSpec | None) -> None:
+        """Start QEMU (cold or restoring a template's state) or adopt the cache's."""
+        steps = self.steps
+        ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
+        if origin.process is not None:
+            adopt = origin.hypervisor.adopt(spec, origin.process)
+            self.vm = vm = await steps.run("cache-adopt", adopt)
+            for failure in hostcgroup.join_mine(vm.pid):  # the caller's accounting
+                log.warning("sandbox %s: QEMU not moved to this cgroup: %s", self.id, failure)
+            if late_share is not None:
+                await steps.run("virtio-fs-plug", vm.hotplug_fs(late_share))
+        else:
+            self.vm = vm = await steps.run("qemu-start", origin.hypervisor.launch(spec))
+        steps.add_undo("qemu", vm.stop)
+        if origin.tpl is not None:
+            await steps.run("restore", vm.load_state(origin.tpl.state))
+        elif self.network is not None:
+            self.network.handed_over()  # the taps now live as long as QEMU
+
+    async def _greet(self, channel: AgentChannelSpec, origin: _Origin, booted: float) -> None:
+        """The agent's handshake within the boot deadline, then its details (a clone's
+        after it re-seeded its randomness and took a new identity)."""
+        left = self.config.hypervisor.boot_timeout - (time.monotonic() - booted)
+        self.agent = agent = await self.steps.run("agent-ready", self._connect(channel, left))
+        self.steps.add_undo("agent", agent.close)
+        if origin.tpl is not None:
+            resume = pb.ResumeCloneRequest(random_seed=os.urandom(64),
+                                           instance_id=uuid.uuid4().hex,
+                                           host_time_ns=time.time_ns())  # fmt: skip
+            self.details = await self.steps.run("resume-clone", agent.resume_clone(resume))
+        else:
+            self.details = await self.steps.run("guest-details", agent.guest_details())
 
     async def sync_network(self) -> None:
         """Bring the VM's NICs in line with the pod namespace's interfaces now (hot-plug
@@ -296,7 +352,12 @@ class Sandbox:
         if self.network is None or self.vm is None or self.agent is None:
             return
         async with self._net_lock:
-            await self.network.sync(self.vm, self.agent)
+            before = [p.spec.id for p in self.network.plugged]
+            try:
+                await self.network.sync(self.vm, self.agent)
+            finally:
+                if [p.spec.id for p in self.network.plugged] != before:
+                    self.on_network_change()
 
     async def _watch_network(self) -> None:
         """Follow link changes in the pod namespace (netlink) and sync after each burst."""

@@ -109,7 +109,7 @@ class TaskService:
         self.cgroup: HostCgroup | None = None
         self.lock = asyncio.Lock()  # create/delete change the pod
         self.done = asyncio.Event()
-        self.on_change: Callable[[], None] = lambda: None  # the task set changed
+        self.on_change: Callable[[], None] = lambda: None  # the task set or its NICs changed
 
     # --- plumbing ------------------------------------------------------------------------
     def handlers(self) -> dict[str, Handler]:
@@ -232,6 +232,7 @@ class TaskService:
         options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0],
                                  needs_hotplug=needs_hotplug, netns_fd=self.netns_fd)  # fmt: skip
         self.sandbox = sandbox = await Sandbox.start(self.group, self.config, options)
+        sandbox.on_network_change = lambda: self.on_change()  # the record lists the NICs
         self.sandbox_task = task.id
         if self.shared and self.cgroup is not None:  # moved in once started
             for child in (sandbox.vm, sandbox.virtiofsd):
