@@ -18,6 +18,7 @@ from runvm import config as cfg
 from runvm import image
 from runvm.errors import AgentError, AgentTimeout, VersionMismatch
 from runvm.hypervisor.base import AgentChannelSpec, socket_dir
+from runvm.protocol import PROTOCOL_VERSION
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
@@ -63,7 +64,7 @@ def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
 
     r = run(scenario)
     assert r["health"].status == pb.HealthCheckResponse.SERVING
-    assert r["version"].protocol == 1
+    assert r["version"].protocol == PROTOCOL_VERSION
     details = r["details"]
     assert details.kernel_release == info.kernel_release
     assert details.kernel_release != os.uname().release

@@ -258,7 +258,8 @@ def test_close_wakes_pending_calls_and_is_idempotent() -> None:
 
 def test_leftovers_before_the_first_answer_are_dropped_only_when_asked() -> None:
     """A virtio-serial client (``leftovers=True``) drops a previous client's late replies
-    that arrive before its own first answer; after it, or without the flag, they break it."""
+    that arrive before its own first answer, and one more answer on its first stream; after
+    that, or without the flag, a stray reply breaks it."""
 
     async def main(leftovers: bool) -> tuple[bytes | None, int, bool]:
         a, b = socket.socketpair()
@@ -276,15 +277,18 @@ def test_leftovers_before_the_first_answer_are_dropped_only_when_asked() -> None
             answer: bytes | None = await call
         except ProtocolError:
             answer = None
-        dropped = client.dropped
-        if answer is not None:  # after the first answer a stray reply is an error again
+        if answer is not None:
+            # One more answer on the first stream is dropped (a previous client's came
+            # first); after that a stray reply is an error again.
             reply = Response(payload=b"old").SerializeToString()
-            peer_w.write(encode_frame(Frame(11, MessageType.RESPONSE, 0, reply)))
+            for stray in (1, 11):
+                peer_w.write(encode_frame(Frame(stray, MessageType.RESPONSE, 0, reply)))
             await asyncio.wait_for(client.wait_closed(), 5)
+        dropped = client.dropped
         broken = isinstance(client.error, ProtocolError)
         await client.close()
         peer_w.close()
         return answer, dropped, broken
 
-    assert asyncio.run(main(True)) == (b"mine", 2, True)
+    assert asyncio.run(main(True)) == (b"mine", 3, True)
     assert asyncio.run(main(False)) == (None, 0, True)

@@ -409,8 +409,14 @@ def test_reused_stream_id_starts_a_new_client_when_the_transport_has_no_boundari
     release = asyncio.Event()
     restarts: list[int] = []
 
+    cancelled: list[int] = []
+
     async def slow(payload: bytes, ctx: CallContext) -> bytes:
-        await release.wait()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
         return b"late"
 
     async def main() -> None:
@@ -428,6 +434,7 @@ def test_reused_stream_id_starts_a_new_client_when_the_transport_has_no_boundari
         await asyncio.sleep(0.1)
         response = await raw_call(peer, 1, request(payload=b"new"))  # the next client
         assert response.payload == b"new" and restarts == [1]
+        assert cancelled == [1, 1]  # the old client's calls end as at its EOF
         release.set()  # the old client's two calls finish now: nothing may reach the new one
         response = await raw_call(peer, 3, request(payload=b"second"))
         assert response.payload == b"second"

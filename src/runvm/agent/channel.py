@@ -17,6 +17,7 @@ both events first): the next client's first stream id, reused, marks that bounda
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -37,6 +38,7 @@ OPEN_PAUSE = 0.1  # seconds between attempts to open a port that is not free yet
 HOST_RECHECK = 1.0  # seconds between checks for a host, should a SIGIO be missed
 READ_LIMIT = 8 << 20
 READ_CHUNK = 64 << 10
+READ_BURST = 16  # reads per wake-up at most (the driver returns one port buffer a read)
 WRITE_HIGH = 256 << 10  # queued reply bytes above which writers wait in drain()
 
 
@@ -68,40 +70,58 @@ def host_connected(fd: int) -> bool:
 class PortSession(asyncio.Transport):
     """One host session on an open port fd, which it never closes.
 
-    Ends (``connection_lost``) at EOF, on a read or write error, on close() or abort(), or
-    when a reply cannot be written because the host is gone; queued bytes are then dropped.
+    Each write() is one frame. A frame is never torn: once its first byte is written, the
+    rest follows to whichever host reads next (QEMU, too, keeps what a gone host did not
+    read for the next one). Frames not started are dropped when the host hangs up and by
+    :meth:`drop_unsent`. A started frame left unfinished when the session ends is its
+    :attr:`carry`, for the next session to write first.
+
+    Ends (``connection_lost``) at EOF (the driver reports it once the old host's bytes are
+    all read), on a read or write error, and on close() or abort().
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        protocol: asyncio.Protocol,
+        carry: bytes = b"",
     ) -> None:
         super().__init__()
         self._loop = loop
         self._fd = fd
         self._protocol = protocol
         self._buffer = bytearray()
+        self._frames: collections.deque[int] = collections.deque()  # lengths, in _buffer
+        self._started = False  # the first frame in _buffer is partly written
         self._ended = False
         self._reading = False
         self._writing_paused = False
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.carry = b""
+        self.done: asyncio.Future[Exception | None] = loop.create_future()  # why it ended
         protocol.connection_made(self)
+        if carry:
+            self._queue(carry, started=True)
         self.resume_reading()
 
     # reading
     def _read_ready(self) -> None:
-        try:
-            data = os.read(self._fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._end(exc)
-            return
-        if data:
+        for _ in range(READ_BURST):
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._end(exc)
+                return
+            if not data:
+                self.pause_reading()
+                self._protocol.eof_received()
+                self._end(None)
+                return
             self._protocol.data_received(data)
-            return
-        self.pause_reading()
-        self._protocol.eof_received()
-        self._end(None)
+            if not self._reading or self._ended:  # paused by the protocol
+                return
 
     def is_reading(self) -> bool:
         return self._reading
@@ -120,19 +140,27 @@ class PortSession(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._ended or not data:
             return
+        if self._buffer:
+            self._queue(data, started=False)
+            return
+        try:
+            written = os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            if not host_connected(self._fd):
+                return  # a reply for a host that is gone: dropped whole
+            written = 0
+        except OSError as exc:
+            self._end(exc)
+            return
+        if written < len(data):
+            self._queue(memoryview(data)[written:], started=written > 0)
+
+    def _queue(self, data: bytes | bytearray | memoryview, started: bool) -> None:
         if not self._buffer:
-            try:
-                written = os.write(self._fd, data)
-            except (BlockingIOError, InterruptedError):
-                written = 0
-            except OSError as exc:
-                self._end(exc)
-                return
-            data = memoryview(data)[written:]
-            if not data:
-                return
             self._loop.add_writer(self._fd, self._write_ready)
+            self._started = started
         self._buffer += data
+        self._frames.append(len(data))
         if len(self._buffer) > WRITE_HIGH and not self._writing_paused:
             self._writing_paused = True
             self._protocol.pause_writing()
@@ -142,24 +170,38 @@ class PortSession(asyncio.Transport):
             written = os.write(self._fd, self._buffer)
         except (BlockingIOError, InterruptedError):
             if not host_connected(self._fd):  # poll reports the hang-up as writable
-                self._end(None)
+                self._loop.remove_writer(self._fd)  # no busy loop; the EOF ends the session
+                self._drop(keep_started=True)
             return
         except OSError as exc:
             self._end(exc)
             return
         del self._buffer[:written]
+        while written and written >= self._frames[0]:
+            written -= self._frames.popleft()
+            self._started = False
+        if written:
+            self._frames[0] -= written
+            self._started = True
         if not self._buffer:
             self._loop.remove_writer(self._fd)
-        if self._writing_paused and len(self._buffer) <= WRITE_HIGH // 4:
-            self._writing_paused = False
-            self._protocol.resume_writing()
+        self._maybe_resume_writing()
 
     def drop_unsent(self) -> None:
-        """Forget the bytes not written yet (replies owed to a host that is gone)."""
-        if self._buffer:
+        """Forget the frames not started yet (replies owed to a host that is gone)."""
+        self._drop(keep_started=True)
+
+    def _drop(self, keep_started: bool) -> None:
+        keep = self._frames[0] if keep_started and self._started and self._frames else 0
+        del self._buffer[keep:]
+        self._frames = collections.deque([keep] if keep else [])
+        self._started = bool(keep)
+        if not self._buffer:
             self._loop.remove_writer(self._fd)
-            self._buffer.clear()
-        if self._writing_paused:
+        self._maybe_resume_writing()
+
+    def _maybe_resume_writing(self) -> None:
+        if self._writing_paused and len(self._buffer) <= WRITE_HIGH // 4:
             self._writing_paused = False
             self._protocol.resume_writing()
 
@@ -184,9 +226,13 @@ class PortSession(asyncio.Transport):
             return
         self._ended = True
         self.pause_reading()
-        self.drop_unsent()
+        self._drop(keep_started=True)
+        self.carry = bytes(self._buffer)
+        self._buffer.clear()
+        self._frames.clear()
+        self._loop.remove_writer(self._fd)
         self._loop.call_soon(self._protocol.connection_lost, exc)
-        self.done.set_result(None)
+        self.done.set_result(exc)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"fd": self._fd}.get(name, default)
@@ -194,18 +240,31 @@ class PortSession(asyncio.Transport):
 
 def _open_port(path: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
+def _set_async(fd: int, on: bool) -> None:
+    """SIGIO for host connects (and data) on, while no session reads the port; off after."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC if on else flags & ~os.O_ASYNC)
+
+
 async def _until_host(fd: int, changed: asyncio.Event) -> None:
-    while True:
-        changed.clear()
-        if host_connected(fd):
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), HOST_RECHECK)
+    _set_async(fd, True)
+    try:
+        while True:
+            changed.clear()
+            if host_connected(fd):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), HOST_RECHECK)
+    finally:
+        _set_async(fd, False)
 
 
 async def serve_virtio_serial(server: Server, path: str) -> None:
@@ -221,11 +280,12 @@ async def serve_virtio_serial(server: Server, path: str) -> None:
         except OSError as exc:
             log.warning("opening %s: %s", path, exc)
             await asyncio.sleep(OPEN_PAUSE)
+    carry = b""
     while True:
         await _until_host(fd, changed)
         reader = asyncio.StreamReader(limit=READ_LIMIT)
         protocol = asyncio.StreamReaderProtocol(reader)
-        session = PortSession(loop, fd, protocol)
+        session = PortSession(loop, fd, protocol, carry)
         writer = asyncio.StreamWriter(session, protocol, reader, loop)
         try:
             await server.serve_connection(reader, writer, on_restart=session.drop_unsent)
@@ -233,6 +293,10 @@ async def serve_virtio_serial(server: Server, path: str) -> None:
             log.exception("session on %s failed", path)
         finally:
             session.abort()
+        carry = session.carry
+        if session.done.result() is not None:  # a port error: do not spin on it
+            log.warning("session on %s ended: %s", path, session.done.result())
+            await asyncio.sleep(OPEN_PAUSE)
 
 
 async def serve_vsock(server: Server, port: int = VSOCK_PORT) -> None:

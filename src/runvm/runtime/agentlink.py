@@ -10,7 +10,8 @@ A virtio-serial port has no connection boundaries: when a host hangs up and this
 before the agent reads again, the agent never sees an EOF, and replies it owed the previous
 host come to this one first. So every session starts with the Version handshake on stream 1
 (the agent takes a reused stream id for a new host and drops what it still owed the old one),
-and until it is answered, replies on other streams are dropped as leftovers.
+and until it is answered, replies on other streams are dropped as leftovers (as is a second
+answer on stream 1: the previous host's handshake got the same Version from the same agent).
 """
 
 from __future__ import annotations

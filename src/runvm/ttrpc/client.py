@@ -41,7 +41,9 @@ class Client:
     ``leftovers=True`` is for a transport without connection boundaries (a virtio-serial
     port): until the first answer arrives, responses on streams this client never used are
     a previous client's, written before the server knew it was gone, and are dropped
-    (counted in ``dropped``) instead of breaking the connection.
+    (counted in ``dropped``) instead of breaking the connection; and the first answered
+    stream may get one more answer (the previous client's used the same id), also dropped.
+    The caller makes its first call one whose answer is the same for every client.
     """
 
     def __init__(
@@ -211,7 +213,9 @@ class Client:
         future = self._pending.get(frame.stream_id)
         if future is not None and not future.done():
             future.set_result(response)
-            self._leftovers = False
+            if self._leftovers:  # a previous client's reply on the same stream may have been
+                self._leftovers = False  # this one: the other answer is then dropped once
+                self._abandon(frame.stream_id)
         elif self._leftovers and frame.stream_id >= self._next_id:
             self.dropped += 1
         elif frame.stream_id in self._abandoned:

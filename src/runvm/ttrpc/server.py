@@ -88,9 +88,10 @@ class Server:
 
         ``on_restart`` is for a transport without connection boundaries (a virtio-serial
         port, where a host can hang up and another connect before the reader sees EOF): a
-        request that reuses a stream id then means a new client started at 1. Replies still
-        owed to the old client are dropped, ``on_restart`` is called (to drop its unsent
-        bytes) and the stream ids start over. Without it a reused id is refused.
+        request that reuses a stream id then means a new client started at 1. The old
+        client's calls are cancelled as at EOF and their replies dropped, ``on_restart`` is
+        called (to drop its unsent bytes) and the stream ids start over. Without it a reused
+        id is refused.
         """
         connection = _Connection(self, reader, writer, on_restart)
         self._connections.add(connection)
@@ -188,6 +189,8 @@ class _Connection:
                          self._last_stream_id)  # fmt: skip
                 self._client += 1
                 self._last_stream_id = 0
+                for task in self._tasks:  # as at EOF: the old client's calls end
+                    task.cancel()
                 self._on_restart()
             if header.stream_id <= self._last_stream_id:
                 await self._send_status(
