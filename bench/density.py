@@ -4,9 +4,11 @@ Idle busybox pods (`sleep 100000`) are started one after another through one pri
 containerd until one fails to start or --max run; then every one must answer an exec. Reports
 the count, the total PSS of runvm's host processes, and the host CPU they use while idle
 (from /proc/stat over --idle seconds). Templated by default (--cold for cold boots); --dax
-boots the DAX root image, --ksm runs the KSM throttler meanwhile.
+boots the DAX root image, --ksm runs the KSM throttler meanwhile, --shared serves every pod
+from one shim (`[shim] scope = "namespace"`).
 
-Usage (root, after scripts/install): python3 bench/density.py [--max 100] [--cold] [--dax] [--ksm]
+Usage (root, after scripts/install):
+    python3 bench/density.py [--max 100] [--cold] [--dax] [--ksm] [--shared]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU sampling")
     parser.add_argument("--dax", action="store_true", help="boot the DAX root image")
     parser.add_argument("--ksm", action="store_true", help="run the KSM throttler")
+    parser.add_argument("--shared", action="store_true", help="one shim for every pod")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
     base = Path(tempfile.mkdtemp(prefix="rvd-", dir="/tmp"))
@@ -53,8 +56,9 @@ def main() -> None:
     conf = base / "runvm.toml"
     factory = "" if args.cold else f'[factory]\nenable = true\ndir = "{base / "factory"}"\n'
     dax = "[image]\ndax = true\n" if args.dax else ""
+    shim = '[shim]\nscope = "namespace"\n' if args.shared else ""
     conf.write_text(
-        f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}{dax}'
+        f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n{factory}{dax}{shim}'
     )
     daemon = PrivateContainerd(base, daemon_env())
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(conf)]
@@ -99,7 +103,7 @@ def main() -> None:
         daemon.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
     mode = ("cold" if args.cold else "templated") + (" + DAX" if args.dax else "")
-    mode += " + KSM" if args.ksm else ""
+    mode += (" + KSM" if args.ksm else "") + (" + one shim" if args.shared else "")
     print(
         f"{mode}: {len(running)} pods started in {elapsed:.0f} s"
         f"{' (stopped by: ' + failure + ')' if failure else f' (the --max {args.max})'}"
