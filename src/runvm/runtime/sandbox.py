@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runvm.cache import client as cache
 from runvm.config import RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
-from runvm.hypervisor.accel import AccelReport, detect, host_tsc_khz
+from runvm.errors import AgentError, AgentTimeout, RunvmError, VersionMismatch
+from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
     AgentChannelSpec,
     DeviceSpec,
@@ -34,19 +32,19 @@ from runvm.hypervisor.base import (
     socket_dir,
 )
 from runvm.hypervisor.qemu.driver import (
-    QemuHypervisor,
     QemuVM,
     machine_capabilities,
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
-from runvm.process import Child, ForeignProcess
+from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import hostcgroup, template
 from runvm.runtime.agentlink import connect_agent
-from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.names import check_id, run_dir_name
+from runvm.runtime.origin import Origin, refuse_bad_combinations
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
@@ -91,76 +89,6 @@ class SandboxOptions:
     pooled: bool = False
 
 
-def _refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> None:
-    """ConfigError for settings that cannot work together, before anything is made."""
-    if (config.storage.shared_fs == "9p" and config.image.variant == "debian"
-            and not (options.guest_files or config.image.kernel)):  # fmt: skip
-        raise ConfigError(
-            "storage.shared_fs = 9p needs a guest kernel with 9p; Debian's "
-            'cloud kernel has none: set image.variant = "minimal"'
-        )
-    hv_cfg = config.hypervisor
-    if config.image.dax and hv_cfg.machine == "microvm":
-        raise ConfigError(
-            "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
-            'no PCI bus: set hypervisor.machine = "pc" or "q35"'
-        )
-    if hv_cfg.user:
-        unprivileged_user(hv_cfg.user)
-        if config.storage.shared_fs == "9p" or config.factory.enable:
-            raise ConfigError(
-                "hypervisor.user: QEMU runs as root with 9p sharing or templates "
-                "(factory.enable); use virtio-fs and no templates"
-            )
-
-
-@dataclass
-class _Origin:
-    """Where a sandbox's VM comes from: a VM taken from the cache (``handed``, its QEMU
-    ``process``), a clone of a template (``tpl``), or else a cold boot."""
-
-    files: GuestFiles
-    accel: AccelReport
-    hypervisor: QemuHypervisor
-    handed: cache.Handed | None = None
-    process: ForeignProcess | None = None
-    tpl: template.Template | None = None
-
-    @property
-    def clonelike(self) -> bool:
-        """Booted before this sandbox existed: NICs are hot-plugged once it runs."""
-        return self.tpl is not None or self.handed is not None
-
-    @classmethod
-    async def choose(
-        cls, config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
-    ) -> _Origin:
-        """Ask the cache first, then the template; make or take over ``run_dir``."""
-        files = options.guest_files or resolve_guest_files(config)
-        hypervisor = QemuHypervisor(config.hypervisor.path)
-        qemu = hypervisor.resolve_binary()
-        accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
-                                files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
-        origin = cls(files, accel, hypervisor)
-        plain = options.share_fs and not (options.extra_devices
-                                          or options.extra_kernel_params)  # fmt: skip
-        fresh = plain and not options.pooled
-        if config.cache.enable and fresh and not options.guest_files:
-            origin.handed = await steps.run(
-                "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
-            )
-        if origin.handed is None:
-            await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
-                            lambda: _remove_dir(run_dir))  # fmt: skip
-        else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
-            origin.process = ForeignProcess(origin.handed.pid, origin.handed.pidfd)
-            steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
-            steps.add_undo("cached-qemu", origin.process.stop)
-        if config.factory.enable and fresh and origin.handed is None:
-            origin.tpl = await template.usable(config, files, accel)
-        return origin
-
-
 class Sandbox:
     """One running VM with its agent; see the module docstring."""
 
@@ -199,11 +127,11 @@ class Sandbox:
     ) -> Sandbox:
         check_id(sandbox_id)
         options = options or SandboxOptions()
-        _refuse_bad_combinations(config, options)
+        refuse_bad_combinations(config, options)
         steps = Steps()
         async with steps:
             run_dir = sandbox_run_dir(config, sandbox_id)
-            origin = await _Origin.choose(config, options, run_dir, steps)
+            origin = await Origin.choose(config, options, run_dir, steps)
             sandbox = cls(sandbox_id, config, run_dir, steps)
             sandbox.accel = origin.accel
             sandbox.templated = origin.tpl is not None
@@ -238,7 +166,7 @@ class Sandbox:
         return sandbox
 
     async def _shares(
-        self, options: SandboxOptions, origin: _Origin
+        self, options: SandboxOptions, origin: Origin
     ) -> tuple[list[DeviceSpec], list[pb.Storage], VirtioFsSpec | None]:
         """The boot devices, the guest mounts of the shared directory, and a virtio-fs
         device to hot-plug into a VM taken from the cache (its boot devices are fixed)."""
@@ -262,7 +190,7 @@ class Sandbox:
             storages.append(virtio_fs)
         return devices, storages, late_share
 
-    async def _network(self, options: SandboxOptions, origin: _Origin) -> list[DeviceSpec]:
+    async def _network(self, options: SandboxOptions, origin: Origin) -> list[DeviceSpec]:
         """The pod's network; its NICs as boot devices, or none yet for a VM that is cloned
         or taken (they are hot-plugged once it runs)."""
         from runvm.network.plug import PodNetwork
@@ -274,7 +202,7 @@ class Sandbox:
             return []
         return list(await self.steps.run("network", _async(net.plug)()))
 
-    def _channel(self, options: SandboxOptions, origin: _Origin) -> AgentChannelSpec:
+    def _channel(self, options: SandboxOptions, origin: Origin) -> AgentChannelSpec:
         kind = (template.CHANNEL if origin.clonelike or options.pooled
                 else channel_kind(self.config.agent.channel))  # fmt: skip
         if kind == "vsock":
@@ -285,7 +213,7 @@ class Sandbox:
     def _vm_spec(
         self,
         options: SandboxOptions,
-        origin: _Origin,
+        origin: Origin,
         channel: AgentChannelSpec,
         devices: list[DeviceSpec],
     ) -> VMSpec:
@@ -313,7 +241,7 @@ class Sandbox:
         )  # fmt: skip
         return template.clone_spec(origin.tpl, spec) if origin.tpl else spec
 
-    async def _run_vm(self, spec: VMSpec, origin: _Origin, late_share: VirtioFsSpec | None) -> None:
+    async def _run_vm(self, spec: VMSpec, origin: Origin, late_share: VirtioFsSpec | None) -> None:
         """Start QEMU (cold or restoring a template's state) or adopt the cache's."""
         steps = self.steps
         ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
@@ -332,7 +260,7 @@ class Sandbox:
         elif self.network is not None:
             self.network.handed_over()  # the taps now live as long as QEMU
 
-    async def _greet(self, channel: AgentChannelSpec, origin: _Origin, booted: float) -> None:
+    async def _greet(self, channel: AgentChannelSpec, origin: Origin, booted: float) -> None:
         """The agent's handshake within the boot deadline, then its details (a clone's
         after it re-seeded its randomness and took a new identity)."""
         left = self.config.hypervisor.boot_timeout - (time.monotonic() - booted)
@@ -494,20 +422,3 @@ def _guest_cid(sandbox_id: str) -> int:
 def sandbox_run_dir(config: RunvmConfig, sandbox_id: str) -> Path:
     """Where the sandbox ``sandbox_id`` keeps its sockets, logs and shared directory."""
     return Path(config.runtime.state_root) / "sandboxes" / run_dir_name(sandbox_id)
-
-
-async def _make_run_dir(path: Path, traversable: bool) -> None:
-    """Make the sandbox's run directory, 0700; ``traversable``: it and the two above it are
-    0711, so that an unprivileged QEMU reaches its own socket directory inside."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        raise ConfigError(f"sandbox {path.name} already exists ({path})") from None
-    if traversable:
-        for directory in (path, path.parent, path.parent.parent):
-            directory.chmod(0o711)
-
-
-async def _remove_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""Where a sandbox's VM comes from (the cache, a template, or a cold boot), and the checks
+and run directory that come before it. See :class:`Origin` and :func:`refuse_bad_combinations`."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runvm.cache import client as cache
+from runvm.config import RunvmConfig
+from runvm.errors import ConfigError
+from runvm.hypervisor.accel import AccelReport, detect
+from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
+from runvm.process import ForeignProcess
+from runvm.runtime import template
+from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.steps import Steps
+
+if TYPE_CHECKING:
+    from runvm.runtime.sandbox import SandboxOptions
+
+
+def refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> None:
+    """ConfigError for settings that cannot work together, before anything is made."""
+    if (config.storage.shared_fs == "9p" and config.image.variant == "debian"
+            and not (options.guest_files or config.image.kernel)):  # fmt: skip
+        raise ConfigError(
+            "storage.shared_fs = 9p needs a guest kernel with 9p; Debian's "
+            'cloud kernel has none: set image.variant = "minimal"'
+        )
+    hv_cfg = config.hypervisor
+    if config.image.dax and hv_cfg.machine == "microvm":
+        raise ConfigError(
+            "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
+            'no PCI bus: set hypervisor.machine = "pc" or "q35"'
+        )
+    if hv_cfg.user:
+        unprivileged_user(hv_cfg.user)
+        if config.storage.shared_fs == "9p" or config.factory.enable:
+            raise ConfigError(
+                "hypervisor.user: QEMU runs as root with 9p sharing or templates "
+                "(factory.enable); use virtio-fs and no templates"
+            )
+
+
+@dataclass
+class Origin:
+    """Where a sandbox's VM comes from: a VM taken from the cache (``handed``, its QEMU
+    ``process``), a clone of a template (``tpl``), or else a cold boot."""
+
+    files: GuestFiles
+    accel: AccelReport
+    hypervisor: QemuHypervisor
+    handed: cache.Handed | None = None
+    process: ForeignProcess | None = None
+    tpl: template.Template | None = None
+
+    @property
+    def clonelike(self) -> bool:
+        """Booted before this sandbox existed: NICs are hot-plugged once it runs."""
+        return self.tpl is not None or self.handed is not None
+
+    @classmethod
+    async def choose(
+        cls, config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
+    ) -> Origin:
+        """Ask the cache first, then the template; make or take over ``run_dir``."""
+        files = options.guest_files or resolve_guest_files(config)
+        hypervisor = QemuHypervisor(config.hypervisor.path)
+        qemu = hypervisor.resolve_binary()
+        accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
+                                files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
+        origin = cls(files, accel, hypervisor)
+        plain = options.share_fs and not (options.extra_devices
+                                          or options.extra_kernel_params)  # fmt: skip
+        fresh = plain and not options.pooled
+        if config.cache.enable and fresh and not options.guest_files:
+            origin.handed = await steps.run(
+                "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
+            )
+        if origin.handed is None:
+            await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
+                            lambda: _remove_dir(run_dir))  # fmt: skip
+        else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
+            origin.process = ForeignProcess(origin.handed.pid, origin.handed.pidfd)
+            steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
+            steps.add_undo("cached-qemu", origin.process.stop)
+        if config.factory.enable and fresh and origin.handed is None:
+            origin.tpl = await template.usable(config, files, accel)
+        return origin
+
+
+async def _make_run_dir(path: Path, traversable: bool) -> None:
+    """Make the sandbox's run directory, 0700; ``traversable``: it and the two above it are
+    0711, so that an unprivileged QEMU reaches its own socket directory inside."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise ConfigError(f"sandbox {path.name} already exists ({path})") from None
+    if traversable:
+        for directory in (path, path.parent, path.parent.parent):
+            directory.chmod(0o711)
+
+
+async def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
