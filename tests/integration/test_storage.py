@@ -275,6 +275,8 @@ def test_shim_takes_a_block_rootfs_mount_as_a_disk(
     finally:
         subprocess.run([*shim, "delete"], cwd=b, env=env, capture_output=True, timeout=60)
         subprocess.run(["losetup", "-d", loop], check=True)
+    left = sorted(str(p) for p in state_root.rglob("*") if not p.is_dir())
+    assert not left, f"pod state left when the shim's delete returned: {left}"
     assert status == 0, out.read_text()
     assert out.read_text().startswith("/dev/vd"), out.read_text()
     assert _read_from_image(image, "shim.txt") == "shim\n"

@@ -1,8 +1,10 @@
 """``containerd-shim-runvm-v2 ... delete``: clean up after a shim that is gone.
 
 containerd runs it when it loses a shim (killed, crashed) and after every normal shutdown.
-If the group's shim still answers, it owns its pod and nothing is touched. Otherwise the
-pod's leftovers are removed: the VM's run directory, the socket, the record and the host
+If the group's shim still answers, it owns its pod and nothing is touched. One that stopped
+answering but is still exiting (it stops accepting before its ``Shutdown`` reply) is waited
+for, so that nothing of the pod is left once ``delete`` returns. Then the pod's leftovers are
+removed: the VM's run directory, the socket, the record and the host
 cgroup directories (processes still in them are killed first: QEMU and virtiofsd die with
 the shim by themselves, this is the net under them). Mounts need no cleanup: they lived in
 the shim's own mount namespace. Prints a serialized ``DeleteResponse`` (status 137, as for a
@@ -29,7 +31,7 @@ from runvm.shim import shim_api_pb2 as spb
 from runvm.shim import wire
 from runvm.shim.cmdline import ShimArgs, group_id
 from runvm.shim.layout import SHARED, Layout
-from runvm.shim.start import alive, locked
+from runvm.shim.owner import alive, locked, wait_for_owner
 
 KILLED_STATUS = 128 + signal.SIGKILL
 
@@ -43,6 +45,7 @@ def delete_main(args: ShimArgs) -> int:
     if layout.socket.parent.is_dir():
         with locked(layout.lock):
             if not alive(layout.socket):
+                wait_for_owner(owner_of(layout, config))  # a shim that stopped accepting ends
                 cleanup(layout)
                 if config.shim.scope == "namespace":  # the shared shim's own log
                     for path in layout.of_pod(SHARED).logs:
@@ -53,6 +56,11 @@ def delete_main(args: ShimArgs) -> int:
     sys.stdout.buffer.write(response.SerializeToString())
     sys.stdout.flush()
     return 0
+
+
+def owner_of(layout: Layout, config: cfg.RunvmConfig) -> Path:
+    """The pid file of the shim process serving ``layout``'s socket."""
+    return layout.of_pod(SHARED).owner if config.shim.scope == "namespace" else layout.owner
 
 
 def cleanup(layout: Layout) -> None:
@@ -69,7 +77,7 @@ def cleanup(layout: Layout) -> None:
         with contextlib.suppress(OSError, RunvmError):
             clean_up(str(network["netns"]), network)
     shutil.rmtree(layout.run_dir, ignore_errors=True)
-    for path in (layout.socket, layout.record, layout.lock, *layout.logs):
+    for path in (layout.socket, layout.record, layout.lock, layout.owner, *layout.logs):
         path.unlink(missing_ok=True)
 
 

@@ -3,7 +3,8 @@
 - ``<state_root>/s/<sha256>``: the ttrpc socket (the address containerd dials; the hash is
   Go's ``SocketAddress`` of containerd's address, the namespace and the group id, or
   :data:`SHARED` when one shim serves the namespace: ``shim.scope``), with ``.lock``
-  (serializes concurrent ``start``) next to it;
+  (serializes concurrent ``start``) and ``.pid`` (the serving shim's, locked for its life)
+  next to it;
 - ``<state_root>/k/<ns>``: the state root of the namespace's pods: ``sandboxes/<group>``
   (the VM's run directory), ``<group>.json`` (the record ``delete`` cleans up from) and
   ``<group>.log`` (the shim's log).
@@ -52,6 +53,11 @@ class Layout:
     @property
     def lock(self) -> Path:
         return self.socket.with_name(self.socket.name + ".lock")
+
+    @property
+    def owner(self) -> Path:
+        """The serving shim's pid file, locked for its life (:mod:`runvm.shim.owner`)."""
+        return self.socket.with_name(self.socket.name + ".pid")
 
     @property
     def pod_root(self) -> Path:

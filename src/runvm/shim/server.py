@@ -4,9 +4,11 @@ Recipe: leave containerd's pipes (stdio to /dev/null), move into a mount namespa
 (container rootfs and shares mounted here vanish with the shim, even after SIGKILL), log to
 the bundle's ``log`` FIFO and the pod's log file, serve the Task service on the socket, keep
 the pod record current for ``delete``, and say "ready". It ends on ``Shutdown`` with no task
-left, or on SIGTERM/SIGINT: every task and the VM are stopped, then the socket, lock, record
-and host cgroup are removed. With ``shim.scope = "namespace"`` the same holds for every pod
-of the namespace, each with its own record, behind one :class:`PodRouter`.
+left (it stops accepting connections before the reply), or on SIGTERM/SIGINT: every task and
+the VM are stopped, then the socket, lock, record and host cgroup are removed, and last the
+pid file whose lock it held all along (:mod:`runvm.shim.owner`). With
+``shim.scope = "namespace"`` the same holds for every pod of the namespace, each with its own
+record, behind one :class:`PodRouter`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from runvm.cli.spawn import ReadyPipe
 from runvm.shim import wire
 from runvm.shim.events import Publisher
 from runvm.shim.layout import Layout
+from runvm.shim.owner import hold_owner
 from runvm.shim.router import PodRouter
 from runvm.shim.service import TaskService
 from runvm.storage import mounts
-from runvm.ttrpc import Server
+from runvm.ttrpc import CallContext, Handler, Server
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ def _write_record(layout: Layout, service: TaskService) -> None:
 
 async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     layout = args.layout
+    owner = hold_owner(layout.owner)  # held until this process is gone
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), layout.namespace)
     config = layout.pod_config(args.config)
     server = Server()
@@ -128,13 +132,13 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
                 pods.remove(pod)
 
         router.on_change, router.on_forget = record, forget
-        server.register(wire.TASK_SERVICE, router.handlers())
+        handlers = router.handlers()
         done, close = router.done, router.close
         what = f"the pods of namespace {layout.namespace}"
     else:
         service = TaskService(layout.group, layout.namespace, config, publisher)
         service.on_change = lambda: _write_record(layout, service)
-        server.register(wire.TASK_SERVICE, service.handlers())
+        handlers = service.handlers()
         _write_record(layout, service)
         pods.append(layout)
         done, close = service.done, service.close
@@ -142,6 +146,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     listener = await asyncio.start_unix_server(
         server.serve_connection, sock=socket.socket(fileno=args.listen_fd)
     )
+    server.register(wire.TASK_SERVICE, _stop_accepting_on_exit(handlers, done, listener))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)
@@ -149,16 +154,38 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     log.info("serving %s on %s", what, layout.address)
     try:
         await done.wait()
+        listener.close()
         await asyncio.sleep(0.1)  # let the Shutdown reply go out
     finally:
         listener.close()
-        await close()
-        await publisher.flush(FLUSH_TIMEOUT)
-        await publisher.close()
+        try:
+            await close()
+            await publisher.flush(FLUSH_TIMEOUT)
+            await publisher.close()
+        except Exception:
+            log.exception("shim teardown")
         server.close()
         log.info("shim for %s exits", what)
         logging.shutdown()
         for path in (layout.socket, layout.lock, *layout.logs,
-                     *(pod.record for pod in pods)):  # fmt: skip
+                     *(pod.record for pod in pods), layout.owner):  # fmt: skip
             path.unlink(missing_ok=True)
+        os.close(owner)
     return 0
+
+
+def _stop_accepting_on_exit(
+    handlers: dict[str, Handler], done: asyncio.Event, listener: asyncio.Server
+) -> dict[str, Handler]:
+    """``handlers`` with a ``Shutdown`` that, when it ends the shim, closes the listening
+    socket before its reply goes out: containerd runs ``delete`` after the reply, and a
+    shim that no longer accepts is one ``delete`` waits for (:mod:`runvm.shim.owner`)."""
+    inner = handlers["Shutdown"]
+
+    async def shutdown(payload: bytes, ctx: CallContext) -> bytes:
+        reply = await inner(payload, ctx)
+        if done.is_set():
+            listener.close()
+        return reply
+
+    return {**handlers, "Shutdown": shutdown}

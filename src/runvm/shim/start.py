@@ -5,17 +5,15 @@ and the bundle's annotations, compute the group's socket; if a shim already answ
 (a pod's later containers), just write the ``address`` file and print the address. Otherwise
 bind the socket, fork the server with it (detached from containerd's pipes, in a new
 session), wait until it is ready, then write and print the address. Concurrent starts of one
-group are serialized by a lock file.
+group are serialized by a lock file; a shim of the group that is still exiting is waited for
+(:mod:`runvm.shim.owner`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from runvm import config as cfg
@@ -25,9 +23,9 @@ from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
 from runvm.shim.cmdline import ShimArgs, container_kind, group_id
 from runvm.shim.layout import SHARED, Layout
+from runvm.shim.owner import alive, locked, wait_for_owner
 
 MAX_OPTIONS = 1 << 20
-CONNECT_TIMEOUT = 2.0
 
 
 def read_options() -> str | None:
@@ -42,27 +40,6 @@ def read_options() -> str | None:
     from runvm.shim import wire  # protobuf: only when there are options to decode
 
     return wire.parse_options(data)
-
-
-def alive(path: Path) -> bool:
-    """True if a server accepts connections on the unix socket at ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def start_main(args: ShimArgs) -> int:
@@ -81,6 +58,7 @@ def start_main(args: ShimArgs) -> int:
                     raise RunvmError(f"container {args.id}: its pod sandbox {group} has no "
                                      "running shim (create the sandbox first)")  # fmt: skip
                 serves = layout.of_pod(SHARED) if config.shim.scope == "namespace" else layout
+                wait_for_owner(serves.owner)  # a shim on its way out finishes first
                 _spawn_server(args, serves, config, bundle)
         except BaseException:
             layout.lock.unlink(missing_ok=True)  # no shim: nothing of the group may stay
