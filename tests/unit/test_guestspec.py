@@ -5,12 +5,13 @@ import pytest
 from runvm.errors import ConfigError
 from runvm.oci.default import default_spec
 from runvm.runtime.guestspec import guest_spec
+from runvm.storage.shared import ReadOnly
 
 
-def share(calls: list[tuple[int, str]]):  # type: ignore[no-untyped-def]
-    def inner(i: int, source: str, readonly: bool = False) -> str:
-        calls.append((i, source) if not readonly else (i, f"ro:{source}"))
-        return f"/run/runvm/shared/c1/mounts/{i}"
+def share(calls: list[tuple[int, str]], host_only: bool = False):  # type: ignore[no-untyped-def]
+    def inner(i: int, source: str, readonly: ReadOnly = ReadOnly.NO) -> tuple[str, bool]:
+        calls.append((i, f"{readonly.value}:{source}" if readonly else source))
+        return f"/run/runvm/shared/c1/mounts/{i}", host_only
 
     return inner
 
@@ -89,3 +90,38 @@ def test_block_device_mounts_become_binds_of_the_guest_disk() -> None:
     }
     assert out["mounts"][n - 1]["options"] == ["rbind", "rw"]
     assert calls == []  # nothing of these is shared from the host
+
+
+@pytest.mark.parametrize("version", ["1.0.2-dev", "1.1.0", "1.2.1", "1.3.0"])
+def test_the_guest_gets_a_version_its_crun_knows(version: str) -> None:
+    spec = default_spec()
+    spec["ociVersion"] = version
+    assert guest_spec(spec, "c1", "/r", share([]))["ociVersion"] == "1.0.2"
+    assert spec["ociVersion"] == version
+
+
+@pytest.mark.parametrize(
+    ("options", "host_only", "mode", "guest"),
+    [
+        (["rbind", "ro"], False, "ro", ["rbind", "ro"]),
+        (["rbind", "ro"], True, "ro", ["rbind"]),  # the host keeps submounts writable
+        (["rbind", "rro"], True, "rro", ["rbind", "rro"]),
+        (["rbind", "rslave"], False, None, ["rbind", "rslave"]),
+    ],
+)
+def test_read_only_binds(
+    options: list[str], host_only: bool, mode: str | None, guest: list[str]
+) -> None:
+    spec = default_spec()
+    spec["mounts"].append({"destination": "/v", "source": "/host/v", "options": options})
+    calls: list[tuple[int, str]] = []
+    out = guest_spec(spec, "c1", "/r", share(calls, host_only))
+    assert calls == [(7, f"{mode}:/host/v" if mode else "/host/v")]
+    assert out["mounts"][7]["options"] == guest
+
+
+def test_root_propagation_defaults_to_rslave_as_under_runc() -> None:
+    spec = default_spec()
+    assert guest_spec(spec, "c1", "/r", share([]))["linux"]["rootfsPropagation"] == "rslave"
+    spec["linux"]["rootfsPropagation"] = "rshared"
+    assert guest_spec(spec, "c1", "/r", share([]))["linux"]["rootfsPropagation"] == "rshared"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,23 @@ from runvm.oci.default import default_spec
 
 def dump(doc: object) -> bytes:
     return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "version", ["1.0.0", "1.0.2", "1.0.2-dev", "1.1.0-rc.1", "1.1.0", "1.2.0", "1.2.1", "1.3.0"]
+)
+def test_every_1x_version_is_accepted(version: str) -> None:
+    spec = default_spec()
+    spec["ociVersion"] = version
+    assert parse_spec(dump(spec))["ociVersion"] == version
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "2.0.0", "1", "1.x", "", "1.0.2 ", "11.0.0"])
+def test_other_versions_are_refused_by_name(version: str) -> None:
+    spec = default_spec()
+    spec["ociVersion"] = version
+    with pytest.raises(ConfigError, match=f"unsupported version {re.escape(repr(version))}"):
+        parse_spec(dump(spec))
 
 
 def test_default_spec_is_valid() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runvm.agent import cgroups, crun
+from runvm.agent import cgroups, crun, procattrs
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
 from runvm.agent.stdio import InputStream, OutputStream, set_winsize
@@ -29,6 +30,8 @@ from runvm.errors import ConfigError, RpcError
 from runvm.oci import parse_process, parse_spec
 from runvm.protocol import agent_pb2 as pb
 from runvm.ttrpc import Code
+
+log = logging.getLogger(__name__)
 
 BUNDLES = Path("/run/runvm/bundles")
 CONSOLES = Path("/run/runvm/consoles")
@@ -40,6 +43,7 @@ MAX_EXECS = 1024
 MAX_LISTED = 65536
 CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
 OOM_POLL = 0.25  # seconds between looks at memory.events (WaitOOM)
+EXEC_WAIT = 10.0  # seconds StartContainer waits for the init to execute the user program
 
 
 @dataclass
@@ -100,6 +104,35 @@ def apply_vm_sysctls(spec: dict[str, object]) -> None:
         if not SYSCTL_KEY.match(key):
             raise ValueError(f"invalid key {key!r}")
         Path("/proc/sys", *key.split(".")).write_text(str(sysctls.pop(key)))
+
+
+def _resources(spec: dict[str, Any]) -> dict[str, Any]:
+    resources: dict[str, Any] = (spec.get("linux") or {}).get("resources") or {}
+    return resources
+
+
+def _image_of(pid: int) -> tuple[int, int] | None:
+    """The executable file ``pid`` runs (device, inode), or None once it is gone or a zombie."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def _until_executed(pid: int, before: tuple[int, int] | None) -> None:
+    """Return once the container's init no longer runs crun's image: the user program was
+    executed (or the init already ended). ``crun start`` only releases the init, which then
+    executes the program on its own; the spec's poststart hooks, run when StartContainer
+    has answered, come after that."""
+    deadline = time.monotonic() + EXEC_WAIT
+    delay = 0.002
+    while before is not None and _image_of(pid) == before:
+        if time.monotonic() > deadline:
+            log.warning("init %d still runs crun's image %.0f s after start", pid, EXEC_WAIT)
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _check_id(value: str, what: str) -> str:
@@ -203,6 +236,12 @@ class ContainerService:
             unmount_all(mounted)
             raise
         self.containers[cid] = Container(cid, BUNDLES / cid, proc, mounts=mounted)
+        try:  # what crun 1.8 does not know, before the init executes the user program
+            procattrs.apply_init_attrs(proc.pid, spec["process"])
+            procattrs.apply_cpu_burst(Path(CGROUP_ROOT) / cid, _resources(spec))
+        except OSError as exc:
+            await self.remove_container(pb.RemoveContainerRequest(container_id=cid))
+            raise RpcError(Code.INVALID_ARGUMENT, f"create {cid}: {exc}") from exc
         return pb.CreateContainerResponse(pid=proc.pid)
 
     async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
@@ -224,11 +263,13 @@ class ContainerService:
         container = self._get(req.container_id)
         if container.started:
             raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} already started")
+        before = _image_of(container.init.pid)
         try:
             await crun.run_crun(self.reaper, ["start", container.id], container.bundle / "crun.log")
         except crun.CrunError as exc:
             raise RpcError(Code.FAILED_PRECONDITION, f"start {container.id}: {exc}") from exc
         container.started = True
+        await _until_executed(container.init.pid, before)
         return pb.StartContainerResponse(pid=container.init.pid)
 
     async def exec_process(self, req: pb.ExecProcessRequest) -> pb.ExecProcessResponse:
@@ -347,6 +388,10 @@ class ContainerService:
         path = container.bundle / "update.json"
         path.write_text(json.dumps(resources))
         await self._crun(container, "update", "--resources", str(path))
+        try:
+            procattrs.apply_cpu_burst(Path(CGROUP_ROOT) / container.id, resources)
+        except OSError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"update {container.id}: {exc}") from exc
         return pb.Empty()
 
     async def stats_container(self, req: pb.StatsContainerRequest) -> pb.StatsContainerResponse:

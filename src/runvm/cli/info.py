@@ -9,8 +9,17 @@ from typing import Any
 
 from runvm.cli import common
 from runvm.errors import RunvmError
+from runvm.oci import fields
 from runvm.oci.default import default_spec
 from runvm.runtime.hooks import HOOK_KINDS
+
+MOUNT_OPTIONS = [
+    "ro", "rw", "bind", "rbind", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
+    "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime",
+    "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "rro", "rrw",
+    "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "shared", "rshared", "slave",
+    "rslave", "private", "rprivate", "unbindable", "runbindable", "tmpcopyup",
+]  # fmt: skip
 
 
 def add_parser(sub: Any) -> None:
@@ -60,10 +69,9 @@ def spec(args: argparse.Namespace) -> int:
 def features(args: argparse.Namespace) -> int:
     doc = {
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.1.0",
+        "ociVersionMax": "1.3.0",
         "hooks": list(HOOK_KINDS),
-        "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec", "relatime",
-                         "strictatime", "private", "rprivate", "shared", "slave"],
+        "mountOptions": MOUNT_OPTIONS,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts", "user"],
             "capabilities": ["CAP_" + c for c in (
@@ -74,8 +82,14 @@ def features(args: argparse.Namespace) -> int:
             "seccomp": {"enabled": True},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
+            "intelRdt": {"enabled": False},
+            "mountExtensions": {"idmap": {"enabled": False}},
         },
-        "annotations": {"io.github.runvm.vm": "every container runs in its own VM"},
+        "annotations": {
+            "io.github.runvm.vm": "every container runs in its own VM",
+            **{f"io.github.runvm.honoured.{k}": v for k, v in fields.HONOURED.items()},
+            **{f"io.github.runvm.refused.{k}": v for k, v in fields.REFUSED.items()},
+        },
     }  # fmt: skip
     print(json.dumps(doc, indent=2))
     return 0

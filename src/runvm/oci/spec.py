@@ -9,15 +9,19 @@ Unknown fields are kept (the spec allows extensions); the checked ones have the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from runvm.errors import ConfigError
+from runvm.oci.fields import check_exec_fields, check_fields, check_process_fields
 from runvm.oci.resources import check_capabilities, check_resources
 
 MAX_SPEC_BYTES = 4 << 20
 MAX_ARGS = 4096
 MAX_DEPTH = 64
+VERSION_1X = re.compile(r"1\.\d{1,4}\.\d{1,4}([-+][0-9A-Za-z.+-]{0,64})?")
+"""Every runtime-spec 1.x version, with a pre-release or build suffix (1.0.2-dev, 1.1.0-rc.1)."""
 
 Spec = dict[str, Any]
 
@@ -106,6 +110,7 @@ def check_process(proc: Any, where: str) -> dict[str, Any]:
     if caps is not None:
         check_capabilities(caps, f"{where}.capabilities")
     _type(proc, "noNewPrivileges", bool, where)
+    check_process_fields(proc, where)
     return proc
 
 
@@ -113,8 +118,9 @@ def parse_spec(data: bytes, name: str = "config.json") -> Spec:
     """Parse and check a bundle's config.json; see the module docstring."""
     spec: Spec = _loads(data, name)
     version = _type(spec, "ociVersion", str, name, required=True)
-    if not version.startswith("1."):
-        raise _fail(f"{name}.ociVersion", f"unsupported version {version!r} (runvm runs 1.x)")
+    if not VERSION_1X.fullmatch(version):
+        raise _fail(f"{name}.ociVersion", f"unsupported version {version!r} (runvm runs "
+                    "runtime-spec 1.x: 1.0.0 to 1.3.x)")  # fmt: skip
     root = _type(spec, "root", dict, name, required=True)
     _type(root, "path", str, f"{name}.root", required=True)
     _type(root, "readonly", bool, f"{name}.root")
@@ -146,12 +152,14 @@ def parse_spec(data: bytes, name: str = "config.json") -> Spec:
         _strings(linux, "readonlyPaths", f"{name}.linux")
     _type(spec, "annotations", dict, name)
     _type(spec, "hooks", dict, name)
+    check_fields(spec, name)
     return spec
 
 
 def parse_process(data: bytes, name: str = "process.json") -> dict[str, Any]:
     """Parse and check an OCI process object (exec)."""
     proc: dict[str, Any] = check_process(_loads(data, name), name)
+    check_exec_fields(proc, name)
     return proc
 
 

@@ -1,6 +1,8 @@
 """Translating a bundle's config.json into the one the agent runs in the guest (pure).
 
 What changes and why:
+- ``ociVersion`` -> :data:`GUEST_OCI_VERSION`: the guest's crun refuses versions it does not
+  know; the host has already accepted the bundle's 1.x version and checked its fields;
 - ``root.path`` -> the container's rootfs share as the guest sees it;
 - bind mounts -> their shared copies (the guest cannot see host paths);
 - block-device mounts (an ext4/xfs/btrfs ``type`` on a block device or loop image) -> binds of
@@ -9,7 +11,8 @@ What changes and why:
 - the ``network`` namespace is dropped: the VM itself is the pod's network sandbox;
 - a process without ``PATH`` gets the default one (runc finds the program then; crun would not);
 - ``cgroupsPath`` -> ``/runvm/<id>`` in the guest's cgroup v2 tree (the host path names a
-  host cgroup that does not exist in the guest).
+  host cgroup that does not exist in the guest);
+- no ``rootfsPropagation`` -> runc's default, ``rslave``.
 A namespace ``path`` other than network names a host process and cannot be honoured, unless
 ``join`` maps it to a guest path: a pod's containers name the pod sandbox's namespaces by a
 host PID (``/proc/<pid>/ns/uts``), which the caller maps to the sandbox init's in the guest.
@@ -23,8 +26,13 @@ from typing import Any
 
 from runvm.errors import ConfigError
 from runvm.oci.default import DEFAULT_PATH
+from runvm.storage.shared import ReadOnly
 
 BIND_TYPES = ("bind", "rbind")
+DEFAULT_ROOT_PROPAGATION = "rslave"
+"""runc's default (crun's is rprivate, under which a bind's slave or shared option is lost)."""
+GUEST_OCI_VERSION = "1.0.2"
+"""The version the guest's crun (1.8) accepts; every 1.x bundle is handed over as this."""
 
 
 def is_bind(mount: dict[str, Any]) -> bool:
@@ -44,15 +52,19 @@ def guest_spec(
     spec: dict[str, Any],
     container_id: str,
     rootfs_guest: str,
-    share_bind: Callable[[int, str, bool], str],
+    share_bind: Callable[[int, str, ReadOnly], tuple[str, bool]],
     join: Mapping[str, str] | None = None,
     disks: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The guest's config.json. ``share_bind(i, host_source, readonly)`` shares one bind
-    source (read-only on the host side too when the mount has ``ro``) and returns its guest
-    path; ``join`` maps host namespace paths to guest ones; ``disks`` maps the index of a
-    block-device mount to where the guest mounted its disk (it becomes a bind of that)."""
+    source (read-only on the host side too when the mount has ``ro`` or ``rro``) and returns
+    its guest path and whether the host alone must apply ``ro`` (the source has submounts,
+    which stay writable under runc's non-recursive ``ro``; the guest sees one filesystem and
+    would make them read-only too); ``join`` maps host namespace paths to guest ones;
+    ``disks`` maps the index of a block-device mount to where the guest mounted its disk (it
+    becomes a bind of that)."""
     out = copy.deepcopy(spec)
+    out["ociVersion"] = GUEST_OCI_VERSION
     out["root"]["path"] = rootfs_guest
     if "process" in out:
         with_path(out["process"])
@@ -67,7 +79,11 @@ def guest_spec(
             source = mount.get("source")
             if not source or not source.startswith("/"):
                 raise ConfigError(f"mounts[{i}]: bind mount needs an absolute source")
-            mount["source"] = share_bind(i, source, "ro" in (mount.get("options") or []))
+            options = mount.get("options") or []
+            mode = ReadOnly.of(options)
+            mount["source"], host_only = share_bind(i, source, mode)
+            if host_only and mode is ReadOnly.TOP:  # the guest's ro would cover the submounts
+                mount["options"] = [o for o in options if o != "ro"]
             mount["type"] = "bind"
     linux = out.setdefault("linux", {})
     namespaces = []
@@ -84,4 +100,5 @@ def guest_spec(
         namespaces.append(ns)
     linux["namespaces"] = namespaces
     linux["cgroupsPath"] = f"/runvm/{container_id}"
+    linux.setdefault("rootfsPropagation", DEFAULT_ROOT_PROPAGATION)
     return out
