@@ -1,9 +1,15 @@
 """A container in a sandbox, seen from the host: share its rootfs, create, start, remove.
 
 Contract: :meth:`Container.create` shares the bundle's rootfs and bind sources into the
-sandbox and asks the agent to create the container (status ``created``); on failure the
-shares are removed again. :meth:`Container.remove` removes the container in the guest and
-its shares on the host; it is idempotent.
+sandbox, asks the agent to create the container (status ``created``), then runs the
+``prestart`` and ``createRuntime`` hooks, then ``createContainer``; on any failure what it did
+is undone. :meth:`Container.start` runs ``startContainer`` hooks, starts the user program
+(the agent answers once it was executed), then the ``poststart`` hooks, whose failures are
+only warnings. :meth:`Container.remove` removes the container in the guest and its shares on
+the host; it is idempotent. :meth:`Container.poststop` runs the ``poststop`` hooks (warnings
+only) for a front end's delete. Every hook gets the state JSON with the status the
+runtime-spec names at its point: ``creating``, ``created`` (startContainer), ``running``
+(poststart), ``stopped`` (poststop); where each runs for a VM runtime: :mod:`runvm.runtime.hooks`.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +28,12 @@ from typing import Any
 from runvm.errors import ConfigError, RpcError, RunvmError
 from runvm.oci import load_spec
 from runvm.protocol import agent_pb2 as pb
+from runvm.runtime import hooks
 from runvm.runtime.guestspec import guest_spec
 from runvm.runtime.names import check_id
 from runvm.runtime.sandbox import Sandbox
-from runvm.storage import blockdev
+from runvm.storage import blockdev, mounts
+from runvm.storage.shared import ReadOnly
 
 
 @dataclass
@@ -36,6 +45,24 @@ class Container:
     guest_pid: int = 0
     removed: bool = False
     disk_ids: list[str] = field(default_factory=list)  # hot-plugged disks, unplugged at removal
+    host_pid: int = 0  # the container's pid as its front end reports it (state JSON)
+    hooks_log: Path | None = None  # where hooks' output goes (none: the run directory)
+    on_started: Callable[[], None] = lambda: None  # the front end's "running", before poststart
+
+    def oci_state(self, status: str) -> dict[str, Any]:
+        """The runtime-spec state of this container, as hooks get it on stdin."""
+        state = {
+            "ociVersion": self.spec.get("ociVersion", ""), "id": self.id, "status": status,
+            "pid": self.host_pid, "bundle": str(self.bundle),
+            "annotations": dict(self.spec.get("annotations") or {}),
+        }  # fmt: skip
+        if status == "stopped":  # no process left to name
+            del state["pid"]
+        return state
+
+    async def _hooks(self, kind: str, status: str, warn_only: bool = False) -> None:
+        log = self.hooks_log or self.sandbox.run_dir / f"{self.id}.hooks.log"
+        await hooks.run_hooks(self.spec, kind, self.oci_state(status), log, warn_only)
 
     @property
     def terminal(self) -> bool:
@@ -67,16 +94,20 @@ class Container:
         stdin: bool = True,
         join: Mapping[str, str] | None = None,
         block: blockdev.BlockRootfs | None = None,
+        host_pid: int = 0,
+        hooks_log: Path | None = None,
     ) -> Container:
         """Share the rootfs (or hot-plug it: ``block``, or the bundle's block-device
-        annotation) and create the container (``join``: see ``guest_spec``)."""
+        annotation), create the container (``join``: see ``guest_spec``) and run the create
+        hooks with ``host_pid`` in their state."""
         spec, rootfs = cls.load(container_id, bundle)
         block = block or blockdev.from_annotations(spec.get("annotations") or {})
         shared = sandbox.shared
         agent = sandbox.agent
         if shared is None or agent is None:
             raise ConfigError(f"sandbox {sandbox.id} has no shared filesystem for containers")
-        container = cls(container_id, bundle.resolve(), spec, sandbox)
+        container = cls(container_id, bundle.resolve(), spec, sandbox, host_pid=host_pid,
+                        hooks_log=hooks_log)  # fmt: skip
         try:
             storages: list[pb.Storage] = []
             disks: dict[int, str] = {}  # mount index -> where the guest mounts its disk
@@ -93,9 +124,9 @@ class Container:
                 share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
                 root_guest = shared.guest_path(share)
 
-            def share_bind(index: int, source: str, readonly: bool) -> str:
+            def share_bind(index: int, source: str, readonly: ReadOnly) -> tuple[str, bool]:
                 path = shared.add_bind(container_id, index, Path(source), readonly)
-                return shared.guest_path(path)
+                return shared.guest_path(path), mounts.has_submounts(source)
 
             gspec = guest_spec(spec, container_id, root_guest, share_bind, join, disks)
             request = pb.CreateContainerRequest(
@@ -108,6 +139,12 @@ class Container:
         except BaseException:
             await asyncio.to_thread(shared.remove_container, container_id)
             await container._unplug_disks()
+            raise
+        try:
+            for kind in ("prestart", "createRuntime", "createContainer"):
+                await container._hooks(kind, "creating")
+        except BaseException:
+            await container.remove()
             raise
         return container
 
@@ -135,8 +172,24 @@ class Container:
                 await self.sandbox.vm.unplug_disk(disk_id)
 
     async def start(self) -> int:
-        assert self.sandbox.agent is not None
-        return await self.sandbox.agent.start_container(self.id)
+        """startContainer hooks, the user program, poststart hooks; returns the guest pid.
+        A failed startContainer hook kills the init (the container goes to ``stopped``)."""
+        agent = self.sandbox.agent
+        assert agent is not None
+        try:
+            await self._hooks("startContainer", "created")
+        except BaseException:
+            with contextlib.suppress(RunvmError):
+                await agent.signal_process(self.id, "", signal.SIGKILL, True)
+            raise
+        pid = await agent.start_container(self.id)
+        self.on_started()
+        await self._hooks("poststart", "running", warn_only=True)
+        return pid
+
+    async def poststop(self) -> None:
+        """The poststop hooks, after the container was deleted (failures are warnings)."""
+        await self._hooks("poststop", "stopped", warn_only=True)
 
     async def remove(self) -> None:
         if self.removed:

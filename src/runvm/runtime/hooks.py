@@ -1,16 +1,22 @@
 """OCI hooks, run on the host with the container's state JSON on stdin.
 
-Where each hook runs for a VM runtime, and why:
+The runtime core runs them (:class:`runvm.runtime.container.Container`), so the CLI and the
+containerd shim run the same hooks at the same points. Where each runs for a VM runtime, and
+why (the runtime-spec's lifecycle, runtime.md, steps 3-12):
 - ``prestart`` (deprecated), ``createRuntime``: on the host, in the runtime's namespaces, after
-  the VM is up and the container is created (blocked) in the guest, before ``create`` returns.
-  Tools that configure ``/proc/<pid>/ns/net`` find the monitor there, whose network namespace
-  is the one the VM's network is taken from.
+  the VM is up and the container is created (blocked) in the guest, before ``create`` returns;
+  state ``creating``. Tools that configure ``/proc/<pid>/ns/net`` find there the process whose
+  network namespace the VM's network is taken from (the CLI's monitor, the shim's VM).
+  A failure fails ``create`` and undoes it.
 - ``createContainer``, ``startContainer``: the spec runs these in the container's namespaces,
   which live inside the guest, where host binaries cannot run; runvm runs them on the host at
-  the same points (end of ``create``, in ``start`` before the user program), in the monitor's
-  namespaces.
-- ``poststart``: on the host after the user program started, before ``start`` returns.
-- ``poststop``: on the host during ``delete``; a failure is only a warning.
+  the same points (end of ``create``, state ``creating``; in ``start`` before the user program,
+  state ``created``). A failed ``startContainer`` hook fails ``start`` and stops the container.
+- ``poststart``: on the host after the user program was executed (the agent answers
+  StartContainer once the init no longer runs crun's image), before ``start`` returns; state
+  ``running``; a failure is only a warning.
+- ``poststop``: on the host during ``delete``, after the container is gone; state ``stopped``;
+  a failure is only a warning.
 
 Contract of :func:`run_hooks`: runs the hooks in order, each with the state on stdin and its
 ``env`` as the whole environment (runvm's own when it has none, as with runc); a hook that exits

@@ -42,7 +42,7 @@ from runvm.shim import shim_api_pb2 as spb
 from runvm.shim.cmdline import container_kind
 from runvm.shim.events import Publisher
 from runvm.shim.stdio import open_stdio
-from runvm.shim.tasks import Proc, Task
+from runvm.shim.tasks import DRAIN_TIMEOUT, Proc, Task
 from runvm.storage import blockdev, mounts
 from runvm.ttrpc import CallContext, Code, Handler
 
@@ -197,7 +197,8 @@ class TaskService:
         assert self.sandbox is not None
         stdin = bool(req.stdin) or bool(req.terminal)
         task.container = await Container.create(self.sandbox, task.id, task.bundle, stdin, join,
-                                                block)  # fmt: skip
+                                                block, host_pid=self.vm_pid,
+                                                hooks_log=task.bundle / "hooks.log")  # fmt: skip
         init = task.init
         init.pid, init.guest_pid = self.vm_pid, task.container.guest_pid
         init.host = await asyncio.to_thread(
@@ -306,9 +307,13 @@ class TaskService:
                                f"{spb.Status.Name(proc.status).lower()}")  # fmt: skip
             if not req.exec_id:
                 assert task.container is not None
+
+                def started() -> None:  # before the poststart hooks
+                    proc.status = spb.RUNNING
+                    self.events.publish(spb.TaskStart(container_id=task.id, pid=proc.pid))
+
+                task.container.on_started = started
                 await task.container.start()
-                proc.status = spb.RUNNING
-                self.events.publish(spb.TaskStart(container_id=task.id, pid=proc.pid))
                 return spb.StartResponse(pid=proc.pid)
             request = apb.ExecProcessRequest(
                 container_id=task.id, exec_id=req.exec_id, stdin=bool(proc.io.stdin)
@@ -346,6 +351,8 @@ class TaskService:
             if not self.tasks:
                 await self._stop_vm()
             self.on_change()
+            if task.container is not None:
+                await task.container.poststop()
         self.events.publish(spb.TaskDelete(
             container_id=task.id, pid=proc.pid, exit_status=proc.exit_status,
             exited_at=proc.exited_at, id="",
@@ -374,8 +381,13 @@ class TaskService:
 
     async def kill(self, req: spb.KillRequest) -> empty_pb2.Empty:
         task, proc = self._proc(req.id, req.exec_id)
-        if proc.status == spb.STOPPED and not req.all:
+        if proc.status == spb.STOPPED:  # with --all too: a stopped init leaves none behind
             raise RpcError(Code.NOT_FOUND, f"{proc.event_id}: process already finished")
+        if self.sandbox is not None and self.sandbox.failure:  # the VM is gone: so is it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.exited.wait(), DRAIN_TIMEOUT * 2)
+            raise RpcError(Code.NOT_FOUND, f"{proc.event_id}: process already finished "
+                           f"({self.sandbox.failure})")  # fmt: skip
         if proc.status == spb.CREATED and req.exec_id:
             raise RpcError(Code.FAILED_PRECONDITION, f"{proc.event_id}: not started")
         await self.agent.signal_process(task.id, req.exec_id, req.signal, req.all)

@@ -5,10 +5,11 @@ everything already done is undone):
 1. enter or create the container's host network namespace (config.json), so that tools which
    configure ``/proc/<pid>/ns/net`` (prestart hooks) reach the namespace the VM networks from;
 2. boot the sandbox VM and create the container in it (blocked until ``start``);
+   (the runtime core runs the prestart, createRuntime and createContainer hooks there);
 3. wire stdio: the container's streams go to the fds ``create`` was given, or to a host pty
-   whose master is sent to ``--console-socket`` exactly as runc does;
-4. run the prestart, createRuntime and createContainer hooks;
-5. save state ``created``, serve the control socket, say "ready".
+   whose master is sent to ``--console-socket`` exactly as runc does; take in the interfaces
+   a hook added to the network namespace;
+4. save state ``created``, serve the control socket, say "ready".
 Then it serves Start and Kill, forwards the signals it receives to the container's init, and
 when the init exits: drains the output, saves ``stopped`` with the exit status, stops the VM,
 and exits with the init's status (its exit code, or death by the same signal).
@@ -43,7 +44,6 @@ from runvm.network import netns
 from runvm.protocol import AGENT_SERVICE
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
-from runvm.runtime import hooks
 from runvm.runtime.container import Container
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 from runvm.runtime.state import ContainerState, StateStore, Status, require
@@ -115,10 +115,6 @@ class Monitor:
         self.state.status = status
         self.store.save(self.state)
 
-    async def _hooks(self, kind: str, warn_only: bool = False) -> None:
-        await hooks.run_hooks(self.spec, kind, self.state.oci() | {"pid": os.getpid()},
-                              self.dir / "hooks.log", warn_only)  # fmt: skip
-
     # --- control API -------------------------------------------------------------------
     async def _start(self, payload: bytes, ctx: CallContext) -> bytes:
         try:
@@ -126,11 +122,9 @@ class Monitor:
         except RunvmError as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from exc
         assert self.container is not None and self.io is not None
-        await self._hooks("startContainer")
         await self.io.resize()  # the size the caller set after create
+        self.container.on_started = lambda: self._save(Status.RUNNING)
         await self.container.start()
-        self._save(Status.RUNNING)
-        await self._hooks("poststart")
         return mpb.Empty().SerializeToString()
 
     async def _kill(self, payload: bytes, ctx: CallContext) -> bytes:
@@ -180,7 +174,9 @@ class Monitor:
         self.sandbox = await Sandbox.start(cid, self.args.config, options)
         self.state.sandbox_dir = str(self.sandbox.run_dir)
         stdin_open = terminal or not is_devnull(0)
-        self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open)
+        self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open,
+                                                host_pid=os.getpid(),
+                                                hooks_log=self.dir / "hooks.log")  # fmt: skip
         self.io = Attached(self.agent, cid, "")
         loop = asyncio.get_running_loop()
         for signum in (*FORWARDED, signal.SIGWINCH):  # before the terminal: no resize is lost
@@ -189,9 +185,7 @@ class Monitor:
             self.io.tty_fd = open_terminal(self.args.console_socket, self.args.foreground_tty)
             await self.io.resize()
         self.io.start_relay(terminal, stdin_open)
-        for kind in ("prestart", "createRuntime", "createContainer"):
-            await self._hooks(kind)
-        await self.sandbox.sync_network()  # interfaces a hook added (Docker's veth)
+        await self.sandbox.sync_network()  # interfaces a create hook added (Docker's veth)
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
         server.register(AGENT_SERVICE, {m: self._proxy(m, t) for m, t in PROXIED.items()})
