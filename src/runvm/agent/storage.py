@@ -79,6 +79,9 @@ async def mount_storage(storage: pb.Storage) -> str:
         flags, options = sc.MS_NOSUID | sc.MS_NODEV, ",".join(storage.options)
     try:
         sc.mount(source, target, fstype, flags, options)
+        # A peer group of its own: a container's bind of it can then be its slave or peer
+        # (the propagation options of bind mounts), as binds of host mounts are under runc.
+        sc.mount("", target, "", sc.MS_SHARED)
     except OSError as exc:
         raise RpcError(Code.INTERNAL, f"mount {source} on {target}: {exc}") from exc
     return target

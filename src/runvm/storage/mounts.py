@@ -95,21 +95,22 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
-def bind_readonly(source: str, target: str | int) -> None:
-    """Bind ``source`` (recursively) on ``target`` read-only from the first moment.
+def bind_readonly(source: str, target: str | int, recursive: bool = True) -> None:
+    """Bind ``source`` (with its submounts) on ``target`` read-only from the first moment.
 
     A bind made writable and remounted read-only afterwards is read-only only in this mount
     namespace: copies already propagated to peers (virtiofsd's namespace) stay writable.
-    Here the copy is made detached, set read-only (with its submounts), then attached, so
-    every propagated copy is read-only too. ``target`` is a path, or a descriptor of the
-    mount point (O_PATH is enough).
+    Here the copy is made detached, set read-only (``recursive``: its submounts too, else
+    the top mount only, as runc's ``ro``), then attached, so every propagated copy is
+    read-only too. ``target`` is a path, or a descriptor of the mount point (O_PATH is enough).
     """
     fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(),
                               _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE),
                 f"open_tree {source}")  # fmt: skip
     try:
         attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
-        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+        depth = _AT_RECURSIVE if recursive else 0
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | depth,
                              attr, len(attr)), f"mount_setattr {source}")  # fmt: skip
         if isinstance(target, int):
             to_fd, to_path, flags = target, b"", _MOVE_MOUNT_T_EMPTY_PATH
@@ -119,3 +120,10 @@ def bind_readonly(source: str, target: str | int) -> None:
                              _MOVE_MOUNT_F_EMPTY_PATH | flags), f"move_mount {target}")  # fmt: skip
     finally:
         os.close(fd)
+
+
+def has_submounts(path: str) -> bool:
+    """True if anything is mounted below ``path`` (its own mount point not counted)."""
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4].startswith(prefix) for line in f)

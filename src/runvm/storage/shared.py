@@ -13,6 +13,7 @@ left and removes the directory, and is idempotent.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import shutil
@@ -26,6 +27,23 @@ TAG = "runvm"
 #: How the guest mounts the share when it travels over 9p: no guest page cache beyond what
 #: mmap needs, so host-side changes are seen at once.
 NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap")
+
+
+class ReadOnly(enum.Enum):
+    """How a bind share is read-only on the host: runc's ``ro`` (the top mount; submounts
+    keep their own flags) or ``rro`` (recursively)."""
+
+    NO = "rw"
+    TOP = "ro"
+    ALL = "rro"
+
+    @classmethod
+    def of(cls, options: list[str]) -> ReadOnly:
+        """The mode a mount's options ask for."""
+        return cls.ALL if "rro" in options else cls.TOP if "ro" in options else cls.NO
+
+    def __bool__(self) -> bool:
+        return self is not ReadOnly.NO
 
 
 class SharedDir:
@@ -55,9 +73,12 @@ class SharedDir:
             _bind(rootfs, leaf, readonly)
         return self.path / container_id / "rootfs"
 
-    def add_bind(self, container_id: str, index: int, source: Path, readonly: bool = False) -> Path:
+    def add_bind(
+        self, container_id: str, index: int, source: Path, readonly: ReadOnly = ReadOnly.NO
+    ) -> Path:
         """Bind a file or directory at ``<cid>/mounts/<index>``; ``readonly`` makes the host
-        side of the share read-only, so a guest that remounts it read-write gains nothing."""
+        side of the share read-only (the top mount, or with its submounts), so a guest that
+        remounts it read-write gains nothing."""
         if not source.exists():
             raise ConfigError(f"bind mount source {source} does not exist")
         with contextlib.ExitStack() as fds:
@@ -130,11 +151,12 @@ def _create_at(fds: contextlib.ExitStack, parent: int, name: str) -> int:
     return fd
 
 
-def _bind(source: Path, target: int, readonly: bool) -> None:
+def _bind(source: Path, target: int, readonly: ReadOnly | bool) -> None:
     """A recursive bind onto the descriptor ``target``; a read-only one is read-only in every
-    namespace it propagates to (virtiofsd's included), with its submounts."""
+    namespace it propagates to (virtiofsd's included): ``True`` and ``ALL`` with its
+    submounts, ``TOP`` the top mount only."""
     if readonly:
-        mounts.bind_readonly(str(source), target)
+        mounts.bind_readonly(str(source), target, recursive=readonly is not ReadOnly.TOP)
     else:  # mount(2) follows /proc/self/fd/N to the very inode the descriptor holds
         mounts.mount(str(source), f"/proc/self/fd/{target}", None, mounts.MS_BIND | mounts.MS_REC)
 
