@@ -26,11 +26,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from hostbin import copy_program  # bench/ is the script's directory
-
 from runvm import config as cfg
 from runvm.hypervisor.base import NetSpec
 from runvm.image.busybox import make_bundle
+from runvm.image.hostbin import copy_program
 from runvm.network import netlink, netns
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime.container import Container

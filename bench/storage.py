@@ -26,12 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from hostbin import copy_program  # bench/ is the script's directory
-
 from runvm import config
 from runvm.hypervisor.accel import detect
 from runvm.hypervisor.base import Accel
 from runvm.image.busybox import make_bundle
+from runvm.image.hostbin import copy_program
 from runvm.runtime.guestimage import resolve_guest_files
 
 JOBS = [  # name, fio rw mode, block size

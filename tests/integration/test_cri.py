@@ -224,3 +224,100 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     assert client.list_pod_sandbox() == []
     links = subprocess.run(["ip", "-n", cri.ns, "-o", "link"], capture_output=True, text=True)
     assert "_rv" not in links.stdout
+
+
+NETTOOLS = "localhost/runvm/nettools:1"
+XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")
+
+
+def nettools_image(cri: Cri, tmp_path: Path) -> str:
+    """busybox plus Debian's iptables (legacy and nft back ends, with their extensions)."""
+    from runvm.image.hostbin import copy_program
+
+    def add(rootfs: Path) -> None:
+        for program in ("iptables-legacy", "iptables-nft"):
+            copy_program(rootfs, program)
+        shutil.copytree(XTABLES, rootfs / str(XTABLES).lstrip("/"))
+
+    archive = busybox_archive(tmp_path / "nettools.tar", NETTOOLS, extra=add)
+    r = cri.daemon.ctr("-n", "k8s.io", "image", "import", str(archive))
+    assert r.returncode == 0, r.stderr
+    return NETTOOLS
+
+
+BUILDS_ITS_NETWORK = """
+set -e
+brctl addbr foobar && ip link set foobar up && echo bridge-up
+iptables-legacy -t nat -A PREROUTING -p tcp --dport 80 -j REDIRECT --to-ports 15001
+iptables-legacy -t nat -S PREROUTING | grep -q 'REDIRECT --to-ports 15001' && echo legacy-nat
+iptables-nft -t nat -A OUTPUT -p tcp --dport 81 -j REDIRECT --to-ports 15006
+iptables-nft -t nat -S OUTPUT | grep -q 'REDIRECT --to-ports 15006' && echo nft-nat
+ip link add vxlan7 type vxlan id 7 dstport 4789 dev eth0 && echo vxlan
+ip link add link eth0 name eth0.5 type vlan id 5 && echo vlan
+ip tuntap add tun0 mode tun && echo tun
+ip rule add from 10.1.0.0/16 table 100 && echo policy-routing
+test -c /dev/fuse && echo fuse
+"""
+
+
+def test_cri_pods_build_their_own_network(cri: Cri, tmp_path: Path) -> None:
+    """A privileged container: bridge, iptables NAT (both back ends), VXLAN, VLAN, TUN,
+    policy routing, FUSE; a NET_ADMIN one: a veth pair; all inside the pod's VM."""
+    from cri import api_pb2 as api
+
+    client = cri.client
+    image = nettools_image(cri, tmp_path)
+    logs = cri.base / "logs"
+    logs.mkdir()
+    sandbox = pod_config(api, "netpod", logs)
+    sandbox.linux.security_context.privileged = True
+    pod = client.run_pod_sandbox(sandbox, "runvm")
+    privileged = container_config(api, "priv", "sleep 1000")
+    privileged.image.image = image
+    privileged.linux.security_context.privileged = True
+    admin = container_config(api, "admin", "sleep 1000")
+    admin.linux.security_context.capabilities.add_capabilities.append("NET_ADMIN")
+    c1 = client.create_container(pod, privileged, sandbox)
+    c2 = client.create_container(pod, admin, sandbox)
+    for cid in (c1, c2):
+        client.start_container(cid)
+    code, out, err = client.exec_sync(c1, ["sh", "-c", BUILDS_ITS_NETWORK], timeout=60)
+    assert code == 0, (out, err)
+    assert out.decode().split() == ["bridge-up", "legacy-nat", "nft-nat", "vxlan", "vlan", "tun",
+                                    "policy-routing", "fuse"], out  # fmt: skip
+    script = "ip link add va type veth peer name vb && ip -o link show va | grep -c vb@"
+    code, out, err = client.exec_sync(c2, ["sh", "-c", script], timeout=60)
+    assert (code, out) == (0, b"1\n"), err
+    client.stop_pod_sandbox(pod)
+    client.remove_pod_sandbox(pod)
+
+
+def test_cri_pod_whose_qemu_dies_ends_with_nothing_stuck(cri: Cri, state_root: Path) -> None:
+    """QEMU killed under a running pod: every container exits (255, reason Error), and
+    StopPodSandbox + RemovePodSandbox complete at once, leaving nothing."""
+    import time
+
+    from cri import api_pb2 as api
+
+    client = cri.client
+    logs = cri.base / "logs"
+    logs.mkdir()
+    sandbox = pod_config(api, "doomed", logs)
+    pod = client.run_pod_sandbox(sandbox, "runvm")
+    cid = client.create_container(pod, container_config(api, "c", "sleep 1000"), sandbox)
+    client.start_container(cid)
+    out = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
+    (qemu,) = [int(ln.split()[0]) for ln in out.splitlines()
+               if "qemu-system" in ln and str(state_root) in ln]  # fmt: skip
+    os.kill(qemu, 9)
+    deadline = time.monotonic() + 30
+    while (status := client.container_status(cid).status).state != api.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert (status.exit_code, status.reason) == (255, "Error"), status
+    started = time.monotonic()
+    client.stop_pod_sandbox(pod)
+    client.remove_pod_sandbox(pod)
+    assert time.monotonic() - started < 10
+    assert client.list_pod_sandbox() == [] and client.list_containers() == []
+    assert qemu_count(state_root) == 0

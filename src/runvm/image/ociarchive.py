@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,18 @@ def _descriptor(media: str, data: bytes, **extra: Any) -> dict[str, Any]:
 
 
 def busybox_archive(
-    out: Path, ref: str = "localhost/runvm/busybox:latest", cmd: tuple[str, ...] = ("sh",)
+    out: Path,
+    ref: str = "localhost/runvm/busybox:latest",
+    cmd: tuple[str, ...] = ("sh",),
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the archive to ``out``; returns ``out``. ``cmd`` is the image's default
-    command (a pod's pause image: something that waits forever)."""
+    command (a pod's pause image: something that waits forever); ``extra(rootfs)`` adds to
+    the busybox tree before it is packed."""
     with tempfile.TemporaryDirectory(prefix="runvm-img-") as tmp:
         make_rootfs(Path(tmp))
+        if extra is not None:
+            extra(Path(tmp))
         layer_tar = _tar_tree(Path(tmp))
     layer = gzip.compress(layer_tar, mtime=0)
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
