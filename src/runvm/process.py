@@ -187,6 +187,17 @@ def start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])
 
 
+def describe_exit(code: int) -> str:
+    """A child's exit as people say it: ``exit status 1``, ``killed by SIGKILL``."""
+    if code == UNKNOWN_STATUS:
+        return "status unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 class ForeignProcess:
     """A process held by its pidfd (not our child); see the module docstring. Any number of
     callers may wait (and be cancelled) at once: one reader on the pidfd serves them all."""

@@ -90,3 +90,21 @@ def test_layout_keeps_socket_paths_short() -> None:
     assert layout.pod_config(config).runtime.state_root == "/run/runvm/k/k8s.io"
     other = Layout.of(config, "/run/containerd/containerd.sock", "default", "a" * 64)
     assert other.socket != layout.socket  # namespaces never share a shim
+
+
+def test_memory_limit_is_the_tightest_above_the_pod(tmp_path: Path) -> None:
+    for name in ("memory", "pids"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    pods = tmp_path / "memory" / "kubepods"
+    pods.mkdir()
+    (pods / "memory.limit_in_bytes").write_text(str(512 << 20))
+    group = hostcgroup.HostCgroup.create("/kubepods/pod1/sandbox", root=tmp_path)
+    assert group.memory_limit() == 512 << 20
+    (tmp_path / "memory" / "kubepods" / "pod1" / "memory.limit_in_bytes").write_text(
+        str(192 << 20)
+    )
+    assert group.memory_limit() == 192 << 20
+    (pods / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "memory" / "kubepods" / "pod1" / "memory.limit_in_bytes").write_text("0x")
+    assert group.memory_limit() is None

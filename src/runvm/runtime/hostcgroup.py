@@ -21,6 +21,7 @@ from pathlib import Path
 from runvm.errors import ConfigError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNLIMITED = 1 << 60  # v1 says "no limit" with a number near 2**63 ("max" under v2)
 # v1 controllers we place processes in (cpuset needs its cpus/mems copied first).
 V1_CONTROLLERS = ("cpu,cpuacct", "cpu", "cpuacct", "memory", "pids", "blkio", "devices",
                   "freezer", "cpuset", "systemd")  # fmt: skip
@@ -72,10 +73,11 @@ class HostCgroup:
     dirs: list[Path]
     created: list[Path] = field(default_factory=list)
     origin: dict[Path, Path] = field(default_factory=dict)  # hierarchy dir -> where we came from
+    root: Path = CGROUP_ROOT
 
     @classmethod
     def create(cls, cgroups_path: str, root: Path = CGROUP_ROOT) -> HostCgroup:
-        group = cls(cgroup_dirs(cgroups_path, root))
+        group = cls(cgroup_dirs(cgroups_path, root), root=root)
         try:
             for path in group.dirs:
                 group._make(path)
@@ -104,6 +106,21 @@ class HostCgroup:
             if pid == 0:
                 self.origin[path] = _current(path)
             (path / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+    def memory_limit(self) -> int | None:
+        """The tightest memory limit (bytes) on this cgroup or any cgroup above it, in any
+        hierarchy (v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None if unlimited."""
+        limits = []
+        for path in self.dirs:
+            for directory in [path, *path.parents]:
+                if directory == self.root or self.root not in directory.parents:
+                    break
+                for name in ("memory.max", "memory.limit_in_bytes"):
+                    with contextlib.suppress(OSError, ValueError):
+                        value = int((directory / name).read_text().strip())
+                        if value < UNLIMITED:
+                            limits.append(value)
+        return min(limits, default=None)
 
     def leave(self) -> None:
         for origin in self.origin.values():

@@ -37,7 +37,7 @@ from runvm.hypervisor.qemu.driver import (
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
-from runvm.process import Child
+from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import hostcgroup, template
@@ -322,7 +322,8 @@ class Sandbox:
             return
         agent = self.agent
         watched: dict[asyncio.Future[Any], str] = {
-            asyncio.ensure_future(agent.conn.wait_closed()): "agent"
+            asyncio.ensure_future(self.vm.wait()): "qemu",
+            asyncio.ensure_future(agent.conn.wait_closed()): "agent",
         }
         if self.virtiofsd is not None:
             watched[asyncio.ensure_future(self.virtiofsd.wait())] = "virtiofsd"
@@ -333,8 +334,10 @@ class Sandbox:
                 future.cancel()
         if self._stopped:
             return
-        first = done.pop()
-        if watched[first] == "virtiofsd":
+        first = min(done, key=lambda f: list(watched).index(f))  # QEMU's exit explains the rest
+        if watched[first] == "qemu":
+            self.failure = f"QEMU exited ({describe_exit(first.result())}): the VM is gone"
+        elif watched[first] == "virtiofsd":
             self.failure = f"virtiofsd exited (status {first.result()}); the VM was stopped"
         else:
             self.failure = f"the agent link broke ({agent.conn.error}); the VM was stopped"
