@@ -231,13 +231,15 @@ XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")
 
 
 def nettools_image(cri: Cri, tmp_path: Path) -> str:
-    """busybox plus Debian's iptables (legacy and nft back ends, with their extensions)."""
+    """busybox plus Debian's iptables (legacy and nft back ends, with their extensions)
+    and iproute2."""
     from runvm.image.hostbin import copy_program
 
     def add(rootfs: Path) -> None:
-        for program in ("iptables-legacy", "iptables-nft"):
+        for program in ("iptables-legacy", "iptables-nft", "ip"):  # iproute2 for tuntap
             copy_program(rootfs, program)
         shutil.copytree(XTABLES, rootfs / str(XTABLES).lstrip("/"))
+        (rootfs / "run").mkdir(exist_ok=True)  # iptables' lock file
 
     archive = busybox_archive(tmp_path / "nettools.tar", NETTOOLS, extra=add)
     r = cri.daemon.ctr("-n", "k8s.io", "image", "import", str(archive))
@@ -254,7 +256,7 @@ iptables-nft -t nat -A OUTPUT -p tcp --dport 81 -j REDIRECT --to-ports 15006
 iptables-nft -t nat -S OUTPUT | grep -q 'REDIRECT --to-ports 15006' && echo nft-nat
 ip link add vxlan7 type vxlan id 7 dstport 4789 dev eth0 && echo vxlan
 ip link add link eth0 name eth0.5 type vlan id 5 && echo vlan
-ip tuntap add tun0 mode tun && echo tun
+/usr/bin/ip tuntap add tun0 mode tun && echo tun  # (busybox sh runs its own ip applet)
 ip rule add from 10.1.0.0/16 table 100 && echo policy-routing
 test -c /dev/fuse && echo fuse
 """
@@ -285,16 +287,33 @@ def test_cri_pods_build_their_own_network(cri: Cri, tmp_path: Path) -> None:
     assert code == 0, (out, err)
     assert out.decode().split() == ["bridge-up", "legacy-nat", "nft-nat", "vxlan", "vlan", "tun",
                                     "policy-routing", "fuse"], out  # fmt: skip
-    script = "ip link add va type veth peer name vb && ip -o link show va | grep -c vb@"
+    script = "ip link add va type veth && ip -o link show va | grep -c va@"
     code, out, err = client.exec_sync(c2, ["sh", "-c", script], timeout=60)
     assert (code, out) == (0, b"1\n"), err
     client.stop_pod_sandbox(pod)
     client.remove_pod_sandbox(pod)
 
 
-def test_cri_pod_whose_qemu_dies_ends_with_nothing_stuck(cri: Cri, state_root: Path) -> None:
-    """QEMU killed under a running pod: every container exits (255, reason Error), and
-    StopPodSandbox + RemovePodSandbox complete at once, leaving nothing."""
+MEMCG = Path("/sys/fs/cgroup/memory")  # these hosts are cgroup v1 + v2 hybrids
+
+
+def pod_memcg(name: str) -> Path:
+    return MEMCG / "rvpods" / name if MEMCG.is_dir() else Path("/sys/fs/cgroup/rvpods") / name
+
+
+def limit_memory(cgroup: Path, limit: int) -> None:
+    cgroup.mkdir(parents=True, exist_ok=True)
+    name = "memory.limit_in_bytes" if cgroup.is_relative_to(MEMCG) else "memory.max"
+    (cgroup / name).write_text(str(limit))
+
+
+@pytest.mark.parametrize("death", ["sigkill", "oom"])
+def test_cri_pod_whose_qemu_dies_ends_with_nothing_stuck(
+    cri: Cri, state_root: Path, death: str
+) -> None:
+    """QEMU killed under a running pod (SIGKILL, or the host's OOM killer once the pod's
+    cgroup limit is cut below what the guest touches): every container exits (255, reason
+    Error), and StopPodSandbox + RemovePodSandbox complete at once, leaving nothing."""
     import time
 
     from cri import api_pb2 as api
@@ -302,15 +321,25 @@ def test_cri_pod_whose_qemu_dies_ends_with_nothing_stuck(cri: Cri, state_root: P
     client = cri.client
     logs = cri.base / "logs"
     logs.mkdir()
-    sandbox = pod_config(api, "doomed", logs)
+    name = f"doomed-{death}"
+    sandbox = pod_config(api, name, logs)
     pod = client.run_pod_sandbox(sandbox, "runvm")
     cid = client.create_container(pod, container_config(api, "c", "sleep 1000"), sandbox)
     client.start_container(cid)
-    out = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
-    (qemu,) = [int(ln.split()[0]) for ln in out.splitlines()
-               if "qemu-system" in ln and str(state_root) in ln]  # fmt: skip
-    os.kill(qemu, 9)
-    deadline = time.monotonic() + 30
+    if death == "sigkill":
+        out = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True,
+                             text=True).stdout  # fmt: skip
+        (qemu,) = [int(ln.split()[0]) for ln in out.splitlines()
+                   if "qemu-system" in ln and str(state_root) in ln]  # fmt: skip
+        os.kill(qemu, 9)
+    else:
+        cgroup = pod_memcg(name)
+        usage = int((cgroup / "memory.usage_in_bytes").read_text())
+        limit_memory(cgroup, usage + (24 << 20))
+        fill = ["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=150"]
+        with contextlib.suppress(Exception):  # the VM dies under it
+            client.exec_sync(cid, fill, timeout=60)
+    deadline = time.monotonic() + 60
     while (status := client.container_status(cid).status).state != api.CONTAINER_EXITED:
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
@@ -321,3 +350,24 @@ def test_cri_pod_whose_qemu_dies_ends_with_nothing_stuck(cri: Cri, state_root: P
     assert time.monotonic() - started < 10
     assert client.list_pod_sandbox() == [] and client.list_containers() == []
     assert qemu_count(state_root) == 0
+
+
+def test_cri_pod_too_small_for_its_vm_is_refused(cri: Cri) -> None:
+    import grpc
+    from cri import api_pb2 as api
+
+    logs = cri.base / "logs"
+    logs.mkdir()
+    cgroup = pod_memcg("small")
+    made = [p for p in (cgroup.parent, cgroup) if not p.exists()]
+    limit_memory(cgroup, 192 << 20)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            cri.client.run_pod_sandbox(pod_config(api, "small", logs), "runvm")
+        details = refused.value.details() or ""
+        assert "memory limit (192 MiB) is below what its VM needs" in details, details
+        assert "overhead.podFixed.memory" in details
+        assert cri.client.list_pod_sandbox() == []
+    finally:
+        for directory in reversed(made):
+            directory.rmdir()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from test_lifecycle import Cli, bundle, hook, hook_log
-from test_shim_v2 import RUNTIME, image, wait_for  # noqa: F401  (the fixture)
+from test_shim_v2 import RUNTIME, wait_for
 from test_spec_versions import ctr_spec
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
@@ -52,14 +52,13 @@ def check_log(log: Path, cid: str, bundle: str) -> None:
 
 def test_ctr_runs_every_hook_in_order(
     containerd: Any,
-    image: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "hooks.log"
     ctr = shlex.join(["ctr", "--address", containerd.address])
     probe = f"{ctr} task exec --exec-id probe h1 cat /proc/1/cmdline"
     spec = ctr_spec(tmp_path, "1.2.0", ["sleep", "30"], hooks=every_hook(log, probe))
-    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, "--config", str(spec), image, "h1")
+    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, "--config", str(spec), "h1")
     assert r.returncode == 0, r.stderr
     assert [n.split()[0] for n, _ in hook_log(log)] == list(KINDS)
     assert containerd.ctr("task", "kill", "-s", "KILL", "h1").returncode == 0
@@ -72,12 +71,11 @@ def test_ctr_runs_every_hook_in_order(
 
 def test_ctr_failing_prestart_leaves_nothing(
     containerd: Any,
-    image: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     broken = hook(tmp_path / "unused", "prestart", "echo prestart-broke >&2; exit 9")
     spec = ctr_spec(tmp_path, "1.3.0", ["true"], hooks={"prestart": [broken]})
-    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(spec), image, "h2")
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(spec), "h2")
     assert r.returncode != 0 and b"prestart hook failed (exit 9)" in r.stderr, r.stderr
     containerd.ctr("container", "rm", "h2")
     assert containerd.ctr("task", "ls", "-q").stdout.strip() == b""

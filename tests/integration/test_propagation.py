@@ -58,8 +58,11 @@ def test_the_eight_propagation_options(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_host_mount_after_start_reaches_an_rslave_volume(cli: Cli, tmp_path: Path) -> None:
+    """As kubelet's volumes are: on a shared mount (it makes its directory rshared)."""
     volume = tmp_path / "vol"
     (volume / "late").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(volume), str(volume)], check=True)
+    subprocess.run(["mount", "--make-shared", str(volume)], check=True)
     b = bundle(tmp_path, "echo up; sleep 120")
     with_mounts(b, [{"destination": "/v", "type": "bind", "source": str(volume),
                      "options": ["rbind", "rslave"]}])  # fmt: skip
@@ -82,6 +85,7 @@ def test_host_mount_after_start_reaches_an_rslave_volume(cli: Cli, tmp_path: Pat
         cli("delete", "--force", "p-late")
         if mounted:
             subprocess.run(["umount", str(volume / "late")], check=True)
+        subprocess.run(["umount", str(volume)], check=True)
 
 
 def test_ro_is_not_recursive_and_rro_is(cli: Cli, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from test_lifecycle import Cli, bundle
-from test_shim_v2 import RUNTIME, image  # noqa: F401  (the fixture)
+from test_shim_v2 import RUNTIME
 
 from runvm.image.busybox import make_bundle
 
@@ -58,12 +58,11 @@ def ctr_spec(tmp: Path, version: str, args: list[str], **extra: Any) -> Path:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_shim_runs_every_version(
     containerd: Any,
-    image: str,  # noqa: F811
     tmp_path: Path,
     version: str,
 ) -> None:
     spec = ctr_spec(tmp_path, version, ["sh", "-c", "echo shim-ran"])
-    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(spec), image, "v1")
+    r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(spec), "v1")
     assert r.returncode == 0 and r.stdout == b"shim-ran\n", r.stderr
 
 

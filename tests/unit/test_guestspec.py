@@ -9,7 +9,8 @@ from runvm.storage.shared import ReadOnly
 
 
 def share(calls: list[tuple[int, str]], host_only: bool = False):  # type: ignore[no-untyped-def]
-    def inner(i: int, source: str, readonly: ReadOnly = ReadOnly.NO) -> tuple[str, bool]:
+    def inner(i: int, source: str, options: list[str]) -> tuple[str, bool]:
+        readonly = ReadOnly.of(options)
         calls.append((i, f"{readonly.value}:{source}" if readonly else source))
         return f"/run/runvm/shared/c1/mounts/{i}", host_only
 
@@ -86,9 +87,9 @@ def test_block_device_mounts_become_binds_of_the_guest_disk() -> None:
         "destination": "/data",
         "type": "bind",
         "source": "/run/runvm/disks/c1/m7",
-        "options": ["rbind", "ro"],
+        "options": ["rbind", "ro", "rslave"],
     }
-    assert out["mounts"][n - 1]["options"] == ["rbind", "rw"]
+    assert out["mounts"][n - 1]["options"] == ["rbind", "rw", "rslave"]
     assert calls == []  # nothing of these is shared from the host
 
 
@@ -103,10 +104,11 @@ def test_the_guest_gets_a_version_its_crun_knows(version: str) -> None:
 @pytest.mark.parametrize(
     ("options", "host_only", "mode", "guest"),
     [
-        (["rbind", "ro"], False, "ro", ["rbind", "ro"]),
-        (["rbind", "ro"], True, "ro", ["rbind"]),  # the host keeps submounts writable
-        (["rbind", "rro"], True, "rro", ["rbind", "rro"]),
-        (["rbind", "rslave"], False, None, ["rbind", "rslave"]),
+        (["rbind", "ro"], False, "ro", ["rbind", "ro", "rslave"]),
+        (["rbind", "ro"], True, "ro", ["rbind", "rslave"]),  # the host keeps submounts writable
+        (["rbind", "rro"], True, "rro", ["rbind", "rro", "rslave"]),
+        (["rbind", "rshared"], False, None, ["rbind", "rshared"]),
+        (["rbind"], False, None, ["rbind", "rslave"]),
     ],
 )
 def test_read_only_binds(
@@ -120,8 +122,16 @@ def test_read_only_binds(
     assert out["mounts"][7]["options"] == guest
 
 
-def test_root_propagation_defaults_to_rslave_as_under_runc() -> None:
+def test_binds_default_to_rslave_as_under_runc() -> None:
     spec = default_spec()
-    assert guest_spec(spec, "c1", "/r", share([]))["linux"]["rootfsPropagation"] == "rslave"
-    spec["linux"]["rootfsPropagation"] = "rshared"
-    assert guest_spec(spec, "c1", "/r", share([]))["linux"]["rootfsPropagation"] == "rshared"
+    spec["mounts"] += [
+        {"destination": "/a", "source": "/h/a", "options": ["rbind"]},
+        {"destination": "/b", "source": "/h/b", "options": ["rbind", "private"]},
+    ]
+    out = guest_spec(spec, "c1", "/r", share([]))
+    assert out["linux"]["rootfsPropagation"] == "slave"
+    assert [m["options"] for m in out["mounts"][7:]] == [["rbind", "rslave"], ["rbind", "private"]]
+    spec["linux"]["rootfsPropagation"] = "rshared"  # the client's choice stands
+    out = guest_spec(spec, "c1", "/r", share([]))
+    assert out["linux"]["rootfsPropagation"] == "rshared"
+    assert out["mounts"][7]["options"] == ["rbind"]

@@ -101,9 +101,7 @@ def test_memory_limit_is_the_tightest_above_the_pod(tmp_path: Path) -> None:
     (pods / "memory.limit_in_bytes").write_text(str(512 << 20))
     group = hostcgroup.HostCgroup.create("/kubepods/pod1/sandbox", root=tmp_path)
     assert group.memory_limit() == 512 << 20
-    (tmp_path / "memory" / "kubepods" / "pod1" / "memory.limit_in_bytes").write_text(
-        str(192 << 20)
-    )
+    (tmp_path / "memory" / "kubepods" / "pod1" / "memory.limit_in_bytes").write_text(str(192 << 20))
     assert group.memory_limit() == 192 << 20
     (pods / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (tmp_path / "memory" / "kubepods" / "pod1" / "memory.limit_in_bytes").write_text("0x")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runvm.agent import cgroups, crun, procattrs
+from runvm.agent import syscalls as sc
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
 from runvm.agent.stdio import InputStream, OutputStream, set_winsize
@@ -104,6 +105,26 @@ def apply_vm_sysctls(spec: dict[str, object]) -> None:
         if not SYSCTL_KEY.match(key):
             raise ValueError(f"invalid key {key!r}")
         Path("/proc/sys", *key.split(".")).write_text(str(sysctls.pop(key)))
+
+
+def _hold_root(bundle: Path, root: str) -> str:
+    """Give crun the rootfs at ``<bundle>/root/rootfs``, a bind on a mount of its own.
+
+    crun makes the mount that holds the rootfs private before pivot_root; handed the share's
+    path, that would be the share itself, in which the container's bind sources live too,
+    and their propagation options (slave, shared) would be lost with it."""
+    holder = bundle / "root"
+    target = holder / "rootfs"
+    target.mkdir(parents=True)
+    sc.mount(str(holder), str(holder), "", sc.MS_BIND)
+    sc.mount(root, str(target), "", sc.MS_BIND | sc.MS_REC)
+    return str(target)
+
+
+def _release_root(bundle: Path) -> None:
+    for path in (bundle / "root" / "rootfs", bundle / "root"):
+        with contextlib.suppress(OSError):
+            sc.umount2(str(path), sc.MNT_DETACH)
 
 
 def _resources(spec: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +268,7 @@ class ContainerService:
     async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
         bundle = BUNDLES / cid
         bundle.mkdir(parents=True, exist_ok=False)
+        spec["root"]["path"] = _hold_root(bundle, spec["root"]["path"])
         (bundle / "config.json").write_text(json.dumps(spec))
         proc = Proc(exec_id="")
         terminal = bool(spec.get("process", {}).get("terminal"))
@@ -255,6 +277,7 @@ class ContainerService:
             await _spawn_with_io(self.reaper, proc, args, bundle, terminal, stdin)
             await self._watch_pid(proc, bundle / "init.pid")
         except crun.CrunError as exc:
+            _release_root(bundle)
             shutil.rmtree(bundle, ignore_errors=True)
             raise RpcError(Code.FAILED_PRECONDITION, f"create {cid}: {exc}") from exc
         return proc
@@ -419,6 +442,7 @@ class ContainerService:
                                 container.bundle / "crun.log")  # fmt: skip
         for proc in (container.init, *container.execs.values()):
             proc.close()
+        _release_root(container.bundle)
         shutil.rmtree(container.bundle, ignore_errors=True)
         unmount_all(container.mounts)
         del self.containers[container.id]

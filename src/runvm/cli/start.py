@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from runvm.cli import common
 from runvm.cli.monitor import monitor_pb2 as mpb
 from runvm.runtime.state import require
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: Any) -> None:
@@ -21,7 +24,9 @@ def start(args: argparse.Namespace) -> None:
     with st.locked(args.container_id):
         state = st.load(args.container_id)
         require("start", state.effective_status(), args.container_id)
-        common.monitor_request(st, args.container_id, "Start", mpb.StartRequest())
+        reply = common.monitor_request(st, args.container_id, "Start", mpb.StartRequest())
+    for warning in mpb.StartResponse.FromString(reply).warnings:  # poststart hooks that failed
+        log.warning("%s", warning)
 
 
 def run(args: argparse.Namespace) -> int:

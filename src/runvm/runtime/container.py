@@ -33,7 +33,7 @@ from runvm.runtime.guestspec import guest_spec
 from runvm.runtime.names import check_id
 from runvm.runtime.sandbox import Sandbox
 from runvm.storage import blockdev, mounts
-from runvm.storage.shared import ReadOnly
+from runvm.storage.shared import PRIVATE_OPTIONS, ReadOnly
 
 
 @dataclass
@@ -60,9 +60,9 @@ class Container:
             del state["pid"]
         return state
 
-    async def _hooks(self, kind: str, status: str, warn_only: bool = False) -> None:
+    async def _hooks(self, kind: str, status: str, warn_only: bool = False) -> list[str]:
         log = self.hooks_log or self.sandbox.run_dir / f"{self.id}.hooks.log"
-        await hooks.run_hooks(self.spec, kind, self.oci_state(status), log, warn_only)
+        return await hooks.run_hooks(self.spec, kind, self.oci_state(status), log, warn_only)
 
     @property
     def terminal(self) -> bool:
@@ -124,8 +124,10 @@ class Container:
                 share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
                 root_guest = shared.guest_path(share)
 
-            def share_bind(index: int, source: str, readonly: ReadOnly) -> tuple[str, bool]:
-                path = shared.add_bind(container_id, index, Path(source), readonly)
+            def share_bind(index: int, source: str, options: list[str]) -> tuple[str, bool]:
+                private = any(o in PRIVATE_OPTIONS for o in options)
+                path = shared.add_bind(container_id, index, Path(source),
+                                       ReadOnly.of(options), private)  # fmt: skip
                 return shared.guest_path(path), mounts.has_submounts(source)
 
             gspec = guest_spec(spec, container_id, root_guest, share_bind, join, disks)
@@ -171,9 +173,10 @@ class Container:
             with contextlib.suppress(RunvmError):
                 await self.sandbox.vm.unplug_disk(disk_id)
 
-    async def start(self) -> int:
-        """startContainer hooks, the user program, poststart hooks; returns the guest pid.
-        A failed startContainer hook kills the init (the container goes to ``stopped``)."""
+    async def start(self) -> list[str]:
+        """startContainer hooks, the user program, poststart hooks; returns the warnings of
+        failed poststart hooks. A failed startContainer hook kills the init (the container
+        goes to ``stopped``)."""
         agent = self.sandbox.agent
         assert agent is not None
         try:
@@ -182,14 +185,13 @@ class Container:
             with contextlib.suppress(RunvmError):
                 await agent.signal_process(self.id, "", signal.SIGKILL, True)
             raise
-        pid = await agent.start_container(self.id)
+        await agent.start_container(self.id)
         self.on_started()
-        await self._hooks("poststart", "running", warn_only=True)
-        return pid
+        return await self._hooks("poststart", "running", warn_only=True)
 
-    async def poststop(self) -> None:
-        """The poststop hooks, after the container was deleted (failures are warnings)."""
-        await self._hooks("poststop", "stopped", warn_only=True)
+    async def poststop(self) -> list[str]:
+        """The poststop hooks, after the container was deleted; returns their failures."""
+        return await self._hooks("poststop", "stopped", warn_only=True)
 
     async def remove(self) -> None:
         if self.removed:

@@ -12,7 +12,8 @@ What changes and why:
 - a process without ``PATH`` gets the default one (runc finds the program then; crun would not);
 - ``cgroupsPath`` -> ``/runvm/<id>`` in the guest's cgroup v2 tree (the host path names a
   host cgroup that does not exist in the guest);
-- no ``rootfsPropagation`` -> runc's default, ``rslave``.
+- no ``rootfsPropagation`` -> runc's default: binds without a propagation option are
+  ``rslave``, and the root a (non-recursive) ``slave``.
 A namespace ``path`` other than network names a host process and cannot be honoured, unless
 ``join`` maps it to a guest path: a pod's containers name the pod sandbox's namespaces by a
 host PID (``/proc/<pid>/ns/uts``), which the caller maps to the sandbox init's in the guest.
@@ -29,8 +30,10 @@ from runvm.oci.default import DEFAULT_PATH
 from runvm.storage.shared import ReadOnly
 
 BIND_TYPES = ("bind", "rbind")
-DEFAULT_ROOT_PROPAGATION = "rslave"
-"""runc's default (crun's is rprivate, under which a bind's slave or shared option is lost)."""
+DEFAULT_ROOT_PROPAGATION = "slave"
+"""With rslave binds, runc's default (crun's, rprivate, loses every bind's slave or shared)."""
+PROPAGATIONS = {"shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable",
+                "runbindable"}  # fmt: skip
 GUEST_OCI_VERSION = "1.0.2"
 """The version the guest's crun (1.8) accepts; every 1.x bundle is handed over as this."""
 
@@ -52,11 +55,11 @@ def guest_spec(
     spec: dict[str, Any],
     container_id: str,
     rootfs_guest: str,
-    share_bind: Callable[[int, str, ReadOnly], tuple[str, bool]],
+    share_bind: Callable[[int, str, list[str]], tuple[str, bool]],
     join: Mapping[str, str] | None = None,
     disks: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
-    """The guest's config.json. ``share_bind(i, host_source, readonly)`` shares one bind
+    """The guest's config.json. ``share_bind(i, host_source, options)`` shares one bind
     source (read-only on the host side too when the mount has ``ro`` or ``rro``) and returns
     its guest path and whether the host alone must apply ``ro`` (the source has submounts,
     which stay writable under runc's non-recursive ``ro``; the guest sees one filesystem and
@@ -80,9 +83,9 @@ def guest_spec(
             if not source or not source.startswith("/"):
                 raise ConfigError(f"mounts[{i}]: bind mount needs an absolute source")
             options = mount.get("options") or []
-            mode = ReadOnly.of(options)
-            mount["source"], host_only = share_bind(i, source, mode)
-            if host_only and mode is ReadOnly.TOP:  # the guest's ro would cover the submounts
+            mount["source"], host_only = share_bind(i, source, options)
+            if host_only and ReadOnly.of(options) is ReadOnly.TOP:  # the guest's ro would
+                # cover the submounts too
                 mount["options"] = [o for o in options if o != "ro"]
             mount["type"] = "bind"
     linux = out.setdefault("linux", {})
@@ -100,5 +103,13 @@ def guest_spec(
         namespaces.append(ns)
     linux["namespaces"] = namespaces
     linux["cgroupsPath"] = f"/runvm/{container_id}"
-    linux.setdefault("rootfsPropagation", DEFAULT_ROOT_PROPAGATION)
+    if "rootfsPropagation" not in linux:
+        # runc's default, which crun lacks: binds are slaves of their sources unless an option
+        # says otherwise. crun re-applies rootfsPropagation after pivot_root, so "/" is only
+        # made a slave (not recursively, which would override each bind's own option).
+        linux["rootfsPropagation"] = DEFAULT_ROOT_PROPAGATION
+        for mount in out.get("mounts", []):
+            options = mount.setdefault("options", [])
+            if is_bind(mount) and not PROPAGATIONS & set(options):
+                options.append("rslave")
     return out

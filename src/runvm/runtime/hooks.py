@@ -99,9 +99,11 @@ async def run_hooks(
     state: Mapping[str, Any],
     log_path: Path,
     warn_only: bool = False,
-) -> None:
-    """Run every ``kind`` hook of ``spec``; see the module docstring."""
+) -> list[str]:
+    """Run every ``kind`` hook of ``spec``; see the module docstring. Returns the warnings
+    (the failures of a ``warn_only`` run), for the caller to show its own caller."""
     data = json.dumps(state).encode()
+    warnings = []
     for hook in hooks_of(spec, kind):
         try:
             await _run_one(kind, hook, data, log_path)
@@ -109,6 +111,8 @@ async def run_hooks(
             if not warn_only:
                 raise
             log.warning("%s", exc)
+            warnings.append(str(exc))
+    return warnings
 
 
 def all_hooks(spec: Mapping[str, Any]) -> Sequence[str]:

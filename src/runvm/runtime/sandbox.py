@@ -40,7 +40,7 @@ from runvm.ksm import server as ksm
 from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
-from runvm.runtime import hostcgroup, template
+from runvm.runtime import footprint, hostcgroup, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.names import check_id, run_dir_name
@@ -87,6 +87,8 @@ class SandboxOptions:
     # no NICs yet (its taker hot-plugs both), virtio-serial, QEMU not tied to this process;
     # start() returns before CreateSandbox and the daemon later calls release().
     pooled: bool = False
+    # The pod's host memory limit (bytes), if it has one: a VM that cannot fit is refused.
+    memory_limit: int | None = None
 
 
 class Sandbox:
@@ -132,6 +134,7 @@ class Sandbox:
         async with steps:
             run_dir = sandbox_run_dir(config, sandbox_id)
             origin = await Origin.choose(config, options, run_dir, steps)
+            footprint.check_fits(config, origin.accel.accel, options.memory_limit)
             sandbox = cls(sandbox_id, config, run_dir, steps)
             sandbox.accel = origin.accel
             sandbox.templated = origin.tpl is not None

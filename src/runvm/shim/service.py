@@ -230,8 +230,10 @@ class TaskService:
             except (OSError, RunvmError) as exc:
                 log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
         hostname = spec.get("hostname") or task.id[:63]
+        limit = self.cgroup.memory_limit() if self.cgroup is not None else None
         options = SandboxOptions(hostname=hostname, network=netns.network_namespace(spec)[0],
-                                 needs_hotplug=needs_hotplug, netns_fd=self.netns_fd)  # fmt: skip
+                                 needs_hotplug=needs_hotplug, netns_fd=self.netns_fd,
+                                 memory_limit=limit)  # fmt: skip
         self.sandbox = sandbox = await Sandbox.start(self.group, self.config, options)
         sandbox.on_network_change = lambda: self.on_change()  # the record lists the NICs
         self.sandbox_task = task.id

@@ -95,23 +95,27 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
-def bind_readonly(source: str, target: str | int, recursive: bool = True) -> None:
-    """Bind ``source`` (with its submounts) on ``target`` read-only from the first moment.
+def bind_detached(
+    source: str, target: str | int, readonly: bool | None = None, propagation: int = 0
+) -> None:
+    """Bind ``source`` with its submounts on ``target``, its flags set before it is attached.
 
-    A bind made writable and remounted read-only afterwards is read-only only in this mount
-    namespace: copies already propagated to peers (virtiofsd's namespace) stay writable.
-    Here the copy is made detached, set read-only (``recursive``: its submounts too, else
-    the top mount only, as runc's ``ro``), then attached, so every propagated copy is
-    read-only too. ``target`` is a path, or a descriptor of the mount point (O_PATH is enough).
+    A bind made and then changed (remounted read-only, made a slave) is changed only in this
+    mount namespace: copies already propagated to peers (virtiofsd's namespace) keep the old
+    flags. Here the copy is made detached (open_tree), set up (mount_setattr), then attached
+    (move_mount), so every propagated copy has the flags too. ``readonly``: True makes every
+    mount of the tree read-only, False the top one only (runc's ``ro``), None none.
+    ``propagation`` (MS_SLAVE, MS_PRIVATE, or 0 to keep the source's) applies to the whole
+    tree. ``target`` is a path, or a descriptor of the mount point (O_PATH is enough).
     """
     fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(),
                               _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE),
                 f"open_tree {source}")  # fmt: skip
     try:
-        attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
-        depth = _AT_RECURSIVE if recursive else 0
-        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | depth,
-                             attr, len(attr)), f"mount_setattr {source}")  # fmt: skip
+        if propagation:
+            _setattr(fd, source, 0, propagation, recursive=True)
+        if readonly is not None:
+            _setattr(fd, source, _MOUNT_ATTR_RDONLY, 0, recursive=readonly)
         if isinstance(target, int):
             to_fd, to_path, flags = target, b"", _MOVE_MOUNT_T_EMPTY_PATH
         else:
@@ -120,6 +124,13 @@ def bind_readonly(source: str, target: str | int, recursive: bool = True) -> Non
                              _MOVE_MOUNT_F_EMPTY_PATH | flags), f"move_mount {target}")  # fmt: skip
     finally:
         os.close(fd)
+
+
+def _setattr(fd: int, source: str, attr_set: int, propagation: int, recursive: bool) -> None:
+    attr = struct.pack("QQQQ", attr_set, 0, propagation, 0)  # struct mount_attr
+    depth = _AT_RECURSIVE if recursive else 0
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | depth, attr, len(attr)),
+           f"mount_setattr {source}")  # fmt: skip
 
 
 def has_submounts(path: str) -> bool:

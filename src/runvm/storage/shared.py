@@ -29,6 +29,9 @@ TAG = "runvm"
 NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap")
 
 
+PRIVATE_OPTIONS = ("private", "rprivate", "unbindable", "runbindable")
+
+
 class ReadOnly(enum.Enum):
     """How a bind share is read-only on the host: runc's ``ro`` (the top mount; submounts
     keep their own flags) or ``rro`` (recursively)."""
@@ -74,11 +77,18 @@ class SharedDir:
         return self.path / container_id / "rootfs"
 
     def add_bind(
-        self, container_id: str, index: int, source: Path, readonly: ReadOnly = ReadOnly.NO
+        self,
+        container_id: str,
+        index: int,
+        source: Path,
+        readonly: ReadOnly = ReadOnly.NO,
+        private: bool = False,
     ) -> Path:
         """Bind a file or directory at ``<cid>/mounts/<index>``; ``readonly`` makes the host
         side of the share read-only (the top mount, or with its submounts), so a guest that
-        remounts it read-write gains nothing."""
+        remounts it read-write gains nothing. The share is a slave of the source's mounts
+        (host mounts made under a shared source later reach the guest, as runc's binds
+        under its ``rslave`` root do), or ``private`` (a bind's private options)."""
         if not source.exists():
             raise ConfigError(f"bind mount source {source} does not exist")
         with contextlib.ExitStack() as fds:
@@ -88,7 +98,9 @@ class SharedDir:
                 leaf = _mkdir_at(fds, parent, str(index), exist_ok=False)
             else:
                 leaf = _create_at(fds, parent, str(index))
-            _bind(source, leaf, readonly)
+            mode = None if not readonly else readonly is ReadOnly.ALL
+            propagation = mounts.MS_PRIVATE if private else mounts.MS_SLAVE
+            mounts.bind_detached(str(source), leaf, mode, propagation)
         return self.path / container_id / "mounts" / str(index)
 
     def remove_container(self, container_id: str) -> None:
@@ -151,12 +163,11 @@ def _create_at(fds: contextlib.ExitStack, parent: int, name: str) -> int:
     return fd
 
 
-def _bind(source: Path, target: int, readonly: ReadOnly | bool) -> None:
+def _bind(source: Path, target: int, readonly: bool) -> None:
     """A recursive bind onto the descriptor ``target``; a read-only one is read-only in every
-    namespace it propagates to (virtiofsd's included): ``True`` and ``ALL`` with its
-    submounts, ``TOP`` the top mount only."""
+    namespace it propagates to (virtiofsd's included), with its submounts."""
     if readonly:
-        mounts.bind_readonly(str(source), target, recursive=readonly is not ReadOnly.TOP)
+        mounts.bind_detached(str(source), target, readonly=True)
     else:  # mount(2) follows /proc/self/fd/N to the very inode the descriptor holds
         mounts.mount(str(source), f"/proc/self/fd/{target}", None, mounts.MS_BIND | mounts.MS_REC)
 

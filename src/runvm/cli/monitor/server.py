@@ -124,8 +124,8 @@ class Monitor:
         assert self.container is not None and self.io is not None
         await self.io.resize()  # the size the caller set after create
         self.container.on_started = lambda: self._save(Status.RUNNING)
-        await self.container.start()
-        return mpb.Empty().SerializeToString()
+        warnings = await self.container.start()
+        return mpb.StartResponse(warnings=warnings).SerializeToString()
 
     async def _kill(self, payload: bytes, ctx: CallContext) -> bytes:
         request = mpb.KillRequest.FromString(payload)

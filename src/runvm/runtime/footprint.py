@@ -1,0 +1,38 @@
+"""What a VM costs its host cgroup, and refusing a VM that cannot fit under its pod's limit.
+
+Contract: :func:`vm_footprint_mib` is the memory a running VM may charge to the pod's host
+cgroup: the guest RAM (it may touch all of it), TCG's translation cache when the guest is
+emulated, and ``HOST_OVERHEAD_MIB`` for QEMU's own memory, virtiofsd and the shim (measured
+on an idle pod: QEMU 55 MiB anonymous, of which the TCG cache is 32, and 46 MiB of its
+binary and libraries; two virtiofsd 8 MiB; the shim or monitor 29-35 MiB). :func:`check_fits`
+raises ConfigError naming both numbers and the fix when a pod's limit is below it: such a VM
+would be killed by the host's OOM killer later, taking every container with it.
+"""
+
+from __future__ import annotations
+
+from runvm.config import RunvmConfig
+from runvm.errors import ConfigError
+from runvm.hypervisor.base import Accel
+
+HOST_OVERHEAD_MIB = 112
+
+
+def vm_footprint_mib(config: RunvmConfig, accel: Accel) -> int:
+    tcg = config.hypervisor.tcg_tb_size_mib if accel is Accel.TCG else 0
+    return config.hypervisor.memory_mib + tcg + HOST_OVERHEAD_MIB
+
+
+def check_fits(config: RunvmConfig, accel: Accel, limit: int | None) -> None:
+    """``limit``: the pod's host memory limit in bytes (None: unlimited)."""
+    if limit is None:
+        return
+    need = vm_footprint_mib(config, accel)
+    if limit < need << 20:
+        raise ConfigError(
+            f"the pod's memory limit ({limit >> 20} MiB) is below what its VM needs ({need} "
+            f"MiB: {config.hypervisor.memory_mib} MiB of guest RAM, the rest for QEMU, "
+            "virtiofsd and the shim): give the pod's RuntimeClass an overhead "
+            f"(overhead.podFixed.memory) of at least {need}Mi, or a smaller "
+            "[hypervisor] memory_mib (docs/kubernetes.md)"
+        )
