@@ -84,6 +84,10 @@ class NetworkConfig:
     # How the pod's interfaces reach the VM: tcfilter (a tap per interface, tc mirred
     # redirects both ways), macvtap, or none (no NIC).
     model: str = "tcfilter"
+    # Connections to the pod namespace's loopback (containerd's CRI PortForward, which is
+    # `kubectl port-forward`) are relayed to the same port on the guest's loopback. Needs
+    # iptables on the host; the rules live in the pod's namespace only.
+    port_forward: bool = True
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,53 @@ def run_stream(
     if send_error:
         raise send_error[0]
     return bytes(out[STDOUT]), bytes(out[STDERR]), parse_status(bytes(out[ERROR]), protocol)
+
+
+PORT_FORWARD_PROTOCOL = "v4.channel.k8s.io"  # binary channels; one data + one error per port
+
+
+def port_forward(url: str, data: bytes, timeout: float = 60) -> tuple[bytes, bytes]:
+    """Drive one PortForward session for a request of one port: ``(received, error)``.
+
+    The server opens two channels per port, data (0) and error (1), and starts each with
+    the port number (uint16, little-endian), which is checked and dropped. ``data`` goes to
+    the pod on channel 0; the session is read until the server closes it (containerd does
+    about a second after the pod's side of the connection ended). ``error`` is the text the
+    server wrote on channel 1 (``b""`` when forwarding succeeded).
+    """
+    deadline = time.monotonic() + timeout
+    host = urlsplit(url).hostname or ""
+    ws = websocket.create_connection(ws_url(url), timeout=timeout,
+                                     subprotocols=[PORT_FORWARD_PROTOCOL],
+                                     http_no_proxy=[host])  # fmt: skip
+    channels: dict[int, bytearray] = {0: bytearray(), 1: bytearray()}
+    prefixed: set[int] = set()
+    try:
+        for i in range(0, len(data), CHUNK):
+            ws.send(encode_frame(0, data[i : i + CHUNK]), websocket.ABNF.OPCODE_BINARY)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"port forward {url} still open after {timeout}s")
+            ws.settimeout(remaining)
+            try:
+                opcode, frame = ws.recv_data()
+            except websocket.WebSocketTimeoutException as exc:
+                raise TimeoutError(f"port forward {url} still open after {timeout}s") from exc
+            except websocket.WebSocketConnectionClosedException:
+                break
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                ws.shutdown()
+                break
+            if not frame or frame[0] not in channels:
+                continue
+            channel, payload = frame[0], bytes(frame[1:])
+            if channel not in prefixed:  # the port number first
+                if len(payload) < 2:
+                    raise StreamError(f"channel {channel} began with {payload!r}, not a port")
+                prefixed.add(channel)
+                payload = payload[2:]
+            channels[channel] += payload
+    finally:
+        ws.close(timeout=1)
+    return bytes(channels[0]), bytes(channels[1])

@@ -170,7 +170,7 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     assert pod_ip.startswith(f"{SUBNET}."), status
     assert qemu_count(state_root) == 1
 
-    c1 = client.create_container(pod, container_config(api, "c1", "sleep 1000"), sandbox)
+    c1 = client.create_container(pod, container_config(api, "c1", WEB_SERVER), sandbox)
     c2 = client.create_container(
         pod, container_config(api, "c2", "read x; echo got-$x", stdin=True, stdin_once=True),
         sandbox,
@@ -204,6 +204,8 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     out, _, _ = cri.in_netns(lambda: run_stream(url, stdin=b"hello\n"))
     assert out == b"got-hello\n", out
 
+    check_port_forward(cri, pod, c1)
+
     stats = client.container_stats(c1)
     assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
     client.update_container_resources(c1, api.LinuxContainerResources(
@@ -224,6 +226,55 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     assert client.list_pod_sandbox() == []
     links = subprocess.run(["ip", "-n", cri.ns, "-o", "link"], capture_output=True, text=True)
     assert "_rv" not in links.stdout
+
+
+# 1 MiB of random bytes served over HTTP on the pod's port 8080 (busybox httpd).
+WEB_SERVER = ("mkdir -p /www && head -c 1048576 /dev/urandom > /www/blob && "
+              "exec httpd -f -p 8080 -h /www")  # fmt: skip
+GET_BLOB = b"GET /blob HTTP/1.0\r\n\r\n"
+SESSIONS = 24
+
+
+def check_port_forward(cri: Cri, pod: str, web: str) -> None:
+    """PortForward reaches the server in the pod's VM, for SESSIONS sessions at once, each
+    getting the whole blob; a port nothing listens on fails with the server's error."""
+    import hashlib
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cri.stream import port_forward
+
+    client = cri.client
+    code, out, err = client.exec_sync(
+        web,
+        [
+            "sh",
+            "-c",
+            "until [ -e /www/blob ] && "
+            "wget -q -O /dev/null 127.0.0.1:8080/blob; do "
+            "sleep 0.2; done; md5sum /www/blob",
+        ],
+        timeout=60,
+    )
+    assert code == 0, err
+    digest = out.split()[0].decode()
+
+    def fetch(_: int) -> tuple[bytes, bytes]:
+        url = client.port_forward(pod, [8080])
+        return cri.in_netns(lambda: port_forward(url, GET_BLOB, timeout=120))  # type: ignore[no-any-return]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        answers = list(pool.map(fetch, range(SESSIONS)))
+    took = time.monotonic() - started
+    for body, error in answers:
+        assert error == b"" and body.split(b"\r\n", 1)[0].endswith(b" 200 OK"), (body[:200], error)
+        blob = body.split(b"\r\n\r\n", 1)[1]
+        assert hashlib.md5(blob).hexdigest() == digest, len(blob)
+    print(f"port forward: {SESSIONS} x 1 MiB at once in {took:.1f} s")
+    url = client.port_forward(pod, [8081])
+    body, error = cri.in_netns(lambda: port_forward(url, GET_BLOB))
+    assert body == b"" and b"8081" in error, (body, error)
 
 
 NETTOOLS = "localhost/runvm/nettools:1"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config, cache_settings
+from conftest import add_config, cache_settings, in_netns
 
 from runvm.image.busybox import make_bundle
 
@@ -62,7 +62,8 @@ class Pods:
         links = ip("-n", self.pods[k], "-o", "link")
         qdiscs = subprocess.run(["tc", "-n", self.pods[k], "qdisc", "show", "dev", "eth0"],
                                 capture_output=True, text=True).stdout  # fmt: skip
-        return "_rv" not in links and "ingress" not in qdiscs
+        forwarding = nat_output(self.pods[k])
+        return "_rv" not in links and "ingress" not in qdiscs and "runvm" not in forwarding
 
     def delete(self) -> None:
         for ns in (*self.pods, self.router):
@@ -76,6 +77,30 @@ def pods() -> Iterator[Pods]:
         yield made
     finally:
         made.delete()
+
+
+def nat_output(ns: str) -> str:
+    """The nat OUTPUT rules (both families) of namespace ``ns``."""
+    return "".join(subprocess.run(["ip", "netns", "exec", ns, tool, "-t", "nat", "-S", "OUTPUT"],
+                                  capture_output=True, text=True).stdout
+                   for tool in ("iptables", "ip6tables"))  # fmt: skip
+
+
+def forward(ns: str, port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
+    """``data`` sent to ``host``:``port`` from namespace ``ns``, then a half-close: the
+    answer, read until the peer closes (ConnectionResetError if it resets)."""
+    import socket
+
+    def talk() -> bytes:
+        with socket.create_connection((host, port), timeout=30) as conn:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+            return answer
+
+    return bytes(in_netns(ns, talk))
 
 
 def pod_bundle(path: Path, netns: str, script: str) -> Path:
@@ -165,6 +190,12 @@ def test_two_vm_pods_on_a_bridge(
         ping = subprocess.run(["ip", "netns", "exec", pods.router, "busybox", "ping", "-c", "1",
                                "-W", "10", "10.77.0.11"], capture_output=True)  # fmt: skip
         assert ping.returncode == 0, ping.stdout
+        # The pod namespace's loopback reaches the guest's (port forwarding), and a port
+        # nothing listens on in the guest is refused.
+        assert forward(pods.pods[0], 5000, b"fwd\n") == b"echo-fwd\n"
+        with pytest.raises(ConnectionResetError):
+            forward(pods.pods[0], 5001, b"x")
+        assert "runvm port forwarding" in nat_output(pods.pods[0])
     finally:
         runvm(cli_env, "kill", "srv", "KILL")
         runvm(cli_env, "delete", "--force", "srv")

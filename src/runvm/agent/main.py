@@ -18,13 +18,16 @@ from runvm.ttrpc import Server
 
 log = logging.getLogger("runvm.agent")
 
+MAX_CONCURRENT = 2048
+
 
 async def serve(params: dict[str, str]) -> None:
     loop = asyncio.get_running_loop()
     reaper = Reaper()
     reaper.install(loop)
     state = service.AgentState()
-    server = Server()
+    # Long polls (stdio reads, waits, port-forward reads) each hold a slot while they wait.
+    server = Server(max_concurrent=MAX_CONCURRENT)
     service.register(server, state, reaper)
     background = []  # referenced for as long as the agent serves
     if params.get("test_faults") == "1":

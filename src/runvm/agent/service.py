@@ -17,6 +17,7 @@ from runvm import __version__
 from runvm.agent import syscalls as sc
 from runvm.agent.containers import ContainerService
 from runvm.agent.network import NetworkService, loopback_up
+from runvm.agent.ports import PortService
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import unary
 from runvm.agent.storage import STORAGE_HANDLERS, mount_all
@@ -151,5 +152,6 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "ResumeClone": unary(pb.ResumeCloneRequest, sandbox.resume_clone),
         **ContainerService(reaper).handlers(),
         **NetworkService().handlers(),
+        **PortService().handlers(),
     }
     server.register(AGENT_SERVICE, methods)

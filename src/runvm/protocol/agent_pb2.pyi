@@ -28,6 +28,14 @@ class CheckRequest(_message.Message):
     service: str
     def __init__(self, service: _Optional[str] = ...) -> None: ...
 
+class ClosePortRequest(_message.Message):
+    __slots__ = ["stream_id", "write_only"]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    write_only: bool
+    def __init__(self, stream_id: _Optional[int] = ..., write_only: bool = ...) -> None: ...
+
 class CloseStdinRequest(_message.Message):
     __slots__ = ["container_id", "exec_id"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -171,11 +179,33 @@ class ListProcessesResponse(_message.Message):
     pids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, pids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class OpenPortRequest(_message.Message):
+    __slots__ = ["ipv6", "port"]
+    IPV6_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ipv6: bool
+    port: int
+    def __init__(self, port: _Optional[int] = ..., ipv6: bool = ...) -> None: ...
+
+class OpenPortResponse(_message.Message):
+    __slots__ = ["stream_id"]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    def __init__(self, stream_id: _Optional[int] = ...) -> None: ...
+
 class PauseContainerRequest(_message.Message):
     __slots__ = ["container_id"]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class ReadPortRequest(_message.Message):
+    __slots__ = ["len", "stream_id"]
+    LEN_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    len: int
+    stream_id: int
+    def __init__(self, stream_id: _Optional[int] = ..., len: _Optional[int] = ...) -> None: ...
 
 class ReadStreamRequest(_message.Message):
     __slots__ = ["container_id", "exec_id", "len"]
@@ -372,6 +402,14 @@ class WaitProcessResponse(_message.Message):
     exited_at_ns: int
     status: int
     def __init__(self, status: _Optional[int] = ..., exited_at_ns: _Optional[int] = ...) -> None: ...
+
+class WritePortRequest(_message.Message):
+    __slots__ = ["data", "stream_id"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    stream_id: int
+    def __init__(self, stream_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class WriteStreamRequest(_message.Message):
     __slots__ = ["container_id", "data", "exec_id"]

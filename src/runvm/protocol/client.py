@@ -194,3 +194,29 @@ class AgentClient:
             container_id=container_id, exec_id=exec_id, row=rows, column=cols
         )
         await self._agent("TtyWinResize", request, pb.Empty)
+
+    # --- port forwarding ------------------------------------------------------------------
+    async def open_port(self, port: int, ipv6: bool = False) -> int:
+        """Connect the agent to the guest's loopback at ``port``; the stream's id."""
+        request = pb.OpenPortRequest(port=port, ipv6=ipv6)
+        return (await self._agent("OpenPort", request, pb.OpenPortResponse)).stream_id
+
+    async def read_port(self, stream_id: int) -> bytes:
+        """The next bytes the guest peer sent (no deadline); ``b""`` is end of stream."""
+        request = pb.ReadPortRequest(stream_id=stream_id, len=READ_CHUNK)
+        reply = await self._agent("ReadPort", request, pb.ReadStreamResponse, None)
+        if len(reply.data) > READ_CHUNK:
+            self._reject(f"ReadPort returned {len(reply.data)} bytes for a {READ_CHUNK} read")
+        return reply.data
+
+    async def write_port(self, stream_id: int, data: bytes) -> None:
+        """Send ``data`` to the guest peer; returns once the agent queued it (no deadline:
+        a peer that does not read holds the writer back, as TCP does)."""
+        request = pb.WritePortRequest(stream_id=stream_id, data=data)
+        reply = await self._agent("WritePort", request, pb.WriteStreamResponse, None)
+        if reply.len != len(data):
+            self._reject(f"WritePort took {reply.len} of {len(data)} bytes")
+
+    async def close_port(self, stream_id: int, write_only: bool = False) -> None:
+        request = pb.ClosePortRequest(stream_id=stream_id, write_only=write_only)
+        await self._agent("ClosePort", request, pb.Empty)

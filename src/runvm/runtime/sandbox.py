@@ -162,6 +162,8 @@ class Sandbox:
                 await steps.run("network", sandbox.network.sync(sandbox.vm, sandbox.agent))
             elif sandbox.network is not None:
                 await steps.run("network-config", sandbox.network.configure(sandbox.agent))
+            if sandbox.network is not None and config.network.port_forward:
+                await steps.run("port-forward", sandbox._forward_ports(options))
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         if sandbox.network is not None and sandbox.network.model != "none":
@@ -204,6 +206,19 @@ class Sandbox:
         if origin.clonelike:
             return []
         return list(await self.steps.run("network", _async(net.plug)()))
+
+    async def _forward_ports(self, options: SandboxOptions) -> None:
+        """Relay the pod namespace's loopback to the guest's; without it the pod still runs."""
+        from runvm.network.portforward import PortForwarder, PortForwardError
+
+        assert self.agent is not None
+        forwarder = PortForwarder(self.agent, options.netns_fd, f"sandbox {self.id}")
+        try:
+            await forwarder.start()
+        except PortForwardError as exc:
+            log.warning("sandbox %s: no port forwarding: %s", self.id, exc)
+            return
+        self.steps.add_undo("port-forward", forwarder.stop)
 
     def _channel(self, options: SandboxOptions, origin: Origin) -> AgentChannelSpec:
         kind = (template.CHANNEL if origin.clonelike or options.pooled
