@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from runvm import config as cfg
 from runvm import image
@@ -129,7 +130,7 @@ async def phases(config: cfg.RunvmConfig, bundle: Path, cid: str) -> dict[str, f
     }
 
 
-MATRIX: list[tuple[str, dict[str, dict[str, object]]]] = [
+MATRIX: list[tuple[str, dict[str, Any]]] = [
     *[(f"{kernel:7} {machine:7}", {"image": {"variant": kernel},
                                     "hypervisor": {"machine": machine}})
       for kernel in ("debian", "minimal") for machine in ("pc", "q35", "microvm")],

@@ -322,9 +322,10 @@ class PrivateContainerd:
     def ctr(
         self, *args: str, timeout: float = 180, **kw: object
     ) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
+        done: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
             ["ctr", "--address", self.address, *args], capture_output=True, timeout=timeout, **kw
-        )  # type: ignore[call-overload, no-any-return]
+        )
+        return done
 
     def restart(self) -> None:
         """Stop the daemon (not its shims) and start it again on the same state."""

@@ -13,18 +13,28 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from runvm.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/runvm/config.toml")
 
+Accelerator = Literal["auto", "kvm", "tcg"]
+Machine = Literal["pc", "q35", "microvm"]
+Variant = Literal["minimal", "debian"]
+Boot = Literal["auto", "bzimage", "pvh"]
+Channel = Literal["auto", "virtio-serial", "vsock"]
+NetworkModel = Literal["tcfilter", "macvtap", "none"]
+VirtiofsCache = Literal["auto", "always", "none"]
+SharedFs = Literal["virtio-fs", "9p"]
+ShimScope = Literal["pod", "namespace"]
+
 
 @dataclass(frozen=True)
 class HypervisorConfig:
     path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
-    accelerator: str = "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
-    machine: str = "pc"
+    accelerator: Accelerator = "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
+    machine: Machine = "pc"
     vcpus: int = 1
     memory_mib: int = 256
     tcg_tb_size_mib: int = 32  # translation cache under TCG (MiB; a guest fills it)
@@ -42,10 +52,10 @@ class ImageConfig:
     dir: str = ""  # guest image cache; "" = $RUNVM_IMAGE_DIR or /var/lib/runvm/images
     # Which built image sandboxes boot: minimal (runvm's own kernel config, everything built
     # in: boots faster, QEMU uses less memory, has 9p) or debian (Debian's cloud kernel).
-    variant: str = "minimal"
+    variant: Variant = "minimal"
     # How the kernel is loaded: auto (the uncompressed vmlinux through its PVH entry when the
     # image has one, else the bzImage), bzimage, pvh.
-    boot: str = "auto"
+    boot: Boot = "auto"
     # Boot from the image's read-only root filesystem on a virtio-pmem device mapped with DAX
     # (all VMs share its pages on the host) instead of the initramfs: minimal variant, pc/q35.
     dax: bool = False
@@ -55,7 +65,7 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    channel: str = "auto"  # auto (vsock where /dev/vhost-vsock exists) | virtio-serial | vsock
+    channel: Channel = "auto"  # auto (vsock where /dev/vhost-vsock exists) | virtio-serial | vsock
     timeout: float = 60.0  # default deadline of one agent request, seconds
 
 
@@ -73,17 +83,17 @@ class StorageConfig:
     # direct I/O). bench/storage.py under TCG: none is 4-5x faster for sequential I/O (the
     # guest's page-cache copies are emulated), auto and always are even. auto stays the default
     # because with none a 6.1 guest refuses shared writable mmap (ENODEV), which databases use.
-    virtiofs_cache: str = "auto"
+    virtiofs_cache: VirtiofsCache = "auto"
     # How container rootfs and volumes reach the guest: virtio-fs (virtiofsd per sandbox) or
     # 9p (served by QEMU itself; needs a guest kernel with 9p: image.variant = "minimal").
-    shared_fs: str = "virtio-fs"
+    shared_fs: SharedFs = "virtio-fs"
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     # How the pod's interfaces reach the VM: tcfilter (a tap per interface, tc mirred
     # redirects both ways), macvtap, or none (no NIC).
-    model: str = "tcfilter"
+    model: NetworkModel = "tcfilter"
     # Connections to the pod namespace's loopback (containerd's CRI PortForward, which is
     # `kubectl port-forward`) are relayed to the same port on the guest's loopback. Needs
     # iptables on the host; the rules live in the pod's namespace only.
@@ -113,7 +123,7 @@ class ShimConfig:
     # containerd's shim processes: one per pod ("pod": a shim that dies takes only its pod),
     # or one serving every pod of a containerd namespace ("namespace": the shim's memory is
     # paid once instead of per pod; a shim that dies takes all of them).
-    scope: str = "pod"
+    scope: ShimScope = "pod"
 
 
 @dataclass(frozen=True)
@@ -129,17 +139,6 @@ class RunvmConfig:
     shim: ShimConfig = field(default_factory=ShimConfig)
 
 
-_CHOICES = {
-    ("hypervisor", "accelerator"): ("auto", "kvm", "tcg"),
-    ("hypervisor", "machine"): ("pc", "q35", "microvm"),
-    ("image", "variant"): ("debian", "minimal"),
-    ("image", "boot"): ("auto", "bzimage", "pvh"),
-    ("agent", "channel"): ("auto", "virtio-serial", "vsock"),
-    ("network", "model"): ("tcfilter", "macvtap", "none"),
-    ("storage", "virtiofs_cache"): ("auto", "always", "none"),
-    ("storage", "shared_fs"): ("virtio-fs", "9p"),
-    ("shim", "scope"): ("pod", "namespace"),
-}
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),
     ("hypervisor", "memory_mib"): (64, 1 << 20),
@@ -160,15 +159,18 @@ def _section(cls: type[Any], name: str, raw: Any) -> Any:
         if key not in hints:
             raise ConfigError(f"config: unknown key {name}.{key}")
         want = hints[key]
+        choices = get_args(want) if get_origin(want) is Literal else ()
+        if choices:
+            if value not in choices:
+                raise ConfigError(
+                    f"config: {name}.{key} = {value!r}: must be one of {', '.join(choices)}"
+                )
+            values[key] = value
+            continue
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(f"config: {name}.{key} must be {want.__name__}, got {value!r}")
-        choices = _CHOICES.get((name, key))
-        if choices and value not in choices:
-            raise ConfigError(
-                f"config: {name}.{key} = {value!r}: must be one of {', '.join(choices)}"
-            )
         bounds = _RANGES.get((name, key))
         if bounds and not bounds[0] <= value <= bounds[1]:
             raise ConfigError(f"config: {name}.{key}={value} is outside {bounds[0]}..{bounds[1]}")

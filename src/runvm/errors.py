@@ -7,6 +7,7 @@ line that names the thing at fault and, where there is one, the fix::
      +-- ConfigError            bad configuration or OCI spec (user input)
      +-- StateError             an operation not allowed in the current lifecycle state
      +-- NotFoundError          a container, sandbox or file that does not exist
+     +-- ExistsError            a container or process id that is already taken
      +-- ProcessError           a child process (QEMU, virtiofsd, hook) failed
      |    +-- LaunchError       ... failed to start or become ready (argv, exit code, log tail)
      +-- HypervisorError        the VM could not be created or controlled
@@ -44,6 +45,10 @@ class StateError(RunvmError):
 
 class NotFoundError(RunvmError):
     """A named object does not exist."""
+
+
+class ExistsError(RunvmError):
+    """A new object's name is already taken."""
 
 
 class ProcessError(RunvmError):

@@ -139,7 +139,7 @@ def run_stream(
             except websocket.WebSocketConnectionClosedException:
                 break
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                ws.shutdown()  # the close reply is already sent
+                ws.shutdown()  # type: ignore[no-untyped-call]  # the close reply is already sent
                 break
             if not data:
                 continue
@@ -189,7 +189,7 @@ def port_forward(url: str, data: bytes, timeout: float = 60) -> tuple[bytes, byt
             except websocket.WebSocketConnectionClosedException:
                 break
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                ws.shutdown()
+                ws.shutdown()  # type: ignore[no-untyped-call]
                 break
             if not frame or frame[0] not in channels:
                 continue

@@ -77,7 +77,7 @@ def deep(spec: Spec, bundle: Path) -> None:
     nested: Any = "x"
     for _ in range(200):
         nested = [nested]
-    spec["annotations"] = {"deep": nested}  # type: ignore[assignment]
+    spec["annotations"] = {"deep": nested}
     spec["linux"]["deep"] = nested
 
 

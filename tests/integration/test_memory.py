@@ -37,7 +37,7 @@ def guest_ram(pid: int) -> tuple[int, set[str]]:
 
 @pytest.mark.parametrize(("shared_fs", "mapping"), [("virtio-fs", "rw-s"), ("9p", "rw-p")])
 def test_freed_guest_memory_is_released(
-    runvm_config: cfg.RunvmConfig, tmp_path: Path, shared_fs: str, mapping: str
+    runvm_config: cfg.RunvmConfig, tmp_path: Path, shared_fs: cfg.SharedFs, mapping: str
 ) -> None:
     storage = dataclasses.replace(runvm_config.storage, shared_fs=shared_fs)
     runvm_config = dataclasses.replace(runvm_config, storage=storage)

@@ -14,7 +14,7 @@ import pytest
 
 from runvm.errors import ConfigError
 from runvm.storage.mounts import is_mountpoint
-from runvm.storage.shared import SharedDir
+from runvm.storage.shared import ReadOnly, SharedDir
 
 pytestmark = pytest.mark.root
 
@@ -56,8 +56,8 @@ def test_plain_shares_work(shared: SharedDir, rootfs: Path, tmp_path: Path) -> N
     assert (target / "marker").read_text() == "rootfs"
     src_file = tmp_path / "file"
     src_file.write_text("file")
-    assert shared.add_bind("c1", 0, src_file, readonly=True).read_text() == "file"
-    ro = shared.add_bind("c1", 1, rootfs, readonly=True)
+    assert shared.add_bind("c1", 0, src_file, readonly=ReadOnly.TOP).read_text() == "file"
+    ro = shared.add_bind("c1", 1, rootfs, readonly=ReadOnly.TOP)
     with pytest.raises(OSError):
         (ro / "new").write_text("x")
     shared.remove_container("c1")

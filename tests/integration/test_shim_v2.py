@@ -48,7 +48,7 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
 def task_row(containerd: Any, task_id: str) -> list[str]:
     """``ctr task ls`` columns (TASK PID STATUS) of one task, [] if it is not listed."""
     for line in containerd.ctr("task", "ls").stdout.decode().splitlines()[1:]:
-        cols = line.split()
+        cols: list[str] = line.split()
         if cols and cols[0] == task_id:
             return cols
     return []

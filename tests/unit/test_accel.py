@@ -69,5 +69,5 @@ def test_probe_results_are_cached_per_guest_kernel(tmp_path: Path, monkeypatch: 
     for _ in range(3):
         for k in kernels:
             report = asyncio.run(accel.detect("auto", str(qemu), k, tmp_path / "cache"))
-            assert report.accel is accel.Accel.TCG
+            assert report.accel is Accel.TCG
     assert probes == ["vmlinux", "vmlinuz"]

@@ -247,7 +247,7 @@ def test_shim_requests_random_bytes(method: str, payload: bytes) -> None:
 async def _server_against(data: bytes) -> bytes:
     """Send ``data`` to a ttrpc server, then check it still answers a new connection."""
     server = Server(max_message=LIMIT)
-    server.register("svc", {"Ping": lambda payload, ctx: _pong()})  # type: ignore[arg-type,return-value]
+    server.register("svc", {"Ping": lambda payload, ctx: _pong()})
     a, b = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=a)
     serving = asyncio.ensure_future(server.serve_connection(reader, writer))

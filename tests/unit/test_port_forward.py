@@ -7,7 +7,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -15,7 +15,6 @@ from runvm.agent.ports import CHUNK, PortService
 from runvm.errors import RpcError
 from runvm.network.portforward import IPV4, PortForwarder, original_port
 from runvm.protocol import agent_pb2 as pb
-from runvm.protocol.client import AgentClient
 from runvm.ttrpc import Code
 
 
@@ -105,7 +104,7 @@ def test_agent_refuses_bad_ports_with_a_reason() -> None:
 
 
 def forwarder(agent: InProcessAgent) -> PortForwarder:
-    return PortForwarder(cast(AgentClient, agent), None, "test")
+    return PortForwarder(agent, None, "test")
 
 
 async def relay_pair(fwd: PortForwarder, port: int) -> tuple[socket.socket, asyncio.Task[Any]]:

@@ -92,7 +92,7 @@ def test_undecodable_reply_timeout_and_status() -> None:
     async def missing(payload: bytes, ctx: CallContext) -> bytes:
         raise RpcError(Code.NOT_FOUND, "container c1 not found")
 
-    handlers = {
+    handlers: dict[tuple[str, str], Handler] = {
         (AGENT_SERVICE, "GuestDetails"): garbage,
         (HEALTH_SERVICE, "Check"): slow,
         (AGENT_SERVICE, "StartContainer"): missing,

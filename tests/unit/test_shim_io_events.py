@@ -22,7 +22,7 @@ def test_fifos_open_without_a_peer_and_stay_usable(tmp_path: Path) -> None:
     names = [tmp_path / n for n in ("in", "out", "err")]
     for path in names:
         os.mkfifo(path)
-    io = open_stdio(*(str(p) for p in names), "c1", "ns")
+    io = open_stdio(str(names[0]), str(names[1]), str(names[2]), "c1", "ns")
     try:
         assert io.stdin is not None and io.stdout is not None and io.stderr is not None
         reader = os.open(names[1], os.O_RDONLY | os.O_NONBLOCK)

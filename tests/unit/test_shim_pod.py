@@ -10,6 +10,7 @@ from runvm import config as cfg
 from runvm.errors import ConfigError
 from runvm.oci.default import default_spec
 from runvm.runtime import hostcgroup
+from runvm.runtime.pod import join_map
 from runvm.shim import pod
 from runvm.shim.cmdline import container_kind, group_id
 from runvm.shim.layout import Layout
@@ -30,7 +31,7 @@ def test_pod_containers_must_not_ask_for_host_namespaces() -> None:
 
 
 def test_join_map_names_the_sandbox_init_in_the_guest() -> None:
-    join = pod.join_map(1234, 56)
+    join = join_map(1234, 56)
     assert join["/proc/1234/ns/uts"] == "/proc/56/ns/uts"
     assert set(join) == {f"/proc/1234/ns/{t}" for t in ("ipc", "uts", "pid", "cgroup")}
 

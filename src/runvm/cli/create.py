@@ -16,10 +16,10 @@ from typing import Any
 
 from runvm.cli import common
 from runvm.cli.monitor.server import MonitorArgs, monitor_main
-from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.runtime.container import Container
 from runvm.runtime.sandbox import sandbox_run_dir
+from runvm.spawn import fork_helper
 
 
 def add_create_flags(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -22,23 +23,23 @@ from typing import Any
 from runvm.cli import common
 from runvm.cli.create import write_pid_file
 from runvm.cli.monitor.attach import (
-    DRAIN_TIMEOUT,
     FORWARDED,
-    Attached,
+    attach,
+    copy_size,
     is_devnull,
     open_terminal,
-)  # fmt: skip
+    restore,
+)
 from runvm.cli.run import wait_forwarding
-from runvm.cli.spawn import ReadyPipe, fork_helper
-from runvm.errors import AgentError, RpcError, RunvmError
+from runvm.errors import RpcError, RunvmError
 from runvm.oci import parse_process
-from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
+from runvm.runtime.proc import LOST_STATUS, Process
 from runvm.runtime.state import Status
+from runvm.spawn import ReadyPipe, fork_helper
 from runvm.ttrpc import Client
 
 log = logging.getLogger(__name__)
-LOST_STATUS = 255  # as the monitor reports a container init it lost
 
 
 def add_parser(sub: Any) -> None:
@@ -106,42 +107,49 @@ class _ExecHelper:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _signal(self, agent: AgentClient, signum: int) -> None:
-        self._later(agent.signal_process(self.cid, self.eid, signum))
+    def _forward(self, process: Process, signum: int) -> None:
+        self._later(self._signal(process, signum))
+
+    def _resize(self, process: Process, tty_fd: int | None) -> None:
+        self._later(copy_size(process, tty_fd))
+
+    async def _signal(self, process: Process, signum: int) -> None:
+        with contextlib.suppress(RunvmError):
+            await process.signal(signum)
 
     async def run(self, ready: ReadyPipe) -> int:
         agent = AgentClient(await Client.connect_unix(self.sock), timeout=120)
         terminal = bool(self.process.get("terminal"))
         stdin_open = terminal or not is_devnull(0)
-        io = Attached(agent, self.cid, self.eid)
+        process = Process(agent, self.cid, self.eid, self.process, stdin_open)
+        tty_fd = None
         try:
             if terminal:
-                io.tty_fd = open_terminal(self.args.console_socket, not self.args.detach)
-            request = pb.ExecProcessRequest(
-                container_id=self.cid, exec_id=self.eid, stdin=stdin_open,
-                process_json=json.dumps(self.process).encode(),
-            )  # fmt: skip
+                tty_fd = open_terminal(self.args.console_socket, not self.args.detach)
             try:
-                await agent.exec_process(request)
+                await process.start_exec()
             except RpcError as exc:
                 raise RunvmError(exc.message) from exc
-            await io.resize()
-            io.start_relay(terminal, stdin_open)
+            await copy_size(process, tty_fd)
+            attach(process, tty_fd, stdin_open)
             loop = asyncio.get_running_loop()
             for signum in FORWARDED:
-                loop.add_signal_handler(signum, self._signal, agent, signum)
-            loop.add_signal_handler(signal.SIGWINCH, lambda: self._later(io.resize()))
+                loop.add_signal_handler(signum, self._forward, process, signum)
+            loop.add_signal_handler(signal.SIGWINCH, self._resize, process, tty_fd)
             ready.ok()
-            try:
-                status = (await agent.wait_process(self.cid, self.eid)).status
-            except (RpcError, AgentError) as exc:  # the VM (or its monitor) went away
-                log.error("lost the process: the container's VM stopped (%s)", exc)
-                return LOST_STATUS
-            await io.drain(DRAIN_TIMEOUT)
+            process.watch(_reported)
+            status = await process.wait()  # its output drained
+            if status == LOST_STATUS and process.lost:  # the VM (or its monitor) went away
+                log.error("lost the process: the container's VM stopped (%s)", process.lost)
             return status
         finally:
-            io.close()
+            await process.release()
+            restore(tty_fd)
             await agent.close()
+
+
+async def _reported(process: Process) -> None:
+    """The exit needs no report beyond this helper's own exit status."""
 
 
 def run(args: argparse.Namespace) -> int:

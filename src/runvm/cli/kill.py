@@ -8,7 +8,8 @@ from typing import Any
 from runvm.cli import common
 from runvm.cli.monitor import monitor_pb2 as mpb
 from runvm.errors import RunvmError
-from runvm.runtime.state import LIVE, Status
+from runvm.runtime.lifecycle import LIVE
+from runvm.runtime.state import Status
 
 
 def add_parser(sub: Any) -> None:

@@ -28,11 +28,10 @@ import struct
 import subprocess
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runvm.errors import AgentError, RpcError, RunvmError
 from runvm.network import netns
-from runvm.protocol.client import AgentClient
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,15 @@ SO_ORIGINAL_DST = 80  # <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST has the s
 COMMENT = "runvm port forwarding"
 CLOSE_TIMEOUT = 5.0  # for ClosePort at the end of a relay (a stuck agent must not hold stop)
 IPTABLES_WAIT = "5"  # seconds to wait for the xtables lock
+
+
+class PortStreams(Protocol):
+    """The agent's port calls (an AgentClient): connections to the guest's loopback."""
+
+    async def open_port(self, port: int, ipv6: bool = False) -> int: ...
+    async def read_port(self, stream_id: int) -> bytes: ...
+    async def write_port(self, stream_id: int, data: bytes) -> None: ...
+    async def close_port(self, stream_id: int, write_only: bool = False) -> None: ...
 
 
 class PortForwardError(RunvmError):
@@ -90,7 +98,7 @@ def original_port(conn: socket.socket, family: _Family, listening: int) -> int:
 class PortForwarder:
     """The forwarder of one pod (see the module docstring)."""
 
-    def __init__(self, agent: AgentClient, netns_fd: int | None, label: str) -> None:
+    def __init__(self, agent: PortStreams, netns_fd: int | None, label: str) -> None:
         self.agent = agent
         self.netns_fd = netns_fd  # None: the pod's namespace is the calling thread's
         self.label = label

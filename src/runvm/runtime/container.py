@@ -25,15 +25,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runvm.errors import ConfigError, RpcError, RunvmError
-from runvm.oci import load_spec
+from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, RunvmError
+from runvm.oci import load_spec, parse_process
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime import hooks
-from runvm.runtime.guestspec import guest_spec
+from runvm.runtime.guestspec import guest_spec, with_path
+from runvm.runtime.lifecycle import State, require
 from runvm.runtime.names import check_id
+from runvm.runtime.proc import Process
 from runvm.runtime.sandbox import Sandbox
 from runvm.storage import blockdev, mounts
 from runvm.storage.shared import PRIVATE_OPTIONS, ReadOnly
+
+MAX_RESOURCES = 1 << 20  # an update's LinuxResources document
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A container's figures from its cgroup v2 files in the guest (0: no limit)."""
+
+    cpu_usage_usec: int
+    cpu_user_usec: int
+    cpu_system_usec: int
+    memory_current: int
+    memory_max: int
+    pids_current: int
+    pids_max: int
+    oom_kills: int
 
 
 @dataclass
@@ -48,6 +66,27 @@ class Container:
     host_pid: int = 0  # the container's pid as its front end reports it (state JSON)
     hooks_log: Path | None = None  # where hooks' output goes (none: the run directory)
     on_started: Callable[[], None] = lambda: None  # the front end's "running", before poststart
+    init: Process | None = None  # set once the guest created the container
+    execs: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def process(self) -> Process:
+        if self.init is None:
+            raise RunvmError(f"container {self.id} was never created")
+        return self.init
+
+    @property
+    def state(self) -> State:
+        return self.init.state if self.init is not None else State.CREATING
+
+    def proc(self, exec_id: str) -> Process:
+        """The init (``""``) or the exec ``exec_id``; NotFoundError if there is none."""
+        if not exec_id:
+            return self.process
+        found = self.execs.get(exec_id)
+        if found is None:
+            raise NotFoundError(f"process {exec_id} of {self.id}: not found")
+        return found
 
     def oci_state(self, status: str) -> dict[str, Any]:
         """The runtime-spec state of this container, as hooks get it on stdin."""
@@ -138,6 +177,8 @@ class Container:
                 storages=storages,
             )
             container.guest_pid = await agent.create_container(request)
+            container.init = Process(agent, container_id, stdin=stdin)
+            container.init.guest_pid = container.guest_pid
         except BaseException:
             await asyncio.to_thread(shared.remove_container, container_id)
             await container._unplug_disks()
@@ -177,26 +218,91 @@ class Container:
         """startContainer hooks, the user program, poststart hooks; returns the warnings of
         failed poststart hooks. A failed startContainer hook kills the init (the container
         goes to ``stopped``)."""
-        agent = self.sandbox.agent
-        assert agent is not None
+        init = self.process
+        init.require("start")
         try:
             await self._hooks("startContainer", "created")
         except BaseException:
             with contextlib.suppress(RunvmError):
-                await agent.signal_process(self.id, "", signal.SIGKILL, True)
+                await init.agent.signal_process(self.id, "", signal.SIGKILL, True)
             raise
-        await agent.start_container(self.id)
+        await init.agent.start_container(self.id)
+        init.become(State.RUNNING)
         self.on_started()
         return await self._hooks("poststart", "running", warn_only=True)
+
+    # --- what a running container is asked --------------------------------------------------
+    def add_exec(self, exec_id: str, process_json: bytes, stdin: bool) -> Process:
+        """A new exec process (``created``; it runs at its ``start_exec``), from an OCI
+        process document (parsed with limits)."""
+        self.process.require("exec")
+        if not exec_id:
+            raise ConfigError(f"exec in {self.id}: the exec id is empty")
+        if exec_id in self.execs:
+            raise ExistsError(f"exec {exec_id!r} of {self.id}: already exists")
+        spec = with_path(parse_process(process_json, f"exec {exec_id} process"))
+        proc = Process(self.process.agent, self.id, exec_id, spec, stdin)
+        self.execs[exec_id] = proc
+        return proc
+
+    async def remove_exec(self, exec_id: str) -> Process:
+        proc = self.proc(exec_id)
+        require("delete", proc.state, proc.name)
+        await proc.release()
+        del self.execs[exec_id]
+        return proc
+
+    async def pause(self) -> None:
+        init = self.process
+        init.require("pause")
+        await init.agent.pause_container(self.id)
+        init.become(State.PAUSED)
+
+    async def resume(self) -> None:
+        init = self.process
+        init.require("resume")
+        await init.agent.resume_container(self.id)
+        init.become(State.RUNNING)
+
+    async def update(self, resources_json: bytes) -> None:
+        """Apply an OCI LinuxResources document (JSON) to the container's guest cgroup."""
+        self.process.require("update")
+        if len(resources_json) > MAX_RESOURCES:
+            raise ConfigError(f"resources of {self.id}: over {MAX_RESOURCES} bytes")
+        try:
+            json.loads(resources_json or b"{}")
+        except ValueError as exc:
+            raise ConfigError(f"resources of {self.id}: not JSON: {exc}") from exc
+        await self.process.agent.update_container(self.id, resources_json or b"{}")
+
+    async def stats(self) -> Stats:
+        s = await self.process.agent.stats_container(self.id)
+        return Stats(cpu_usage_usec=s.cpu_usage_usec, cpu_user_usec=s.cpu_user_usec,
+                     cpu_system_usec=s.cpu_system_usec, memory_current=s.memory_current,
+                     memory_max=s.memory_max, pids_current=s.pids_current,
+                     pids_max=s.pids_max, oom_kills=s.memory_oom_kills)  # fmt: skip
+
+    async def pids(self) -> list[int]:
+        """Guest PIDs of every process in the container."""
+        return await self.process.agent.list_processes(self.id)
+
+    async def wait_oom(self, seen: int) -> int:
+        """Block until the guest counted more than ``seen`` OOM kills in the container."""
+        return await self.process.agent.wait_oom(self.id, seen)
 
     async def poststop(self) -> list[str]:
         """The poststop hooks, after the container was deleted; returns their failures."""
         return await self._hooks("poststop", "stopped", warn_only=True)
 
     async def remove(self) -> None:
+        """Remove the container in the guest and its shares on the host (idempotent); its
+        processes' relays are let go of first."""
         if self.removed:
             return
         self.removed = True
+        for proc in (*self.execs.values(), *([self.init] if self.init else [])):
+            proc.stop_watching()
+            await proc.release()
         agent = self.sandbox.agent
         try:
             if agent is not None:

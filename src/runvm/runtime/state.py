@@ -13,7 +13,6 @@ life is the container's.
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import json
 import os
@@ -25,36 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from runvm import files
-from runvm.errors import ConfigError, NotFoundError, StateError
+from runvm.errors import ConfigError, NotFoundError
+from runvm.runtime import lifecycle
+from runvm.runtime.lifecycle import LIVE, State
 from runvm.runtime.names import check_id
 
 OCI_VERSION = "1.0.2"
 
 
-class Status(enum.StrEnum):
-    CREATING = "creating"
-    CREATED = "created"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-
-
-# What each operation accepts (runtime-spec "Lifecycle" and "Operations").
-ALLOWED = {
-    "start": (Status.CREATED,),
-    "kill": (Status.CREATED, Status.RUNNING, Status.PAUSED),
-    "delete": (Status.STOPPED,),
-    "exec": (Status.CREATED, Status.RUNNING),
-}
-
-
-LIVE = (Status.CREATED, Status.RUNNING, Status.PAUSED)
+Status = State  # the CLI's states are the runtime's (runvm.runtime.lifecycle)
 
 
 def require(what: str, status: Status, container_id: str) -> None:
-    allowed = ALLOWED[what]
-    if status not in allowed:
-        raise StateError(f"cannot {what} container {container_id}", status.value, allowed)
+    lifecycle.require(what, status, f"container {container_id}")
 
 
 def now_rfc3339() -> str:

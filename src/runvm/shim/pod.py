@@ -1,5 +1,4 @@
-"""Pod rules for the shim (pure): which namespaces a VM pod can honour, and how a pod's
-containers join the sandbox's namespaces in the guest.
+"""Pod rules for the shim (pure): which namespaces a VM pod can honour.
 
 A pod is one VM: its network namespace is the VM's, so host network is impossible, and a
 container without its own PID or IPC namespace would share the host's (host PID / host IPC)
@@ -15,7 +14,6 @@ from typing import Any
 
 from runvm.errors import ConfigError
 
-JOINABLE = ("ipc", "uts", "pid", "cgroup")
 _REQUIRED = {"network": "host network", "pid": "host PID", "ipc": "host IPC"}
 
 
@@ -30,8 +28,3 @@ def check_namespaces(spec: Mapping[str, Any], container_id: str, kind: str | Non
                 f"pod {kind} {container_id}: {what} is not possible in a VM pod "
                 f"(its config.json has no {ns_type} namespace)"
             )
-
-
-def join_map(host_pid: int, guest_pid: int) -> dict[str, str]:
-    """Host namespace paths of the sandbox task -> the sandbox init's paths in the guest."""
-    return {f"/proc/{host_pid}/ns/{t}": f"/proc/{guest_pid}/ns/{t}" for t in JOINABLE}

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from runvm import config as cfg
 from runvm import files
-from runvm.cli.spawn import ReadyPipe
 from runvm.shim import wire
 from runvm.shim.events import Publisher
 from runvm.shim.layout import Layout
 from runvm.shim.owner import hold_owner
 from runvm.shim.router import PodRouter
 from runvm.shim.service import TaskService
+from runvm.spawn import ReadyPipe
 from runvm.storage import mounts
 from runvm.ttrpc import CallContext, Handler, Server
 
@@ -88,7 +88,7 @@ def _detach_stdio() -> None:
 
 
 def serve_main(args: ServeArgs, ready: ReadyPipe) -> int:
-    """Body of the forked server (see runvm.cli.spawn)."""
+    """Body of the forked server (see runvm.spawn)."""
     _detach_stdio()
     mounts.unshare_mounts()
     _setup_logging(args)
@@ -104,7 +104,7 @@ def _write_record(layout: Layout, service: TaskService) -> None:
         "cgroups": [str(p) for p in service.cgroup.created] if service.cgroup else [],
         "network": service.network_leftovers(),
         "vm_pid": service.vm_pid,
-        "agent_instance": details.instance_id if (details := service.details) else "",
+        "agent_instance": service.agent_instance,
     }
     files.write_atomic(layout.record, json.dumps(record).encode())
 

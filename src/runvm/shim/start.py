@@ -18,12 +18,12 @@ from pathlib import Path
 
 from runvm import config as cfg
 from runvm import files
-from runvm.cli.spawn import fork_helper
 from runvm.errors import RunvmError
 from runvm.shim import bundle as bundle_files
 from runvm.shim.cmdline import ShimArgs, container_kind, group_id
 from runvm.shim.layout import SHARED, Layout
 from runvm.shim.owner import alive, locked, wait_for_owner
+from runvm.spawn import fork_helper
 
 MAX_OPTIONS = 1 << 20
 

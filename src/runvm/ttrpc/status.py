@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from runvm import errors
+
 
 class Code(enum.IntEnum):
     """The gRPC status codes (``google.golang.org/grpc/codes``)."""
@@ -25,3 +27,18 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+
+def code_for(exc: Exception) -> Code:
+    """The status a server answers for one of runvm's errors: a missing object NOT_FOUND, a
+    wrong lifecycle state FAILED_PRECONDITION, a taken id ALREADY_EXISTS, bad input
+    INVALID_ARGUMENT, a remote error its own code, anything else INTERNAL."""
+    if isinstance(exc, errors.RpcError):
+        return Code(exc.code) if exc.code in set(Code) else Code.UNKNOWN
+    for kind, code in (
+        (errors.NotFoundError, Code.NOT_FOUND), (errors.StateError, Code.FAILED_PRECONDITION),
+        (errors.ExistsError, Code.ALREADY_EXISTS), (errors.ConfigError, Code.INVALID_ARGUMENT),
+    ):  # fmt: skip
+        if isinstance(exc, kind):
+            return code
+    return Code.INTERNAL

@@ -32,26 +32,30 @@ from runvm import config as cfg
 from runvm.cli.monitor import SERVICE
 from runvm.cli.monitor import monitor_pb2 as mpb
 from runvm.cli.monitor.attach import (
-    DRAIN_TIMEOUT,
     FORWARDED,
-    Attached,
+    attach,
+    copy_size,
     is_devnull,
     open_terminal,
-)  # fmt: skip
-from runvm.cli.spawn import ReadyPipe
-from runvm.errors import AgentError, RpcError, RunvmError
+    restore,
+)
+from runvm.errors import RpcError, RunvmError
 from runvm.network import netns
 from runvm.protocol import AGENT_SERVICE
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime.container import Container
-from runvm.runtime.sandbox import Sandbox, SandboxOptions
-from runvm.runtime.state import ContainerState, StateStore, Status, require
-from runvm.storage import blockdev
-from runvm.ttrpc import CallContext, Code, Handler, Server
+from runvm.runtime.lifecycle import require
+from runvm.runtime.pod import Pod
+from runvm.runtime.proc import LOST_STATUS
+from runvm.runtime.state import ContainerState, StateStore, Status
+from runvm.spawn import ReadyPipe
+from runvm.ttrpc import CallContext, Code, Handler, Server, code_for
 
 log = logging.getLogger(__name__)
 
+# The agent API for this container, re-served to the CLI's own helpers (`runvm exec` stands
+# in for an exec process and speaks the process calls; ps, update, events ask the rest).
 PROXIED: dict[str, type[Message]] = {
     "ExecProcess": pb.ExecProcessRequest,
     "SignalProcess": pb.SignalProcessRequest,
@@ -62,12 +66,9 @@ PROXIED: dict[str, type[Message]] = {
     "CloseStdin": pb.CloseStdinRequest,
     "TtyWinResize": pb.TtyWinResizeRequest,
     "ListProcesses": pb.ListProcessesRequest,
-    "PauseContainer": pb.PauseContainerRequest,
-    "ResumeContainer": pb.ResumeContainerRequest,
     "UpdateContainer": pb.UpdateContainerRequest,
     "StatsContainer": pb.StatsContainerRequest,
 }
-PAUSE_STATES = {"PauseContainer": Status.PAUSED, "ResumeContainer": Status.RUNNING}
 CLOSE_GRACE = 0.3
 
 
@@ -95,16 +96,16 @@ class Monitor:
             annotations=dict(self.spec.get("annotations") or {}),
         )  # fmt: skip
         self.store.record_monitor(self.state, os.getpid())
-        self.sandbox: Sandbox | None = None
+        self.pod = Pod(args.container_id, args.config, place=False)  # monitor_main placed us
         self.container: Container | None = None
-        self.io: Attached | None = None
+        self.tty_fd: int | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # --- helpers -------------------------------------------------------------------------
     @property
     def agent(self) -> AgentClient:
-        assert self.sandbox is not None and self.sandbox.agent is not None
-        return self.sandbox.agent
+        assert self.container is not None
+        return self.container.process.agent
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -117,20 +118,36 @@ class Monitor:
 
     # --- control API -------------------------------------------------------------------
     async def _start(self, payload: bytes, ctx: CallContext) -> bytes:
+        assert self.container is not None
+        container = self.container
         try:
-            require("start", self.state.status, self.state.id)
+            container.process.require("start")
+            await copy_size(container.process, self.tty_fd)  # the size set after create
+            container.on_started = lambda: self._save(Status.RUNNING)
+            warnings = await container.start()
         except RunvmError as exc:
-            raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from exc
-        assert self.container is not None and self.io is not None
-        await self.io.resize()  # the size the caller set after create
-        self.container.on_started = lambda: self._save(Status.RUNNING)
-        warnings = await self.container.start()
+            raise RpcError(code_for(exc), str(exc)) from exc
         return mpb.StartResponse(warnings=warnings).SerializeToString()
 
     async def _kill(self, payload: bytes, ctx: CallContext) -> bytes:
         request = mpb.KillRequest.FromString(payload)
-        await self.agent.signal_process(self.state.id, "", request.signal, request.all)
+        try:
+            await self.pod.kill(self.state.id, "", request.signal, request.all)
+        except RunvmError as exc:
+            raise RpcError(code_for(exc), str(exc)) from exc
         return mpb.Empty().SerializeToString()
+
+    async def _pause(self, payload: bytes, ctx: CallContext) -> bytes:
+        assert self.container is not None
+        try:
+            if ctx.method == "PauseContainer":
+                await self.container.pause()
+            else:
+                await self.container.resume()
+        except RunvmError as exc:
+            raise RpcError(code_for(exc), str(exc)) from exc
+        self._save(self.container.state)
+        return pb.Empty().SerializeToString()
 
     def _proxy(self, method: str, request_type: type[Message]) -> Handler:
         """Forward one agent call about this container (execs and their I/O, ps)."""
@@ -142,24 +159,25 @@ class Monitor:
                 raise RpcError(Code.INVALID_ARGUMENT, f"{method}: {exc}") from exc
             if getattr(request, "container_id", None) != self.state.id:
                 raise RpcError(Code.NOT_FOUND, "container does not exist")
-            if method == "ExecProcess" and self.state.status is not Status.RUNNING:
-                raise RpcError(Code.FAILED_PRECONDITION, "cannot exec in a stopped container")
-            reply = await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
-            if method in PAUSE_STATES:
-                self._save(PAUSE_STATES[method])
-            return reply
+            if method == "ExecProcess":
+                try:
+                    require("exec", self.state.status, f"container {self.state.id}")
+                except RunvmError as exc:
+                    raise RpcError(code_for(exc), str(exc)) from exc
+            return await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
 
         return handler
 
     def _forward(self, signum: int) -> None:
-        if signum == signal.SIGWINCH and self.io is not None and self.io.tty_fd is not None:
-            self._spawn(self.io.resize())
+        if signum == signal.SIGWINCH and self.container is not None:
+            self._spawn(copy_size(self.container.process, self.tty_fd))
         elif self.container is not None:
             self._spawn(self._signal(signum))
 
     async def _signal(self, signum: int) -> None:
-        with contextlib.suppress(RpcError, AgentError):
-            await self.agent.signal_process(self.state.id, "", signum)
+        assert self.container is not None
+        with contextlib.suppress(RunvmError):
+            await self.container.process.signal(signum)
 
     # --- the recipe ------------------------------------------------------------------------
     async def _setup(self) -> tuple[Server, asyncio.AbstractServer]:
@@ -168,27 +186,27 @@ class Monitor:
         if terminal and not (self.args.console_socket or self.args.foreground_tty):
             raise RunvmError("cannot allocate tty if runvm will detach without setting "
                              "console socket")  # fmt: skip
-        hostname = self.spec.get("hostname") or cid[:63]
-        options = SandboxOptions(hostname=hostname, network=netns.network_namespace(self.spec)[0],
-                                 needs_hotplug=blockdev.needs_disks(self.spec))  # fmt: skip
-        self.sandbox = await Sandbox.start(cid, self.args.config, options)
-        self.state.sandbox_dir = str(self.sandbox.run_dir)
         stdin_open = terminal or not is_devnull(0)
-        self.container = await Container.create(self.sandbox, cid, self.args.bundle, stdin_open,
-                                                host_pid=os.getpid(),
-                                                hooks_log=self.dir / "hooks.log")  # fmt: skip
-        self.io = Attached(self.agent, cid, "")
+        self.container = container = await self.pod.create(
+            cid, self.args.bundle, stdin=stdin_open, host_pid=os.getpid(),
+            hooks_log=self.dir / "hooks.log",
+        )  # fmt: skip
+        assert self.pod.sandbox is not None
+        self.state.sandbox_dir = str(self.pod.sandbox.run_dir)
         loop = asyncio.get_running_loop()
         for signum in (*FORWARDED, signal.SIGWINCH):  # before the terminal: no resize is lost
             loop.add_signal_handler(signum, self._forward, signum)
         if terminal:
-            self.io.tty_fd = open_terminal(self.args.console_socket, self.args.foreground_tty)
-            await self.io.resize()
-        self.io.start_relay(terminal, stdin_open)
-        await self.sandbox.sync_network()  # interfaces a create hook added (Docker's veth)
+            self.tty_fd = open_terminal(self.args.console_socket, self.args.foreground_tty)
+            await copy_size(container.process, self.tty_fd)
+        attach(container.process, self.tty_fd, stdin_open)
+        await self.pod.sandbox.sync_network()  # interfaces a create hook added (Docker's veth)
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
-        server.register(AGENT_SERVICE, {m: self._proxy(m, t) for m, t in PROXIED.items()})
+        server.register(AGENT_SERVICE, {
+            **{m: self._proxy(m, t) for m, t in PROXIED.items()},
+            "PauseContainer": self._pause, "ResumeContainer": self._pause,
+        })  # fmt: skip
         listener = await server.serve_unix(str(self.state.monitor_socket()))
         self._save(Status.CREATED)
         return server, listener
@@ -197,19 +215,15 @@ class Monitor:
         try:
             try:
                 server, listener = await self._setup()
-                waiter = asyncio.ensure_future(self.agent.wait_process(self.state.id))
             except BaseException as exc:
                 self.ready.error(str(exc))
                 raise
             self.ready.ok()
-            try:
-                status = (await waiter).status
-            except (AgentError, RpcError) as exc:
-                assert self.sandbox is not None
-                log.error("lost the container: %s", self.sandbox.failure or exc)
-                status = 255
-            assert self.io is not None
-            await self.io.drain(DRAIN_TIMEOUT)
+            assert self.container is not None
+            status = await self.container.process.wait()  # its output drained
+            if status == LOST_STATUS and self.container.process.lost:
+                log.error("lost the container: %s", self.pod.failure or
+                          self.container.process.lost)  # fmt: skip
             self.state.exit_status = status
             self._save(Status.STOPPED)
             listener.close()  # no new clients; requests in flight (the Kill that ended it) finish
@@ -219,18 +233,13 @@ class Monitor:
         finally:
             for task in list(self.tasks):
                 task.cancel()
-            if self.container is not None:
-                with contextlib.suppress(Exception):
-                    await self.container.remove()
-            if self.sandbox is not None:
-                await self.sandbox.stop()
+            await self.pod.close()
             if self.state.sandbox_dir:
                 self.state.monitor_socket().unlink(missing_ok=True)
-            if self.io is not None:
-                self.io.close()
+            restore(self.tty_fd)
 
 
 def monitor_main(args: MonitorArgs, ready: ReadyPipe) -> int:
-    """Body of the forked monitor (see runvm.cli.spawn); returns the container's status."""
+    """Body of the forked monitor (see runvm.spawn); returns the container's status."""
     netns.apply(args.spec)
     return asyncio.run(Monitor(args, ready).run())

@@ -1,0 +1,309 @@
+"""A pod: one VM and the containers in it. The one API both front ends call.
+
+Contract of :class:`Pod`:
+- :meth:`create` of the first container boots the VM. Unless the caller placed this process
+  already (``place=False``: the CLI monitor), that first create enters the network
+  namespace its config.json names, or keeps it as a descriptor when the process serves
+  several pods (``shared``), and makes the host cgroup its ``cgroupsPath`` names. Later
+  creates add containers to the same VM and join the first one's namespaces in the guest.
+  A failed create leaves nothing: a VM it booted is stopped.
+- Every container's processes are watched: ``on_exit(container, process)`` is awaited
+  after the process's output was drained and before it is ``stopped``; a container's
+  OOM kills reach ``on_oom(container)`` (before the exit they caused).
+- :meth:`kill` of a stopped process, or of any process once the VM has failed, is a
+  NotFoundError ("already finished"), as containerd expects.
+- :meth:`delete` needs a stopped container (a created one is killed first), removes it in
+  the guest and on the host, stops the VM with the last container, then runs the
+  ``poststop`` hooks.
+- ``on_change()`` is called whenever the set of containers or the VM's NICs changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runvm import config as cfg
+from runvm.errors import (
+    AgentError,
+    ExistsError,
+    NotFoundError,
+    RpcError,
+    RunvmError,
+    StateError,
+)  # fmt: skip
+from runvm.network import netns
+from runvm.runtime.container import Container
+from runvm.runtime.hostcgroup import HostCgroup
+from runvm.runtime.lifecycle import State, require
+from runvm.runtime.proc import DRAIN_TIMEOUT, Process
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
+from runvm.storage import blockdev, mounts
+
+log = logging.getLogger(__name__)
+
+StartSandbox = Callable[[str, cfg.RunvmConfig, SandboxOptions], Awaitable[Sandbox]]
+
+JOINABLE = ("ipc", "uts", "pid", "cgroup")
+KILL_WAIT = 10.0  # for a created container's init to go, at delete
+
+
+def join_map(host_pid: int, guest_pid: int) -> dict[str, str]:
+    """The host namespace paths front ends name for the pod's first container (its task
+    PID is the VM's) -> that container's init's paths in the guest."""
+    return {f"/proc/{host_pid}/ns/{t}": f"/proc/{guest_pid}/ns/{t}" for t in JOINABLE}
+
+
+async def _no_exit(container: Container, process: Process) -> None:
+    return None
+
+
+class Pod:
+    def __init__(
+        self,
+        pod_id: str,
+        config: cfg.RunvmConfig,
+        *,
+        shared: bool = False,
+        place: bool = True,
+        start_sandbox: StartSandbox = Sandbox.start,
+    ) -> None:
+        self.id = pod_id
+        self.start_sandbox = start_sandbox  # (tests boot a fake)
+        self.config = config
+        self.shared = shared
+        self.place = place
+        self.sandbox: Sandbox | None = None
+        self.first = ""  # the container whose create booted the VM
+        self.containers: dict[str, Container] = {}
+        self.cgroup: HostCgroup | None = None
+        self.netns_fd: int | None = None  # shared: the pod's network namespace
+        self.netns_path = ""
+        self.lock = asyncio.Lock()  # create and delete change the pod
+        self.on_exit: Callable[[Container, Process], Awaitable[None]] = _no_exit
+        self.on_oom: Callable[[Container], None] = lambda c: None
+        self.on_change: Callable[[], None] = lambda: None
+        self._oom_seen: dict[str, int] = {}
+        self._oom_watches: dict[str, asyncio.Future[None]] = {}
+        self._mounted: set[str] = set()  # containers whose rootfs this pod mounted
+
+    # --- lookups ---------------------------------------------------------------------------
+    @property
+    def vm_pid(self) -> int:
+        if self.sandbox is None or self.sandbox.vm is None:
+            return 0
+        return self.sandbox.vm.child.pid or 0
+
+    @property
+    def failure(self) -> str:
+        return self.sandbox.failure if self.sandbox is not None else ""
+
+    def container(self, container_id: str) -> Container:
+        found = self.containers.get(container_id)
+        if found is None:
+            raise NotFoundError(f"container {container_id}: not found")
+        return found
+
+    def proc(self, container_id: str, exec_id: str = "") -> tuple[Container, Process]:
+        container = self.container(container_id)
+        return container, container.proc(exec_id)
+
+    # --- create ------------------------------------------------------------------------------
+    async def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        *,
+        stdin: bool,
+        boots: bool = True,
+        rootfs_mounts: Iterable[tuple[str, str, list[str]]] = (),
+        host_pid: int | None = None,
+        hooks_log: Path | None = None,
+    ) -> Container:
+        """Create a container (see the module docstring); ``boots=False`` refuses to be the
+        pod's first. ``rootfs_mounts`` (type, source, options) make the bundle's rootfs,
+        unless they are one block device, which the VM gets as a disk. ``host_pid`` is the
+        container's PID in its state (default: the VM's)."""
+        async with self.lock:
+            if container_id in self.containers:
+                raise ExistsError(f"container {container_id}: already exists")
+            wanted = list(rootfs_mounts)
+            try:
+                container = await self._create(container_id, bundle.resolve(), stdin, boots,
+                                               wanted, host_pid, hooks_log)  # fmt: skip
+            except BaseException:
+                self._unmount(container_id, bundle.resolve())
+                if not self.containers:
+                    await self._stop_vm()
+                raise
+            self.containers[container_id] = container
+            self._oom_watches[container_id] = asyncio.ensure_future(self._watch_oom(container))
+            self.on_change()
+        return container
+
+    async def _create(
+        self,
+        container_id: str,
+        bundle: Path,
+        stdin: bool,
+        boots: bool,
+        rootfs_mounts: list[tuple[str, str, list[str]]],
+        host_pid: int | None,
+        hooks_log: Path | None,
+    ) -> Container:
+        block = blockdev.from_mounts(rootfs_mounts)
+        for kind, source, options in rootfs_mounts if block is None else ():
+            mounts.mount_spec(kind, source, str(bundle / "rootfs"), options)
+            self._mounted.add(container_id)
+        spec, _ = Container.load(container_id, bundle)
+        join: dict[str, str] = {}
+        if self.sandbox is None:
+            if not boots:
+                raise StateError(f"create container {container_id} in pod {self.id}",
+                                 "without a VM", ["its sandbox created first"])  # fmt: skip
+            await self._boot(container_id, spec, block is not None or blockdev.needs_disks(spec))
+        elif self.first in self.containers:
+            join = join_map(self.vm_pid, self.containers[self.first].guest_pid)
+        assert self.sandbox is not None
+        container = await Container.create(self.sandbox, container_id, bundle, stdin, join, block,
+                                           host_pid=self.vm_pid if host_pid is None else host_pid,
+                                           hooks_log=hooks_log)  # fmt: skip
+        container.process.watch(self._exited)
+        return container
+
+    async def _boot(self, container_id: str, spec: Mapping[str, Any], needs_hotplug: bool) -> None:
+        """The pod's first container: network namespace, host cgroup, then the VM."""
+        wanted, self.netns_path = netns.network_namespace(spec)
+        if self.place and self.shared:
+            self.netns_fd = netns.open_namespace(spec)
+        elif self.place:
+            netns.apply(spec)
+        cgroups_path = (spec.get("linux") or {}).get("cgroupsPath")
+        if cgroups_path and self.place:
+            try:
+                self.cgroup = HostCgroup.create(cgroups_path)
+                if not self.shared:  # QEMU and virtiofsd start in it
+                    self.cgroup.enter()
+            except (OSError, RunvmError) as exc:
+                log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
+        limit = self.cgroup.memory_limit() if self.cgroup is not None else None
+        options = SandboxOptions(hostname=spec.get("hostname") or container_id[:63],
+                                 network=wanted, needs_hotplug=needs_hotplug,
+                                 netns_fd=self.netns_fd, memory_limit=limit)  # fmt: skip
+        self.sandbox = sandbox = await self.start_sandbox(self.id, self.config, options)
+        sandbox.on_network_change = lambda: self.on_change()  # records list the NICs
+        self.first = container_id
+        if self.shared and self.cgroup is not None:  # moved in once started
+            for child in (sandbox.vm, sandbox.virtiofsd):
+                if child is not None:
+                    try:
+                        self.cgroup.enter(child.pid)
+                    except OSError as exc:
+                        log.warning("host cgroup: pid %d not moved: %s", child.pid, exc)
+        steps = " ".join(f"{k}={v:.3f}" for k, v in sandbox.timings.items())
+        accel = sandbox.accel.accel.value if sandbox.accel else "?"
+        log.info("pod %s: VM up (pid %d, %s; %s)", self.id, self.vm_pid, accel, steps)
+
+    # --- exits and OOM kills ---------------------------------------------------------------
+    async def _exited(self, process: Process) -> None:
+        container = self.containers.get(process.container_id)
+        if container is None:
+            return
+        if process.lost:
+            log.error("%s: lost the process: %s", process.name, self.failure or process.lost)
+        elif not process.exec_id:  # an OOM kill that ended it comes first
+            with contextlib.suppress(RunvmError):
+                self._oom(container, (await container.stats()).oom_kills)
+        await self.on_exit(container, process)
+
+    async def _watch_oom(self, container: Container) -> None:
+        """Report each new OOM kill the guest counts in the container."""
+        while self.containers.get(container.id) is container:
+            try:
+                count = await container.wait_oom(self._oom_seen.get(container.id, 0))
+            except (RpcError, AgentError):  # removed, VM gone, or an agent without WaitOOM
+                return
+            self._oom(container, count)
+
+    def _oom(self, container: Container, count: int) -> None:
+        if count > self._oom_seen.get(container.id, 0):
+            self._oom_seen[container.id] = count
+            self.on_oom(container)
+
+    # --- signals ---------------------------------------------------------------------------
+    async def kill(
+        self, container_id: str, exec_id: str, signum: int, all_processes: bool = False
+    ) -> None:
+        _, proc = self.proc(container_id, exec_id)
+        if proc.state is State.STOPPED:  # with all too: a stopped init leaves none behind
+            raise NotFoundError(f"{proc.name}: process already finished")
+        if self.failure:  # the VM is gone, and so is the process
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.exited.wait(), DRAIN_TIMEOUT * 2)
+            raise NotFoundError(f"{proc.name}: process already finished ({self.failure})")
+        if proc.exec_id and proc.state is State.CREATED:
+            raise StateError(f"signal {proc.name}", proc.state.value, ["running"])
+        await proc.signal(signum, all_processes)
+
+    # --- delete ------------------------------------------------------------------------------
+    async def delete_exec(self, container_id: str, exec_id: str) -> Process:
+        return await self.container(container_id).remove_exec(exec_id)
+
+    async def delete(self, container_id: str) -> tuple[Container, list[str]]:
+        """Delete a stopped (or never started) container; (it, poststop warnings)."""
+        container = self.container(container_id)
+        init = container.process
+        if init.state is not State.CREATED:
+            require("delete", init.state, init.name)
+        async with self.lock:
+            if init.state is State.CREATED:  # never started: its init waits in the guest
+                with contextlib.suppress(RunvmError):
+                    await init.agent.signal_process(container_id, "", signal.SIGKILL, True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(init.exited.wait(), KILL_WAIT)
+            await self._remove(container)
+            if not self.containers:
+                await self._stop_vm()
+            self.on_change()
+        return container, await container.poststop()
+
+    async def _remove(self, container: Container) -> None:
+        self.containers.pop(container.id, None)
+        watch = self._oom_watches.pop(container.id, None)
+        if watch is not None:
+            watch.cancel()
+        with contextlib.suppress(Exception):
+            await container.remove()
+        self._unmount(container.id, container.bundle)
+
+    def _unmount(self, container_id: str, bundle: Path) -> None:
+        if container_id in self._mounted:
+            self._mounted.discard(container_id)
+            with contextlib.suppress(OSError):
+                mounts.umount(str(bundle / "rootfs"))
+
+    async def _stop_vm(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+            self.sandbox = None
+        self.first = ""
+        if self.cgroup is not None:
+            self.cgroup.leave()
+            await asyncio.to_thread(self.cgroup.remove)
+            self.cgroup = None
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
+
+    async def close(self) -> None:
+        """End every container and stop the VM (the front end is going away)."""
+        async with self.lock:
+            for container in list(self.containers.values()):
+                await self._remove(container)
+            await self._stop_vm()
