@@ -33,8 +33,13 @@ ShimScope = Literal["pod", "namespace"]
 @dataclass(frozen=True)
 class HypervisorConfig:
     path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
-    accelerator: Accelerator = "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
+    accelerator: Accelerator = (
+        "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
+    )
     machine: Machine = "pc"
+    # The machine of a sandbox that hot-plugs devices (a block-device rootfs or volume) when
+    # `machine` cannot (microvm); "" refuses such containers instead.
+    hotplug_machine: Literal["pc", "q35", ""] = "pc"
     vcpus: int = 1
     memory_mib: int = 256
     tcg_tb_size_mib: int = 32  # translation cache under TCG (MiB; a guest fills it)

@@ -1,12 +1,12 @@
 """Where a sandbox's VM comes from (the cache, a template, or a cold boot), and the checks
-and run directory that come before it. See :class:`Origin` and :func:`refuse_bad_combinations`."""
+and run directory that come before it. See :func:`choose` and :func:`refuse_bad_combinations`."""
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from runvm.cache import client as cache
 from runvm.config import RunvmConfig
@@ -47,49 +47,59 @@ def refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> Non
 
 @dataclass
 class Origin:
-    """Where a sandbox's VM comes from: a VM taken from the cache (``handed``, its QEMU
-    ``process``), a clone of a template (``tpl``), or else a cold boot."""
+    """A VM to boot cold; the subclasses are the other origins. Each origin has its own boot
+    recipe in :class:`~runvm.runtime.sandbox.Sandbox`, made of the same named steps."""
 
     files: GuestFiles
     accel: AccelReport
     hypervisor: QemuHypervisor
-    handed: cache.Handed | None = None
-    process: ForeignProcess | None = None
-    tpl: template.Template | None = None
+    booted_before: ClassVar[bool] = False  # its NICs are hot-plugged once it runs
 
-    @property
-    def clonelike(self) -> bool:
-        """Booted before this sandbox existed: NICs are hot-plugged once it runs."""
-        return self.tpl is not None or self.handed is not None
 
-    @classmethod
-    async def choose(
-        cls, config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
-    ) -> Origin:
-        """Ask the cache first, then the template; make or take over ``run_dir``."""
-        files = options.guest_files or resolve_guest_files(config)
-        hypervisor = QemuHypervisor(config.hypervisor.path)
-        qemu = hypervisor.resolve_binary()
-        accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
-                                files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
-        origin = cls(files, accel, hypervisor)
-        plain = options.share_fs and not (options.extra_devices
-                                          or options.extra_kernel_params)  # fmt: skip
-        fresh = plain and not options.pooled
-        if config.cache.enable and fresh and not options.guest_files:
-            origin.handed = await steps.run(
-                "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
-            )
-        if origin.handed is None:
-            await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
-                            lambda: _remove_dir(run_dir))  # fmt: skip
-        else:  # the daemon moved the VM's directory here; its QEMU is ours to stop
-            origin.process = ForeignProcess(origin.handed.pid, origin.handed.pidfd)
+@dataclass
+class Cloned(Origin):
+    """A clone of a saved template VM (its memory shared copy-on-write)."""
+
+    tpl: template.Template
+    booted_before: ClassVar[bool] = True
+
+
+@dataclass
+class Adopted(Origin):
+    """A VM the cache daemon booted and handed over, with its QEMU process."""
+
+    handed: cache.Handed
+    process: ForeignProcess
+    booted_before: ClassVar[bool] = True
+
+
+async def choose(
+    config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
+) -> Origin:
+    """Ask the cache first, then the template, else boot cold; make or take over ``run_dir``."""
+    files = options.guest_files or resolve_guest_files(config)
+    hypervisor = QemuHypervisor(config.hypervisor.path)
+    qemu = hypervisor.resolve_binary()
+    accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
+                            files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
+    plain = options.share_fs and not (options.extra_devices or options.extra_kernel_params)
+    fresh = plain and not options.pooled
+    if config.cache.enable and fresh and not options.guest_files:
+        handed = await steps.run(
+            "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
+        )
+        if handed is not None:  # the daemon moved the VM's directory here; its QEMU is ours
+            process = ForeignProcess(handed.pid, handed.pidfd)
             steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
-            steps.add_undo("cached-qemu", origin.process.stop)
-        if config.factory.enable and fresh and origin.handed is None:
-            origin.tpl = await template.usable(config, files, accel)
-        return origin
+            steps.add_undo("cached-qemu", process.stop)
+            return Adopted(files, accel, hypervisor, handed, process)
+    await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
+                    lambda: _remove_dir(run_dir))  # fmt: skip
+    if config.factory.enable and fresh:
+        tpl = await template.usable(config, files, accel)
+        if tpl is not None:
+            return Cloned(files, accel, hypervisor, tpl)
+    return Origin(files, accel, hypervisor)
 
 
 async def _make_run_dir(path: Path, traversable: bool) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runvm.config import RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, RunvmError, VersionMismatch
+from runvm.config import Machine, RunvmConfig
+from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
     AgentChannelSpec,
@@ -41,10 +41,11 @@ from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import footprint, hostcgroup, template
+from runvm.runtime import origin as origins
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.names import check_id, run_dir_name
-from runvm.runtime.origin import Origin, refuse_bad_combinations
+from runvm.runtime.origin import Adopted, Cloned, Origin, refuse_bad_combinations
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
@@ -133,79 +134,117 @@ class Sandbox:
         steps = Steps()
         async with steps:
             run_dir = sandbox_run_dir(config, sandbox_id)
-            origin = await Origin.choose(config, options, run_dir, steps)
+            origin = await origins.choose(config, options, run_dir, steps)
             footprint.check_fits(config, origin.accel.accel, options.memory_limit)
             sandbox = cls(sandbox_id, config, run_dir, steps)
             sandbox.accel = origin.accel
-            sandbox.templated = origin.tpl is not None
-            if options.needs_hotplug and not sandbox.hotplug_blk:
-                log.info("sandbox %s: machine %s cannot hot-plug devices; using pc",
-                         sandbox_id, sandbox.machine)  # fmt: skip
-                sandbox.machine = "pc"
-            devices, storages, late_share = await sandbox._shares(options, origin)
-            if options.network:
-                devices += await sandbox._network(options, origin)
-            channel = sandbox._channel(options, origin)
-            spec = sandbox._vm_spec(options, origin, channel, devices)
-            booted = time.monotonic()
-            await sandbox._run_vm(spec, origin, late_share)
-            await sandbox._greet(channel, origin, booted)
+            sandbox.templated = isinstance(origin, Cloned)
+            sandbox.machine = machine_for(config, options)
+            if isinstance(origin, Cloned):
+                storages = await sandbox._clone(options, origin)
+            elif isinstance(origin, Adopted):
+                storages = await sandbox._adopt(options, origin)
+            else:
+                storages = await sandbox._boot_cold(options, origin)
             if options.pooled:
                 steps.commit()
                 return sandbox
-            request = pb.CreateSandboxRequest(sandbox_id=sandbox_id, hostname=options.hostname,
-                                              host_time_ns=time.time_ns(),
-                                              storages=storages)  # fmt: skip
-            assert sandbox.agent is not None and sandbox.vm is not None
-            await steps.run("create-sandbox", sandbox.agent.create_sandbox(request))
-            if sandbox.network is not None and origin.clonelike:
-                await steps.run("network", sandbox.network.sync(sandbox.vm, sandbox.agent))
-            elif sandbox.network is not None:
-                await steps.run("network-config", sandbox.network.configure(sandbox.agent))
-            if sandbox.network is not None and config.network.port_forward:
-                await steps.run("port-forward", sandbox._forward_ports(options))
+            await sandbox._create_sandbox(options, storages, origin.booted_before)
             steps.commit()
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         if sandbox.network is not None and sandbox.network.model != "none":
             sandbox._net_watcher = asyncio.ensure_future(sandbox._watch_network())
         return sandbox
 
-    async def _shares(
-        self, options: SandboxOptions, origin: Origin
-    ) -> tuple[list[DeviceSpec], list[pb.Storage], VirtioFsSpec | None]:
-        """The boot devices, the guest mounts of the shared directory, and a virtio-fs
-        device to hot-plug into a VM taken from the cache (its boot devices are fixed)."""
-        devices = list(options.extra_devices)
-        storages: list[pb.Storage] = []
-        late_share = None
-        virtio_fs = pb.Storage(driver="virtio-fs", source=TAG, fstype="virtiofs",
-                               mount_point=GUEST_ROOT)  # fmt: skip
-        if options.pooled:
-            pass  # its taker hot-plugs the share
-        elif origin.handed is not None:
-            late_share = await self.steps.run("virtio-fs", self._share_fs())
-            storages.append(virtio_fs)
-        elif options.share_fs and (self.config.storage.shared_fs == "9p" or origin.tpl):
-            devices.append(await self.steps.run("9p", self._share_9p()))
-            storages.append(pb.Storage(driver="9p", source=TAG, fstype="9p",
-                                       options=list(NINEP_OPTIONS),
-                                       mount_point=GUEST_ROOT))  # fmt: skip
-        elif options.share_fs:
-            devices.append(await self.steps.run("virtio-fs", self._share_fs()))
-            storages.append(virtio_fs)
-        return devices, storages, late_share
+    # --- the recipes, one per origin ---------------------------------------------------------
+    async def _boot_cold(self, options: SandboxOptions, origin: Origin) -> list[pb.Storage]:
+        """Boot QEMU with the share and the pod's NICs as boot devices (a pooled VM: none;
+        its taker hot-plugs both)."""
+        devices, storages = list(options.extra_devices), []
+        if options.share_fs and not options.pooled:
+            device, storage = await (self._share_9p() if self.config.storage.shared_fs == "9p"
+                                     else self._share_fs())  # fmt: skip
+            devices.append(device)
+            storages.append(storage)
+        if options.network:
+            devices += list(await self.steps.run("network", _async(self._network(options).plug)()))
+        kind = template.CHANNEL if options.pooled else channel_kind(self.config.agent.channel)
+        channel = self._channel(kind)
+        spec = self._vm_spec(options, origin, channel, devices)
+        booted = time.monotonic()
+        ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
+        self.vm = vm = await self.steps.run("qemu-start", origin.hypervisor.launch(spec))
+        self.steps.add_undo("qemu", vm.stop)
+        if self.network is not None:
+            self.network.handed_over()  # the taps now live as long as QEMU
+        await self._greet(channel, booted)
+        return storages
 
-    async def _network(self, options: SandboxOptions, origin: Origin) -> list[DeviceSpec]:
-        """The pod's network; its NICs as boot devices, or none yet for a VM that is cloned
-        or taken (they are hot-plugged once it runs)."""
+    async def _clone(self, options: SandboxOptions, origin: Cloned) -> list[pb.Storage]:
+        """Start QEMU from the template's saved state, sharing over 9p (a template keeps
+        no virtio-fs connection); NICs are hot-plugged once it runs."""
+        devices, storages = list(options.extra_devices), []
+        if options.share_fs:
+            device, storage = await self._share_9p()
+            devices.append(device)
+            storages.append(storage)
+        if options.network:
+            self._network(options)
+        channel = self._channel(template.CHANNEL)
+        spec = template.clone_spec(origin.tpl, self._vm_spec(options, origin, channel, devices))
+        booted = time.monotonic()
+        ksm.kick()
+        self.vm = vm = await self.steps.run("qemu-start", origin.hypervisor.launch(spec))
+        self.steps.add_undo("qemu", vm.stop)
+        await self.steps.run("restore", vm.load_state(origin.tpl.state))
+        await self._greet(channel, booted, resume=True)
+        return storages
+
+    async def _adopt(self, options: SandboxOptions, origin: Adopted) -> list[pb.Storage]:
+        """Take over the VM the cache booted: its QEMU joins this caller's cgroup, the share
+        is hot-plugged as virtio-fs, NICs once it runs."""
+        device, storage = await self._share_fs()
+        if options.network:
+            self._network(options)
+        channel = self._channel(template.CHANNEL)
+        spec = self._vm_spec(options, origin, channel, list(options.extra_devices))
+        booted = time.monotonic()
+        ksm.kick()
+        self.vm = vm = await self.steps.run("cache-adopt", origin.hypervisor.adopt(
+            spec, origin.process))  # fmt: skip
+        self.steps.add_undo("qemu", vm.stop)
+        for failure in hostcgroup.join_mine(vm.pid):  # the caller's accounting
+            log.warning("sandbox %s: QEMU not moved to this cgroup: %s", self.id, failure)
+        await self.steps.run("virtio-fs-plug", vm.hotplug_fs(device))
+        await self._greet(channel, booted)
+        return [storage]
+
+    async def _create_sandbox(
+        self, options: SandboxOptions, storages: list[pb.Storage], booted_before: bool
+    ) -> None:
+        """CreateSandbox, then the pod's network (hot-plugged into a VM booted before this
+        sandbox existed), then port forwarding."""
+        assert self.agent is not None and self.vm is not None
+        request = pb.CreateSandboxRequest(sandbox_id=self.id, hostname=options.hostname,
+                                          host_time_ns=time.time_ns(),
+                                          storages=storages)  # fmt: skip
+        await self.steps.run("create-sandbox", self.agent.create_sandbox(request))
+        if self.network is not None and booted_before:
+            await self.steps.run("network", self.network.sync(self.vm, self.agent))
+        elif self.network is not None:
+            await self.steps.run("network-config", self.network.configure(self.agent))
+        if self.network is not None and self.config.network.port_forward:
+            await self.steps.run("port-forward", self._forward_ports(options))
+
+    # --- the shared steps --------------------------------------------------------------------
+    def _network(self, options: SandboxOptions) -> PodNetwork:
+        """The pod's network, unplugged at undo."""
         from runvm.network.plug import PodNetwork
 
         self.network = net = PodNetwork(self.config.network.model, self.config.hypervisor.vcpus,
                                         self.run_dir, netns_fd=options.netns_fd)  # fmt: skip
         self.steps.add_undo("network", _async(net.unplug))
-        if origin.clonelike:
-            return []
-        return list(await self.steps.run("network", _async(net.plug)()))
+        return net
 
     async def _forward_ports(self, options: SandboxOptions) -> None:
         """Relay the pod namespace's loopback to the guest's; without it the pod still runs."""
@@ -220,9 +259,7 @@ class Sandbox:
             return
         self.steps.add_undo("port-forward", forwarder.stop)
 
-    def _channel(self, options: SandboxOptions, origin: Origin) -> AgentChannelSpec:
-        kind = (template.CHANNEL if origin.clonelike or options.pooled
-                else channel_kind(self.config.agent.channel))  # fmt: skip
+    def _channel(self, kind: str) -> AgentChannelSpec:
         if kind == "vsock":
             return AgentChannelSpec(kind=kind, guest_cid=_guest_cid(self.id))
         path = socket_dir(self.run_dir, self.config.hypervisor.user) / "agent.sock"
@@ -240,7 +277,7 @@ class Sandbox:
         if hv_cfg.kernel_params:
             params += hv_cfg.kernel_params.split()
         files = origin.files
-        spec = VMSpec(
+        return VMSpec(
             name=self.id, run_dir=self.run_dir, kernel=files.kernel, initrd=files.initrd,
             accel=origin.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
             machine=self.machine, kernel_params=tuple(params),
@@ -257,38 +294,18 @@ class Sandbox:
             # does not, and private RAM can be merged by KSM.
             memory_shared=options.pooled or any(isinstance(d, VirtioFsSpec) for d in devices),
         )  # fmt: skip
-        return template.clone_spec(origin.tpl, spec) if origin.tpl else spec
 
-    async def _run_vm(self, spec: VMSpec, origin: Origin, late_share: VirtioFsSpec | None) -> None:
-        """Start QEMU (cold or restoring a template's state) or adopt the cache's."""
-        steps = self.steps
-        ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
-        if origin.process is not None:
-            adopt = origin.hypervisor.adopt(spec, origin.process)
-            self.vm = vm = await steps.run("cache-adopt", adopt)
-            for failure in hostcgroup.join_mine(vm.pid):  # the caller's accounting
-                log.warning("sandbox %s: QEMU not moved to this cgroup: %s", self.id, failure)
-            if late_share is not None:
-                await steps.run("virtio-fs-plug", vm.hotplug_fs(late_share))
-        else:
-            self.vm = vm = await steps.run("qemu-start", origin.hypervisor.launch(spec))
-        steps.add_undo("qemu", vm.stop)
-        if origin.tpl is not None:
-            await steps.run("restore", vm.load_state(origin.tpl.state))
-        elif self.network is not None:
-            self.network.handed_over()  # the taps now live as long as QEMU
-
-    async def _greet(self, channel: AgentChannelSpec, origin: Origin, booted: float) -> None:
-        """The agent's handshake within the boot deadline, then its details (a clone's
-        after it re-seeded its randomness and took a new identity)."""
+    async def _greet(self, channel: AgentChannelSpec, booted: float, resume: bool = False) -> None:
+        """The agent's handshake within the boot deadline, then its details (``resume``: a
+        clone's, after it re-seeded its randomness and took a new identity)."""
         left = self.config.hypervisor.boot_timeout - (time.monotonic() - booted)
         self.agent = agent = await self.steps.run("agent-ready", self._connect(channel, left))
         self.steps.add_undo("agent", agent.close)
-        if origin.tpl is not None:
-            resume = pb.ResumeCloneRequest(random_seed=os.urandom(64),
-                                           instance_id=uuid.uuid4().hex,
-                                           host_time_ns=time.time_ns())  # fmt: skip
-            self.details = await self.steps.run("resume-clone", agent.resume_clone(resume))
+        if resume:
+            request = pb.ResumeCloneRequest(random_seed=os.urandom(64),
+                                            instance_id=uuid.uuid4().hex,
+                                            host_time_ns=time.time_ns())  # fmt: skip
+            self.details = await self.steps.run("resume-clone", agent.resume_clone(request))
         else:
             self.details = await self.steps.run("guest-details", agent.guest_details())
 
@@ -369,12 +386,18 @@ class Sandbox:
         self.shared = shared
         return shared
 
-    async def _share_9p(self) -> NinePSpec:
+    async def _share_9p(self) -> tuple[NinePSpec, pb.Storage]:
         """The shared directory, served over 9p by QEMU itself."""
-        return NinePSpec(tag=TAG, path=self._shared_dir().path)
+        device = NinePSpec(tag=TAG, path=self._shared_dir().path)
+        return device, pb.Storage(driver="9p", source=TAG, fstype="9p",
+                                  options=list(NINEP_OPTIONS), mount_point=GUEST_ROOT)  # fmt: skip
 
-    async def _share_fs(self) -> VirtioFsSpec:
+    async def _share_fs(self) -> tuple[VirtioFsSpec, pb.Storage]:
         """The shared directory and its virtiofsd (undone in reverse on failure)."""
+        return await self.steps.run("virtio-fs", self._start_virtiofsd()), pb.Storage(
+            driver="virtio-fs", source=TAG, fstype="virtiofs", mount_point=GUEST_ROOT)  # fmt: skip
+
+    async def _start_virtiofsd(self) -> VirtioFsSpec:
         shared = self._shared_dir()
         sock = self.run_dir / "virtiofsd.sock"
         child = await virtiofsd.start(sock, shared.path, self.run_dir / "virtiofsd.log",
@@ -423,6 +446,22 @@ class Sandbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.vm.wait(), POWEROFF_WAIT)
         await self.steps.close()
+
+
+def machine_for(config: RunvmConfig, options: SandboxOptions) -> Machine:
+    """The configured machine, or ``hypervisor.hotplug_machine`` for a sandbox that will
+    hot-plug devices (a block-device rootfs) when the configured one cannot (microvm)."""
+    machine = config.hypervisor.machine
+    if not options.needs_hotplug or machine_capabilities(machine).hotplug_blk:
+        return machine
+    fallback = config.hypervisor.hotplug_machine
+    if not fallback:
+        raise ConfigError(f"a block device for this container needs device hot-plug, which "
+                          f"machine {machine} lacks (and hypervisor.hotplug_machine is \"\"): "
+                          'set hypervisor.hotplug_machine = "pc"')  # fmt: skip
+    log.info("machine %s cannot hot-plug devices; this sandbox boots as %s "
+             "(hypervisor.hotplug_machine)", machine, fallback)  # fmt: skip
+    return fallback
 
 
 def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
