@@ -218,5 +218,11 @@ def clean_up(netns_path: str, leftovers: dict[str, list[int]]) -> None:
                 netlink.unredirect(index)
             for index in leftovers.get("links", []):
                 netlink.delete_link(index)
+            if leftovers.get("port_forward"):
+                from runvm.network.portforward import remove_rules
+
+                for port in leftovers["port_forward"]:
+                    if isinstance(port, int) and 0 < port < 65536:  # (read back from disk)
+                        remove_rules(port)
     finally:
         os.close(fd)

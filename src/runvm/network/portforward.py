@@ -85,6 +85,16 @@ def _iptables(argv: list[str]) -> None:
         raise PortForwardError(f"{' '.join(argv[:1] + argv[3:])}: {r.stderr.strip()}")
 
 
+def remove_rules(port: int) -> None:
+    """Remove the rules of a forwarder listening on ``port`` from the calling thread's
+    namespace (its owner was killed); rules not there are no error."""
+    for family in (IPV4, IPV6):
+        try:
+            _iptables([arg if arg != "-A" else "-D" for arg in _rule(family, "-A", port)])
+        except PortForwardError as exc:
+            log.debug("%s", exc)
+
+
 def original_port(conn: socket.socket, family: _Family, listening: int) -> int:
     """The port a redirected connection was meant for; ``listening`` for one made to the
     listener itself (netfilter left it alone)."""
@@ -156,13 +166,8 @@ class PortForwarder:
             return
         try:
             with netns.inside(self._ns):
-                for rule in reversed(self._rules):
-                    delete = [arg if arg != "-A" else "-D" for arg in rule]
-                    try:
-                        _iptables(delete)
-                    except PortForwardError as exc:  # the namespace may be gone already
-                        log.debug("%s: %s", self.label, exc)
-        except OSError as exc:
+                remove_rules(self.port)
+        except OSError as exc:  # the namespace may be gone already
             log.debug("%s: rules not removed: %s", self.label, exc)
         self._rules.clear()
 

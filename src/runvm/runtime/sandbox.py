@@ -109,6 +109,7 @@ class Sandbox:
         self.shared: SharedDir | None = None
         self.virtiofsd: Child | None = None
         self.failure = ""  # why the sandbox died under us, if it did
+        self.forward_port = 0  # the port-forwarding listener in the pod's namespace, if any
         self.network: PodNetwork | None = None
         self.on_network_change: Callable[[], None] = lambda: None  # NICs plugged or unplugged
         self._net_lock = asyncio.Lock()
@@ -258,6 +259,7 @@ class Sandbox:
             log.warning("sandbox %s: no port forwarding: %s", self.id, exc)
             return
         self.steps.add_undo("port-forward", forwarder.stop)
+        self.forward_port = forwarder.port
 
     def _channel(self, kind: str) -> AgentChannelSpec:
         if kind == "vsock":

@@ -133,7 +133,9 @@ class TaskService:
         net = self.pod.sandbox.network if self.pod.sandbox is not None else None
         if net is None or not self.pod.netns_path:
             return {}
-        return {"netns": self.pod.netns_path, **net.leftovers()}
+        forwarded = self.pod.sandbox.forward_port if self.pod.sandbox is not None else 0
+        return {"netns": self.pod.netns_path, **net.leftovers(),
+                "port_forward": [forwarded] if forwarded else []}  # fmt: skip
 
     def handlers(self) -> dict[str, Handler]:
         return {name: unary(name, getattr(self, attr)) for name, attr in METHODS.items()}
