@@ -275,6 +275,9 @@ def test_execs_have_their_own_lifecycle(boots: Boots, tmp_path: Path) -> None:
         await pod.delete_exec("c", "e1")
         with pytest.raises(NotFoundError):
             container.proc("e1")
+        container.add_exec("e2", b'{"args": ["true"], "cwd": "/"}', stdin=False)
+        await pod.delete_exec("c", "e2")  # never started: may go too
+        assert container.execs == {}
 
     run(body)
 

@@ -246,8 +246,10 @@ class Container:
         return proc
 
     async def remove_exec(self, exec_id: str) -> Process:
+        """Forget an exec that ended (or never started)."""
         proc = self.proc(exec_id)
-        require("delete", proc.state, proc.name)
+        if proc.state is not State.CREATED:
+            require("delete", proc.state, proc.name)
         await proc.release()
         del self.execs[exec_id]
         return proc

@@ -42,7 +42,9 @@ class Proc:
             self.host.close()
 
     def state(self, bundle: str, pid: int) -> spb.StateResponse:
+        """``pid`` is the VM's; an exec not started yet has none."""
         p = self.process
+        pid = 0 if p.exec_id and p.state is State.CREATED else pid
         return spb.StateResponse(
             id=p.container_id, bundle=bundle, pid=pid, status=STATUS[p.state],
             stdin=self.io.stdin, stdout=self.io.stdout, stderr=self.io.stderr,
