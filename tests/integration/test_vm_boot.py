@@ -130,7 +130,7 @@ def test_qmp_quit_stops_the_vm(runvm_config: cfg.RunvmConfig) -> None:
         assert sandbox.vm is not None
         pid = sandbox.vm.pid
         await sandbox.vm.stop()  # QMP quit
-        code = sandbox.vm.child.returncode
+        code = sandbox.vm.returncode
         await sandbox.stop()
         return pid, code
 

@@ -51,8 +51,6 @@ GUARDED = {
 DEBTS = {
     ("runvm.cache.client", "runvm.runtime"),  # the cache's key and files come from runtime
     ("runvm.cache.pool", "runvm.runtime"),  # pooled VMs are booted by Sandbox.start
-    ("runvm.network.plug", "runvm.hypervisor.qemu"),  # NICs hot-plugged by the network
-    ("runvm.network.plug", "runvm.protocol.client"),  # ... and configured there too
 }
 
 

@@ -149,12 +149,12 @@ class Pool:
         sandbox, vm = entry.sandbox, entry.sandbox.vm
         assert vm is not None
         try:
-            if vm.child.returncode is not None:
+            if vm.returncode is not None:
                 raise CacheMiss("the ready VM exited while being handed over")
             os.rename(sandbox.run_dir, target)
             pidfd = os.pidfd_open(vm.pid)
         except (CacheMiss, OSError) as exc:
-            await self._kill(vm.child.pid, sandbox.run_dir)
+            await self._kill(vm.pid, sandbox.run_dir)
             records.remove(self.records, sandbox.id)
             raise CacheMiss(f"hand-over failed: {exc}") from exc
         records.write(self.records, sandbox.id, target, (peer, peer_start))
@@ -203,7 +203,7 @@ class Pool:
     async def _discard(self, sandbox: Sandbox) -> None:
         """Stop a released pool VM of ours (SIGTERM: QEMU exits cleanly) and forget it."""
         if sandbox.vm is not None:
-            await sandbox.vm.child.stop()
+            await sandbox.vm.terminate()
         await self._kill(None, sandbox.run_dir)
         records.remove(self.records, sandbox.id)
 

@@ -10,7 +10,10 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from runvm.process import ForeignProcess
 
 
 class Accel(enum.StrEnum):
@@ -138,7 +141,9 @@ def socket_dir(run_dir: Path, user: str) -> Path:
 
 
 class VM(Protocol):
-    """A running VM as seen by the runtime core."""
+    """A running VM as the runtime core uses it. Devices come and go by their specs (the
+    machine's :class:`Capabilities` say which it can hot-plug); a saved state goes to or
+    comes from a file; :meth:`detach` lets go of a VM that keeps running for another owner."""
 
     @property
     def pid(self) -> int: ...
@@ -146,16 +151,40 @@ class VM(Protocol):
     @property
     def accel(self) -> Accel: ...
 
+    @property
+    def returncode(self) -> int | None: ...  # None while the VM runs
+
     def console_tail(self) -> str: ...
 
     async def wait(self) -> int: ...
 
     async def stop(self) -> None: ...
 
+    async def detach(self) -> None: ...
+
+    async def terminate(self) -> None: ...
+
+    async def hotplug_nic(self, nic: NetSpec) -> None: ...
+
+    async def unplug_nic(self, nic_id: str, timeout: float = ...) -> None: ...
+
+    async def hotplug_disk(self, disk: DiskSpec) -> None: ...
+
+    async def unplug_disk(self, disk_id: str, timeout: float = ...) -> None: ...
+
+    async def hotplug_fs(self, share: VirtioFsSpec, share_id: str = ...) -> None: ...
+
+    async def save_state(self, path: Path, timeout: float = ...) -> None: ...
+
+    async def load_state(self, path: Path, timeout: float = ...) -> None: ...
+
 
 class Hypervisor(Protocol):
-    """A hypervisor driver: starts VMs from specs."""
+    """A hypervisor driver: starts VMs from specs, or takes over one another process
+    started (by its pid file descriptor)."""
 
-    capabilities: Capabilities
+    def resolve_binary(self) -> str: ...
 
     async def launch(self, spec: VMSpec) -> VM: ...
+
+    async def adopt(self, spec: VMSpec, process: ForeignProcess) -> VM: ...

@@ -19,13 +19,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from runvm.errors import ConfigError, RunvmError
-from runvm.hypervisor.base import NetSpec
-from runvm.hypervisor.qemu.driver import QemuVM
+from runvm.hypervisor.base import VM, NetSpec
 from runvm.network import netlink, netns
 from runvm.protocol import agent_pb2 as pb
-from runvm.protocol.client import AgentClient
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,15 @@ def open_vhost(queues: int) -> list[int]:
         log.warning("vhost-net unusable (%s): QEMU moves the packets", exc)
         return []
     return fds
+
+
+class GuestNetwork(Protocol):
+    """The agent's network calls (an AgentClient): the pod's network applied in the guest."""
+
+    async def update_interface(self, interface: pb.Interface) -> pb.Interface: ...
+    async def remove_interface(self, interface: pb.Interface) -> None: ...
+    async def update_routes(self, routes: list[pb.Route]) -> None: ...
+    async def add_arp_neighbors(self, neighbors: list[pb.ARPNeighbor]) -> None: ...
 
 
 @dataclass
@@ -146,7 +154,7 @@ class PodNetwork:
             self._remove(p)
         self.plugged.clear()
 
-    async def sync(self, vm: QemuVM, agent: AgentClient) -> None:
+    async def sync(self, vm: VM, agent: GuestNetwork) -> None:
         """Hot-plug interfaces that appeared since (a prestart hook's veth), unplug the
         ones that went away. Must run on the thread that is in the pod's namespace."""
         if self.model == "none":
@@ -181,7 +189,7 @@ class PodNetwork:
         if added:
             await self.configure(agent, added)
 
-    async def configure(self, agent: AgentClient, only: list[Plugged] | None = None) -> None:
+    async def configure(self, agent: GuestNetwork, only: list[Plugged] | None = None) -> None:
         if not self.plugged or self.topology is None:
             return
         for p in self.plugged if only is None else only:

@@ -12,6 +12,7 @@ from runvm.cache import client as cache
 from runvm.config import RunvmConfig
 from runvm.errors import ConfigError
 from runvm.hypervisor.accel import AccelReport, detect
+from runvm.hypervisor.base import Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
 from runvm.process import ForeignProcess
 from runvm.runtime import template
@@ -52,7 +53,7 @@ class Origin:
 
     files: GuestFiles
     accel: AccelReport
-    hypervisor: QemuHypervisor
+    hypervisor: Hypervisor
     booted_before: ClassVar[bool] = False  # its NICs are hot-plugged once it runs
 
 
@@ -78,7 +79,7 @@ async def choose(
 ) -> Origin:
     """Ask the cache first, then the template, else boot cold; make or take over ``run_dir``."""
     files = options.guest_files or resolve_guest_files(config)
-    hypervisor = QemuHypervisor(config.hypervisor.path)
+    hypervisor: Hypervisor = QemuHypervisor(config.hypervisor.path)
     qemu = hypervisor.resolve_binary()
     accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
                             files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip

@@ -98,7 +98,7 @@ class Pod:
     def vm_pid(self) -> int:
         if self.sandbox is None or self.sandbox.vm is None:
             return 0
-        return self.sandbox.vm.child.pid or 0
+        return self.sandbox.vm.pid or 0
 
     @property
     def failure(self) -> str:

@@ -24,6 +24,7 @@ from runvm.config import Machine, RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
+    VM,
     AgentChannelSpec,
     DeviceSpec,
     NinePSpec,
@@ -32,7 +33,6 @@ from runvm.hypervisor.base import (
     socket_dir,
 )
 from runvm.hypervisor.qemu.driver import (
-    QemuVM,
     machine_capabilities,
     unprivileged_user,
 )
@@ -100,7 +100,7 @@ class Sandbox:
         self.config = config
         self.run_dir = run_dir
         self.steps = steps
-        self.vm: QemuVM | None = None
+        self.vm: VM | None = None
         self.machine = config.hypervisor.machine
         self.templated = False  # cloned from the factory's template
         self.agent: AgentClient | None = None
@@ -442,7 +442,7 @@ class Sandbox:
         for watcher in (self._watcher, self._net_watcher):
             if watcher is not None:
                 watcher.cancel()
-        if self.agent and self.vm and self.vm.child.returncode is None:
+        if self.agent and self.vm and self.vm.returncode is None:
             with contextlib.suppress(AgentError, OSError):
                 await self.agent.destroy_sandbox()
                 with contextlib.suppress(TimeoutError):

@@ -84,6 +84,10 @@ class QemuVM:
         return self.spec.accel
 
     @property
+    def returncode(self) -> int | None:
+        return self.child.returncode
+
+    @property
     def console_path(self) -> Path:
         return self.spec.run_dir / "console.log"
 
@@ -303,6 +307,10 @@ class QemuVM:
             self._console_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._console_task
+
+    async def terminate(self) -> None:
+        """SIGTERM (then SIGKILL) to QEMU itself, detached or not: it exits cleanly."""
+        await self.child.stop()
 
     async def stop(self) -> None:
         """QMP quit, then SIGTERM, then SIGKILL; always reaps and removes sockets."""
