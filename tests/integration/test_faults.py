@@ -19,7 +19,7 @@ from conftest import add_config, loose_permissions
 from test_lifecycle import RUNVM, Cli, bundle, poll, subreaper
 
 from runvm.image.ociarchive import busybox_archive
-from runvm.runtime.names import run_dir_name
+from runvm.names import run_dir_name
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 

@@ -18,8 +18,6 @@ from typing import Any
 
 from runvm.cache import wire
 from runvm.config import RunvmConfig
-from runvm.runtime import template
-from runvm.runtime.guestimage import GuestFiles
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +29,6 @@ class Handed:
     pid: int
     pidfd: int
     vm_id: str  # the pool's name for it (QEMU's ``-name``)
-
-
-def cache_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) -> dict[str, Any]:
-    """What a cached VM must have been made with to serve a sandbox of ``config``."""
-    hv = config.hypervisor
-    return {
-        **template.template_key(config, files, accel, qemu),
-        "seccomp": hv.seccomp,
-        "console_log_max_kib": hv.console_log_max_kib,
-    }
 
 
 def _close_all(fds: list[int]) -> None:
@@ -72,13 +60,11 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> tuple[dict[s
         return reply, (fds[0] if fds else -1)
 
 
-async def take(
-    config: RunvmConfig, run_dir: Path, files: GuestFiles, accel: str, qemu: str
-) -> Handed | None:
-    """See the module docstring; ``run_dir`` is where the VM's directory is to be moved."""
+async def take(config: RunvmConfig, run_dir: Path, key: dict[str, Any]) -> Handed | None:
+    """See the module docstring; ``run_dir`` is where the VM's directory is to be moved,
+    ``key`` what the VM must have been made with (the runtime's ``pooled.cache_key``)."""
     path = Path(config.cache.socket)
-    message = {"op": "take", "run_dir": str(run_dir),
-               "key": cache_key(config, files, accel, qemu)}  # fmt: skip
+    message = {"op": "take", "run_dir": str(run_dir), "key": key}
     try:
         reply, pidfd = await asyncio.to_thread(request, path, message, TAKE_TIMEOUT)
     except (OSError, wire.WireError) as exc:

@@ -28,19 +28,15 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runvm import files
 from runvm.cache import records
-from runvm.cache.client import cache_key
 from runvm.config import RunvmConfig
 from runvm.errors import RunvmError
-from runvm.hypervisor.accel import detect
-from runvm.hypervisor.qemu.driver import QemuHypervisor
+from runvm.hypervisor.base import VM
+from runvm.names import check_id
 from runvm.process import ForeignProcess, start_time
-from runvm.runtime.guestimage import resolve_guest_files
-from runvm.runtime.names import check_id
-from runvm.runtime.sandbox import Sandbox, SandboxOptions, sandbox_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +47,39 @@ class CacheMiss(RunvmError):
     """Nothing handed over; the message says why."""
 
 
+class PooledVM(Protocol):
+    """A VM booted for the pool (a pooled sandbox): its name, run directory and VM."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def vm(self) -> VM | None: ...
+    @property
+    def timings(self) -> dict[str, float]: ...
+
+    async def release(self) -> None: ...  # let go of the agent link and QMP, leave it running
+
+
+class PoolBoot(Protocol):
+    """How the pool's VMs are made (the runtime's ``pooled.PooledBoot``)."""
+
+    def run_dir(self, vm_id: str) -> Path: ...
+    async def key(self) -> dict[str, Any]: ...
+    async def boot(self, vm_id: str) -> PooledVM: ...
+
+
 @dataclass
 class Ready:
-    sandbox: Sandbox
+    sandbox: PooledVM
     watcher: asyncio.Task[None] | None = None
 
 
 class Pool:
-    def __init__(self, config: RunvmConfig, size: int) -> None:
+    def __init__(self, config: RunvmConfig, size: int, booter: PoolBoot) -> None:
         self.config = config
+        self.booter = booter
         self.size = size
         self.records = records.records_dir(config.runtime.state_root)
         self.ready: list[Ready] = []
@@ -71,11 +91,7 @@ class Pool:
     async def key(self) -> dict[str, Any]:
         """What this pool's VMs are made with (compared with each request's key)."""
         if self._key is None:
-            files = resolve_guest_files(self.config)
-            qemu = QemuHypervisor(self.config.hypervisor.path).resolve_binary()
-            cache_dir = Path(self.config.runtime.cache_dir)
-            accel = await detect(self.config.hypervisor.accelerator, qemu, files.kernel, cache_dir)
-            self._key = cache_key(self.config, files, accel.accel.value, qemu)
+            self._key = await self.booter.key()
         return self._key
 
     def status(self) -> dict[str, Any]:
@@ -90,10 +106,10 @@ class Pool:
                 await self._wake.wait()
                 continue
             vm_id = f"cache-{uuid.uuid4().hex[:10]}"
-            run_dir = sandbox_run_dir(self.config, vm_id)
+            run_dir = self.booter.run_dir(vm_id)
             records.write(self.records, vm_id, run_dir, None)
             try:
-                sandbox = await Sandbox.start(vm_id, self.config, SandboxOptions(pooled=True))
+                sandbox = await self.booter.boot(vm_id)
             except asyncio.CancelledError:  # the start undid itself
                 records.remove(self.records, vm_id)
                 raise
@@ -200,7 +216,7 @@ class Pool:
                 holder.close()
             self.leases.pop(vm_id, None)
 
-    async def _discard(self, sandbox: Sandbox) -> None:
+    async def _discard(self, sandbox: PooledVM) -> None:
         """Stop a released pool VM of ours (SIGTERM: QEMU exits cleanly) and forget it."""
         if sandbox.vm is not None:
             await sandbox.vm.terminate()

@@ -34,13 +34,14 @@ def check(conf: cfg.RunvmConfig) -> None:
 def serve(args: argparse.Namespace) -> int:
     from runvm.cache import server
     from runvm.cache.pool import Pool
+    from runvm.runtime.pooled import PooledBoot
 
     conf = cfg.load(args.config)
     check(conf)
     size = args.size if args.size is not None else conf.cache.size
     if not 1 <= size <= 1024:
         raise ConfigError(f"cache: --size {size} is outside 1..1024")
-    asyncio.run(server.serve(Pool(conf, size), Path(conf.cache.socket)))
+    asyncio.run(server.serve(Pool(conf, size, PooledBoot(conf)), Path(conf.cache.socket)))
     return 0
 
 

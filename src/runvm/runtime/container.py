@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, RunvmError
+from runvm.names import check_id
 from runvm.oci import load_spec, parse_process
 from runvm.protocol import agent_pb2 as pb
 from runvm.runtime import hooks
 from runvm.runtime.guestspec import guest_spec, with_path
 from runvm.runtime.lifecycle import State, require
-from runvm.runtime.names import check_id
 from runvm.runtime.proc import Process
 from runvm.runtime.sandbox import Sandbox
 from runvm.storage import blockdev, mounts

@@ -86,9 +86,8 @@ async def choose(
     plain = options.share_fs and not (options.extra_devices or options.extra_kernel_params)
     fresh = plain and not options.pooled
     if config.cache.enable and fresh and not options.guest_files:
-        handed = await steps.run(
-            "cache-take", cache.take(config, run_dir, files, accel.accel.value, qemu)
-        )
+        key = template.cache_key(config, files, accel.accel.value, qemu)
+        handed = await steps.run("cache-take", cache.take(config, run_dir, key))
         if handed is not None:  # the daemon moved the VM's directory here; its QEMU is ours
             process = ForeignProcess(handed.pid, handed.pidfd)
             steps.add_undo("run-dir", lambda: _remove_dir(run_dir))

@@ -37,6 +37,7 @@ from runvm.hypervisor.qemu.driver import (
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
+from runvm.names import check_id, run_dir_name
 from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
@@ -44,7 +45,6 @@ from runvm.runtime import footprint, hostcgroup, template
 from runvm.runtime import origin as origins
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles
-from runvm.runtime.names import check_id, run_dir_name
 from runvm.runtime.origin import Adopted, Cloned, Origin, refuse_bad_combinations
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd

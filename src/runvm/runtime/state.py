@@ -25,9 +25,9 @@ from typing import Any
 
 from runvm import files
 from runvm.errors import ConfigError, NotFoundError
+from runvm.names import check_id
 from runvm.runtime import lifecycle
 from runvm.runtime.lifecycle import LIVE, State
-from runvm.runtime.names import check_id
 
 OCI_VERSION = "1.0.2"
 

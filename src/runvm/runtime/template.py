@@ -231,3 +231,14 @@ def status(config: RunvmConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"template": str(tpl.directory), **tpl.meta}
     out["memory_bytes"] = os.stat(tpl.memory).st_size
     return out
+
+
+def cache_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) -> dict[str, Any]:
+    """What a VM of the cache daemon must have been made with to serve a sandbox of
+    ``config``: a template's key plus what a clone does not share with its template."""
+    hv = config.hypervisor
+    return {
+        **template_key(config, files, accel, qemu),
+        "seccomp": hv.seccomp,
+        "console_log_max_kib": hv.console_log_max_kib,
+    }

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runvm import config as cfg
-from runvm.runtime.names import run_dir_name
+from runvm.names import run_dir_name
 from runvm.shim.cmdline import socket_address
 
 SHARED = "*"
