@@ -16,6 +16,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runvm.errors import RpcError, RunvmError
@@ -67,6 +68,9 @@ class FakeAgent:
         self.calls: list[str] = []
         self.fail: dict[str, RunvmError] = {}
         self.conn = _FakeConn()
+        self.instance_id = "0" * 32
+        self.sandbox: pb.CreateSandboxRequest | None = None
+        self.on_destroy: Callable[[], None] = lambda: None
         self._next_pid = 100
 
     # --- test controls ---------------------------------------------------------------------
@@ -213,5 +217,21 @@ class FakeAgent:
                 raise RpcError(Code.NOT_FOUND, f"container {container_id} was removed")
         return container.oom_kills
 
+    # --- the sandbox -----------------------------------------------------------------------
+    async def guest_details(self) -> pb.GuestDetailsResponse:
+        self._call("GuestDetails")
+        return pb.GuestDetailsResponse(kernel_release="fake", instance_id=self.instance_id,
+                                       agent_version="fake")  # fmt: skip
+
+    async def resume_clone(self, request: pb.ResumeCloneRequest) -> pb.GuestDetailsResponse:
+        self._call("ResumeClone")
+        self.instance_id = request.instance_id
+        return await self.guest_details()
+
+    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> None:
+        self._call("CreateSandbox")
+        self.sandbox = request
+
     async def destroy_sandbox(self, timeout: float = 10.0) -> None:
         self._call("DestroySandbox")
+        self.on_destroy()  # the guest powers off

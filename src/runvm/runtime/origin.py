@@ -4,6 +4,7 @@ and run directory that come before it. See :func:`choose` and :func:`refuse_bad_
 from __future__ import annotations
 
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -12,10 +13,12 @@ from runvm.cache import client as cache
 from runvm.config import RunvmConfig
 from runvm.errors import ConfigError
 from runvm.hypervisor.accel import AccelReport, detect
-from runvm.hypervisor.base import Hypervisor
+from runvm.hypervisor.base import AgentChannelSpec, Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
 from runvm.process import ForeignProcess
+from runvm.protocol.client import AgentClient
 from runvm.runtime import template
+from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.steps import Steps
 
@@ -74,14 +77,30 @@ class Adopted(Origin):
     booted_before: ClassVar[bool] = True
 
 
+def qemu(config: RunvmConfig) -> Hypervisor:
+    return QemuHypervisor(config.hypervisor.path)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What sandboxes are made with: the hypervisor driver, its accelerator probe, the agent
+    link. Unit tests of the core give fakes (``hypervisor/fake.py``, ``protocol/fake.py``)."""
+
+    hypervisor: Callable[[RunvmConfig], Hypervisor] = qemu
+    detect: Callable[[str, str, Path, Path], Awaitable[AccelReport]] = detect
+    connect: Callable[
+        [AgentChannelSpec, float, float, Callable[[], Awaitable[int]]], Awaitable[AgentClient]
+    ] = connect_agent
+
+
 async def choose(
-    config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps
+    config: RunvmConfig, options: SandboxOptions, run_dir: Path, steps: Steps, parts: Parts
 ) -> Origin:
     """Ask the cache first, then the template, else boot cold; make or take over ``run_dir``."""
     files = options.guest_files or resolve_guest_files(config)
-    hypervisor: Hypervisor = QemuHypervisor(config.hypervisor.path)
+    hypervisor = parts.hypervisor(config)
     qemu = hypervisor.resolve_binary()
-    accel = await steps.run("accelerator", detect(config.hypervisor.accelerator, qemu,
+    accel = await steps.run("accelerator", parts.detect(config.hypervisor.accelerator, qemu,
                             files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
     plain = options.share_fs and not (options.extra_devices or options.extra_kernel_params)
     fresh = plain and not options.pooled

@@ -43,9 +43,8 @@ from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import footprint, hostcgroup, template
 from runvm.runtime import origin as origins
-from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles
-from runvm.runtime.origin import Adopted, Cloned, Origin, refuse_bad_combinations
+from runvm.runtime.origin import Adopted, Cloned, Origin, Parts, refuse_bad_combinations
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
@@ -57,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POWEROFF_WAIT = 5.0
+PARTS = Parts()
 
 
 def channel_kind(wanted: str) -> str:
@@ -116,6 +116,7 @@ class Sandbox:
         self._net_watcher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
+        self.parts = PARTS
 
     @property
     def hotplug_blk(self) -> bool:
@@ -127,7 +128,11 @@ class Sandbox:
 
     @classmethod
     async def start(
-        cls, sandbox_id: str, config: RunvmConfig, options: SandboxOptions | None = None
+        cls,
+        sandbox_id: str,
+        config: RunvmConfig,
+        options: SandboxOptions | None = None,
+        parts: Parts = PARTS,
     ) -> Sandbox:
         check_id(sandbox_id)
         options = options or SandboxOptions()
@@ -135,9 +140,10 @@ class Sandbox:
         steps = Steps()
         async with steps:
             run_dir = sandbox_run_dir(config, sandbox_id)
-            origin = await origins.choose(config, options, run_dir, steps)
+            origin = await origins.choose(config, options, run_dir, steps, parts)
             footprint.check_fits(config, origin.accel.accel, options.memory_limit)
             sandbox = cls(sandbox_id, config, run_dir, steps)
+            sandbox.parts = parts
             sandbox.accel = origin.accel
             sandbox.templated = isinstance(origin, Cloned)
             sandbox.machine = machine_for(config, options)
@@ -415,7 +421,7 @@ class Sandbox:
         assert self.vm is not None
         vm = self.vm
         try:
-            return await connect_agent(channel, timeout, self.config.agent.timeout, vm.wait)
+            return await self.parts.connect(channel, timeout, self.config.agent.timeout, vm.wait)
         except VersionMismatch:
             raise
         except (AgentError, OSError) as exc:
