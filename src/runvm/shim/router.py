@@ -65,7 +65,7 @@ class PodRouter:
         service = self.pods.get(group)
         if service is None:
             service = TaskService(group, self.namespace, self.config, self.events, shared=True)
-            service.on_change = functools.partial(self.on_change, service)
+            service.pod.on_change = functools.partial(self.on_change, service)
             self.pods[group] = service
         try:
             response = await service.create(req)
@@ -76,7 +76,8 @@ class PodRouter:
         return response
 
     def _forget_if_empty(self, service: TaskService) -> None:
-        if service.tasks or service.lock.locked() or self.pods.get(service.group) is not service:
+        pod = service.pod
+        if pod.containers or pod.lock.locked() or self.pods.get(service.group) is not service:
             return  # still in use, or a create of its pod is under way
         del self.pods[service.group]
         self.on_forget(service)

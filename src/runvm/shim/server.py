@@ -96,15 +96,17 @@ def serve_main(args: ServeArgs, ready: ReadyPipe) -> int:
 
 
 def _write_record(layout: Layout, service: TaskService) -> None:
+    pod = service.pod
+    details = pod.sandbox.details if pod.sandbox is not None else None
     record = {
         "shim_pid": os.getpid(),
         "socket": str(layout.socket),
         "run_dir": str(layout.run_dir),
-        "tasks": sorted(service.tasks),
-        "cgroups": [str(p) for p in service.cgroup.created] if service.cgroup else [],
+        "tasks": sorted(pod.containers),
+        "cgroups": [str(p) for p in pod.cgroup.created] if pod.cgroup else [],
         "network": service.network_leftovers(),
-        "vm_pid": service.vm_pid,
-        "agent_instance": service.agent_instance,
+        "vm_pid": pod.vm_pid,
+        "agent_instance": details.instance_id if details is not None else "",
     }
     files.write_atomic(layout.record, json.dumps(record).encode())
 
@@ -137,7 +139,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
         what = f"the pods of namespace {layout.namespace}"
     else:
         service = TaskService(layout.group, layout.namespace, config, publisher)
-        service.on_change = lambda: _write_record(layout, service)
+        service.pod.on_change = lambda: _write_record(layout, service)
         handlers = service.handlers()
         _write_record(layout, service)
         pods.append(layout)

@@ -98,35 +98,10 @@ class TaskService:
         self.procs: dict[tuple[str, str], Proc] = {}
         self.done = asyncio.Event()
 
-    # --- what the shim's record and router read ------------------------------------------
-    @property
-    def tasks(self) -> dict[str, Container]:
-        return self.pod.containers
-
-    @property
-    def lock(self) -> asyncio.Lock:
-        return self.pod.lock
-
-    @property
-    def cgroup(self) -> Any:
-        return self.pod.cgroup
-
+    # --- what the shim's record reads ------------------------------------------------------
     @property
     def vm_pid(self) -> int:
         return self.pod.vm_pid
-
-    @property
-    def agent_instance(self) -> str:
-        sandbox = self.pod.sandbox
-        return sandbox.details.instance_id if sandbox and sandbox.details else ""
-
-    @property
-    def on_change(self) -> Callable[[], None]:
-        return self.pod.on_change
-
-    @on_change.setter
-    def on_change(self, fn: Callable[[], None]) -> None:
-        self.pod.on_change = fn
 
     def network_leftovers(self) -> dict[str, Any]:
         """For ``delete`` after this process died: what to remove in which namespace."""
