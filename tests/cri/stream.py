@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import websocket
@@ -82,6 +83,26 @@ def ws_url(url: str) -> str:
     return urlunsplit((scheme, *parts[1:]))
 
 
+def _messages(ws: websocket.WebSocket, url: str, deadline: float) -> Iterator[tuple[int, bytes]]:
+    """(channel, payload) of each message until the server closes the session."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"stream {url} still open at its deadline")
+        ws.settimeout(remaining)
+        try:
+            opcode, data = ws.recv_data()
+        except websocket.WebSocketTimeoutException as exc:
+            raise TimeoutError(f"stream {url} still open at its deadline") from exc
+        except websocket.WebSocketConnectionClosedException:
+            return
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            ws.shutdown()  # type: ignore[no-untyped-call]  # the close reply is already sent
+            return
+        if data:
+            yield data[0], bytes(data[1:])
+
+
 def run_stream(
     url: str,
     stdin: bytes = b"",
@@ -127,23 +148,7 @@ def run_stream(
     sender.start()
     out: dict[int, bytearray] = {STDOUT: bytearray(), STDERR: bytearray(), ERROR: bytearray()}
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"stream {url} still open after {timeout}s")
-            ws.settimeout(remaining)
-            try:
-                opcode, data = ws.recv_data()
-            except websocket.WebSocketTimeoutException as exc:
-                raise TimeoutError(f"stream {url} still open after {timeout}s") from exc
-            except websocket.WebSocketConnectionClosedException:
-                break
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                ws.shutdown()  # type: ignore[no-untyped-call]  # the close reply is already sent
-                break
-            if not data:
-                continue
-            channel, payload = data[0], bytes(data[1:])
+        for channel, payload in _messages(ws, url, deadline):
             if channel in out:
                 out[channel] += payload
             # CLOSE ([255, channel]) and unknown channels carry nothing to keep.
@@ -177,23 +182,9 @@ def port_forward(url: str, data: bytes, timeout: float = 60) -> tuple[bytes, byt
     try:
         for i in range(0, len(data), CHUNK):
             ws.send(encode_frame(0, data[i : i + CHUNK]), websocket.ABNF.OPCODE_BINARY)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"port forward {url} still open after {timeout}s")
-            ws.settimeout(remaining)
-            try:
-                opcode, frame = ws.recv_data()
-            except websocket.WebSocketTimeoutException as exc:
-                raise TimeoutError(f"port forward {url} still open after {timeout}s") from exc
-            except websocket.WebSocketConnectionClosedException:
-                break
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                ws.shutdown()  # type: ignore[no-untyped-call]
-                break
-            if not frame or frame[0] not in channels:
+        for channel, payload in _messages(ws, url, deadline):
+            if channel not in channels:
                 continue
-            channel, payload = frame[0], bytes(frame[1:])
             if channel not in prefixed:  # the port number first
                 if len(payload) < 2:
                     raise StreamError(f"channel {channel} began with {payload!r}, not a port")
