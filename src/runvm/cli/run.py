@@ -27,8 +27,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def wait_forwarding(pid: int) -> int:
-    """Wait for our child ``pid``, forwarding signals to it; its status as a container's."""
+def forward_signals(pid: int) -> None:
+    """From now on the signals we forward go to our child ``pid`` (as soon as it exists:
+    one sent once the container runs must never end this command instead)."""
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -36,6 +37,11 @@ def wait_forwarding(pid: int) -> int:
 
     for signum in (*FORWARDED, signal.SIGWINCH):
         signal.signal(signum, forward)
+
+
+def wait_forwarding(pid: int) -> int:
+    """Wait for our child ``pid``, forwarding signals to it; its status as a container's."""
+    forward_signals(pid)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -45,6 +51,8 @@ def wait_forwarding(pid: int) -> int:
 def run(args: argparse.Namespace) -> int:
     terminal_here = not args.detach and not args.console_socket
     pid = create.spawn_monitor(args, foreground_tty=terminal_here)
+    if not args.detach:
+        forward_signals(pid)  # before start: the container may get its first signal at once
     try:
         start.start(args)
     except BaseException:
