@@ -30,7 +30,7 @@ from runvm.cli.monitor.attach import (
     open_terminal,
     restore,
 )
-from runvm.cli.run import wait_forwarding
+from runvm.cli.run import forward_signals, wait_forwarding
 from runvm.errors import RpcError, RunvmError
 from runvm.oci import parse_process
 from runvm.protocol.client import AgentClient
@@ -162,7 +162,20 @@ def run(args: argparse.Namespace) -> int:
     base = json.loads((Path(state.bundle) / "config.json").read_text()).get("process", {})
     helper = _ExecHelper(str(state.monitor_socket()), args.container_id,
                          build_process(args, base), args)  # fmt: skip
-    pid = fork_helper(lambda ready: asyncio.run(helper.run(ready)))
+    # The process may run before the helper is known: signals wait (blocked) until they can
+    # be forwarded to it, rather than end this command.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+
+    def body(ready: ReadyPipe) -> int:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        return asyncio.run(helper.run(ready))
+
+    try:
+        pid = fork_helper(body)
+        if not args.detach:
+            forward_signals(pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     if args.detach:
