@@ -40,8 +40,10 @@ class HypervisorConfig:
     # The machine of a sandbox that hot-plugs devices (a block-device rootfs or volume) when
     # `machine` cannot (microvm); "" refuses such containers instead.
     hotplug_machine: Literal["pc", "q35", ""] = "pc"
-    vcpus: int = 1
+    vcpus: int = 1  # the VM's base: each container's CPU and memory limits come on top
     memory_mib: int = 256
+    max_vcpus: int = 0  # caps on a sized VM (runtime/sizing.py); 0: the host's CPUs
+    max_memory_mib: int = 0  # 0: the host's RAM
     tcg_tb_size_mib: int = 32  # translation cache under TCG (MiB; a guest fills it)
     kernel_params: str = ""  # appended to the guest kernel command line
     boot_timeout: float = 90.0  # seconds from QEMU start until the agent must answer
@@ -147,6 +149,8 @@ class RunvmConfig:
 _RANGES = {
     ("hypervisor", "vcpus"): (1, 256),
     ("hypervisor", "memory_mib"): (64, 1 << 20),
+    ("hypervisor", "max_vcpus"): (0, 256),
+    ("hypervisor", "max_memory_mib"): (0, 1 << 24),
     ("hypervisor", "tcg_tb_size_mib"): (1, 2048),
     ("hypervisor", "boot_timeout"): (1, 3600),
     ("hypervisor", "console_log_max_kib"): (4, 1 << 20),

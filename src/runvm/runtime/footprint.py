@@ -18,20 +18,23 @@ from runvm.hypervisor.base import Accel
 HOST_OVERHEAD_MIB = 112
 
 
-def vm_footprint_mib(config: RunvmConfig, accel: Accel) -> int:
+def vm_footprint_mib(config: RunvmConfig, accel: Accel, memory_mib: int = 0) -> int:
+    """Host memory of a pod with ``memory_mib`` of guest RAM (0: the configured base)."""
     tcg = config.hypervisor.tcg_tb_size_mib if accel is Accel.TCG else 0
-    return config.hypervisor.memory_mib + tcg + HOST_OVERHEAD_MIB
+    return (memory_mib or config.hypervisor.memory_mib) + tcg + HOST_OVERHEAD_MIB
 
 
-def check_fits(config: RunvmConfig, accel: Accel, limit: int | None) -> None:
-    """``limit``: the pod's host memory limit in bytes (None: unlimited)."""
+def check_fits(config: RunvmConfig, accel: Accel, limit: int | None, memory_mib: int = 0) -> None:
+    """``limit``: the pod's host memory limit in bytes (None: unlimited); ``memory_mib``:
+    the VM's guest RAM (0: the configured base)."""
     if limit is None:
         return
-    need = vm_footprint_mib(config, accel)
+    guest = memory_mib or config.hypervisor.memory_mib
+    need = vm_footprint_mib(config, accel, guest)
     if limit < need << 20:
         raise ConfigError(
             f"the pod's memory limit ({limit >> 20} MiB) is below what its VM needs ({need} "
-            f"MiB: {config.hypervisor.memory_mib} MiB of guest RAM, the rest for QEMU, "
+            f"MiB: {guest} MiB of guest RAM, the rest for QEMU, "
             "virtiofsd and the shim): give the pod's RuntimeClass an overhead "
             f"(overhead.podFixed.memory) of at least {need}Mi, or a smaller "
             "[hypervisor] memory_mib (docs/kubernetes.md)"

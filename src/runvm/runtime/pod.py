@@ -39,6 +39,7 @@ from runvm.errors import (
     StateError,
 )  # fmt: skip
 from runvm.network import netns
+from runvm.runtime import sizing
 from runvm.runtime.container import Container
 from runvm.runtime.hostcgroup import HostCgroup
 from runvm.runtime.lifecycle import State, require
@@ -168,8 +169,15 @@ class Pod:
                 raise StateError(f"create container {container_id} in pod {self.id}",
                                  "without a VM", ["its sandbox created first"])  # fmt: skip
             await self._boot(container_id, spec, block is not None or blockdev.needs_disks(spec))
-        elif self.first in self.containers:
-            join = join_map(self.vm_pid, self.containers[self.first].guest_pid)
+        else:
+            extra = sizing.needs((spec.get("linux") or {}).get("resources"))
+            if extra.vcpus or extra.memory_mib:  # (the VM does not grow yet)
+                log.warning("container %s asks for %d more vCPUs and %d MiB; pod %s's VM keeps "
+                            "its %d vCPUs and %d MiB", container_id, extra.vcpus,
+                            extra.memory_mib, self.id, self.sandbox.size.vcpus,
+                            self.sandbox.size.memory_mib)  # fmt: skip
+            if self.first in self.containers:
+                join = join_map(self.vm_pid, self.containers[self.first].guest_pid)
         assert self.sandbox is not None
         container = await Container.create(self.sandbox, container_id, bundle, stdin, join, block,
                                            host_pid=self.vm_pid if host_pid is None else host_pid,
@@ -193,9 +201,12 @@ class Pod:
             except (OSError, RunvmError) as exc:
                 log.warning("host cgroup %s: %s (the pod runs outside it)", cgroups_path, exc)
         limit = self.cgroup.memory_limit() if self.cgroup is not None else None
+        resources = (spec.get("linux") or {}).get("resources")
+        size = sizing.vm_size(self.config, resources, f"container {container_id}")
         options = SandboxOptions(hostname=spec.get("hostname") or container_id[:63],
                                  network=wanted, needs_hotplug=needs_hotplug,
-                                 netns_fd=self.netns_fd, memory_limit=limit)  # fmt: skip
+                                 netns_fd=self.netns_fd, memory_limit=limit,
+                                 size=size)  # fmt: skip
         self.sandbox = sandbox = await self.start_sandbox(self.id, self.config, options)
         sandbox.on_network_change = lambda: self.on_change()  # records list the NICs
         self.first = container_id

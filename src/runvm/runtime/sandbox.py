@@ -41,10 +41,11 @@ from runvm.names import check_id, run_dir_name
 from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
-from runvm.runtime import footprint, hostcgroup, template
+from runvm.runtime import footprint, hostcgroup, sizing, template
 from runvm.runtime import origin as origins
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.origin import Adopted, Cloned, Origin, Parts, refuse_bad_combinations
+from runvm.runtime.sizing import Size
 from runvm.runtime.steps import Steps
 from runvm.storage import virtiofsd
 from runvm.storage.shared import GUEST_ROOT, NINEP_OPTIONS, TAG, SharedDir
@@ -90,6 +91,9 @@ class SandboxOptions:
     pooled: bool = False
     # The pod's host memory limit (bytes), if it has one: a VM that cannot fit is refused.
     memory_limit: int | None = None
+    # The VM's size (runtime/sizing.py); None: the configured base. A VM of another size
+    # than the base boots cold (templates and cached VMs have the base size).
+    size: Size | None = None
 
 
 class Sandbox:
@@ -117,6 +121,7 @@ class Sandbox:
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
         self.parts = PARTS
+        self.size = sizing.base(config)
 
     @property
     def hotplug_blk(self) -> bool:
@@ -141,8 +146,10 @@ class Sandbox:
         async with steps:
             run_dir = sandbox_run_dir(config, sandbox_id)
             origin = await origins.choose(config, options, run_dir, steps, parts)
-            footprint.check_fits(config, origin.accel.accel, options.memory_limit)
             sandbox = cls(sandbox_id, config, run_dir, steps)
+            sandbox.size = options.size or sizing.base(config)
+            footprint.check_fits(config, origin.accel.accel, options.memory_limit,
+                                 sandbox.size.memory_mib)  # fmt: skip
             sandbox.parts = parts
             sandbox.accel = origin.accel
             sandbox.templated = isinstance(origin, Cloned)
@@ -248,7 +255,7 @@ class Sandbox:
         """The pod's network, unplugged at undo."""
         from runvm.network.plug import PodNetwork
 
-        self.network = net = PodNetwork(self.config.network.model, self.config.hypervisor.vcpus,
+        self.network = net = PodNetwork(self.config.network.model, self.size.vcpus,
                                         self.run_dir, netns_fd=options.netns_fd)  # fmt: skip
         self.steps.add_undo("network", _async(net.unplug))
         return net
@@ -287,7 +294,7 @@ class Sandbox:
         files = origin.files
         return VMSpec(
             name=self.id, run_dir=self.run_dir, kernel=files.kernel, initrd=files.initrd,
-            accel=origin.accel.accel, vcpus=hv_cfg.vcpus, memory_mib=hv_cfg.memory_mib,
+            accel=origin.accel.accel, vcpus=self.size.vcpus, memory_mib=self.size.memory_mib,
             machine=self.machine, kernel_params=tuple(params),
             devices=(channel, *devices),
             tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
