@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 RUNVM = [sys.executable, "-m", "runvm.cli.main"]
 # Two busy loops for 4 s: with two CPUs the container's CPU time is about twice the wall time.
 PROBE = """
-nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; cat /sys/fs/cgroup/memory.max
-used() { awk '/usage_usec/ {print $2}' /sys/fs/cgroup/cpu.stat; }
+cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)  # the container's own cgroup
+nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; cat $cg/memory.max
+used() { awk '/usage_usec/ {print $2}' $cg/cpu.stat; }
 a=$(used); (while :; do :; done) & p1=$!; (while :; do :; done) & p2=$!
 sleep 4; kill $p1 $p2; wait; b=$(used); echo $((b - a))
 dd if=/dev/zero of=/dev/null bs=900M count=1 2>/dev/null && echo touched-900MiB
@@ -42,9 +43,11 @@ def run(env: dict[str, str], bundle: Path, name: str) -> subprocess.CompletedPro
 def test_limits_size_the_vm(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """1 GiB and a quota of 2 CPUs: the VM has the base (1 vCPU, 256 MiB) plus both, the
     container runs two loops in parallel and touches 900 MiB within its limit."""
+    add_config(Path(cli_env["RUNVM_CONFIG"]), "[hypervisor]\nmax_vcpus = 3\n")  # 2 host CPUs
     limits = {"memory": {"limit": 1 << 30}, "cpu": {"quota": 200000, "period": 100000}}
     r = run(cli_env, sized_bundle(tmp_path / "b", limits), "c-sized")
     assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 5, (r.stdout, r.stderr)
     nproc, memtotal_kib, memory_max, cpu_usec, touched = r.stdout.split()
     assert int(nproc) == 3, r.stdout
     assert int(memtotal_kib) > 1200 * 1024, r.stdout  # 1280 MiB less the kernel's own
