@@ -20,6 +20,7 @@ from runvm.protocol.client import AgentClient
 from runvm.protocol.fake import FakeAgent
 from runvm.runtime import template
 from runvm.runtime.guestimage import GuestFiles
+from runvm.runtime.lifecycle import SandboxState
 from runvm.runtime.origin import Parts
 from runvm.runtime.sandbox import Sandbox, SandboxOptions, machine_for
 from runvm.storage.shared import SharedDir
@@ -59,6 +60,11 @@ class Fakes:
         return await Sandbox.start("sb1", self.config, self.options, self.parts)
 
 
+def state_of(sandbox: Sandbox) -> SandboxState:
+    """(read afresh: a call changes it)"""
+    return sandbox.state
+
+
 def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(body(), 30))
 
@@ -72,7 +78,7 @@ def test_cold_boot_runs_its_steps_in_order_and_stop_undoes_them(tmp_path: Path) 
 
     async def body() -> None:
         sandbox = await fakes.start()
-        assert list(sandbox.timings) == COLD
+        assert list(sandbox.timings) == COLD and sandbox.state is SandboxState.READY
         vm = fakes.hv.vms[0]
         assert vm.spec.machine == "pc" and not vm.spec.incoming
         assert fakes.agent.sandbox is not None and fakes.agent.sandbox.hostname == "h"
@@ -80,6 +86,7 @@ def test_cold_boot_runs_its_steps_in_order_and_stop_undoes_them(tmp_path: Path) 
         await sandbox.stop()
         assert "DestroySandbox" in fakes.agent.calls and vm.returncode == 0
         assert not sandbox.run_dir.exists() and fakes.agent.conn.closed.is_set()
+        assert state_of(sandbox) is SandboxState.STOPPED
         await sandbox.stop()  # idempotent
 
     run(body)
@@ -109,6 +116,24 @@ def test_a_failing_step_undoes_every_step_before_it(tmp_path: Path, step: str) -
     assert all(vm.returncode is not None for vm in fakes.hv.vms)  # every VM stopped
     if COLD.index(step) > COLD.index("agent-ready"):
         assert fakes.agent.conn.closed.is_set()
+
+
+def test_a_vm_that_dies_fails_its_sandbox_and_says_why(tmp_path: Path) -> None:
+    fakes = Fakes(tmp_path)
+
+    async def body() -> None:
+        sandbox = await fakes.start()
+        fakes.hv.vms[0].exit(-9)
+        for _ in range(100):
+            if sandbox.state is SandboxState.FAILED:
+                break
+            await asyncio.sleep(0.01)
+        assert sandbox.state is SandboxState.FAILED
+        assert sandbox.failure.startswith("QEMU exited"), sandbox.failure
+        await sandbox.stop()
+        assert state_of(sandbox) is SandboxState.STOPPED and not sandbox.run_dir.exists()
+
+    run(body)
 
 
 def test_a_sandbox_that_does_not_fit_its_pod_is_refused_before_booting(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from runvm.protocol.client import AgentClient
 from runvm.runtime import footprint, hostcgroup, sizing, template
 from runvm.runtime import origin as origins
 from runvm.runtime.guestimage import GuestFiles
+from runvm.runtime.lifecycle import SandboxState
 from runvm.runtime.origin import Adopted, Cloned, Origin, Parts, refuse_bad_combinations
 from runvm.runtime.sizing import Size
 from runvm.runtime.steps import Steps
@@ -119,7 +120,7 @@ class Sandbox:
         self._net_lock = asyncio.Lock()
         self._net_watcher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._stopped = False
+        self.state = SandboxState.BOOTING
         self.parts = PARTS
         self.size = sizing.base(config)
 
@@ -162,9 +163,11 @@ class Sandbox:
                 storages = await sandbox._boot_cold(options, origin)
             if options.pooled:
                 steps.commit()
+                sandbox.state = SandboxState.READY
                 return sandbox
             await sandbox._create_sandbox(options, storages, origin.booted_before)
             steps.commit()
+            sandbox.state = SandboxState.READY
         sandbox._watcher = asyncio.ensure_future(sandbox._watch_helpers())
         if sandbox.network is not None and sandbox.network.model != "none":
             sandbox._net_watcher = asyncio.ensure_future(sandbox._watch_network())
@@ -382,8 +385,9 @@ class Sandbox:
         finally:
             for future in watched:
                 future.cancel()
-        if self._stopped:
+        if self.state is SandboxState.STOPPED:
             return
+        self.state = SandboxState.FAILED
         first = min(done, key=lambda f: list(watched).index(f))  # QEMU's exit explains the rest
         if watched[first] == "qemu":
             self.failure = f"QEMU exited ({describe_exit(first.result())}): the VM is gone"
@@ -440,7 +444,7 @@ class Sandbox:
     async def release(self) -> None:
         """Let go of a pooled sandbox's VM and leave it running for the sandbox it is handed
         to: agent link and QMP closed, nothing undone (the taker owns QEMU, share, run dir)."""
-        self._stopped = True
+        self.state = SandboxState.STOPPED  # for this process: the VM runs on for its taker
         if self.agent is not None:
             await self.agent.close()
         if self.vm is not None:
@@ -449,9 +453,9 @@ class Sandbox:
 
     async def stop(self) -> None:
         """Power the guest off through the agent, then make sure QEMU is gone; idempotent."""
-        if self._stopped:
+        if self.state is SandboxState.STOPPED:
             return
-        self._stopped = True
+        self.state = SandboxState.STOPPED
         for watcher in (self._watcher, self._net_watcher):
             if watcher is not None:
                 watcher.cancel()
