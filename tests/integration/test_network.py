@@ -272,3 +272,32 @@ def test_vhost_net_where_the_host_has_it(hardware_skip: Any) -> None:
             import os
 
             os.close(fd)
+
+
+def test_a_killed_monitor_leaves_nothing_in_the_pod_namespace(
+    pods: Pods, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The monitor's redirects and port-forwarding rules outlive a kill -9 of it; the next
+    `delete` removes them."""
+    import os
+    import signal
+    import time
+
+    server = pod_bundle(tmp_path / "server", pods.path(0), "nc -ll -p 5000 -e /srv.sh")
+    with (tmp_path / "kd.err").open("wb") as err:
+        r = subprocess.run([*RUNVM, "--root", cli_env["RUNVM_TEST_ROOT"], "run", "-d", "-b",
+                            str(server), "kd"], env=cli_env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=err, timeout=240)  # fmt: skip
+    assert r.returncode == 0, (tmp_path / "kd.err").read_text()
+    assert not pods.host_side_clean(0)  # a redirect and the forwarding rules are in place
+    state = json.loads(runvm(cli_env, "state", "kd").stdout)
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "runvm-kd," in subprocess.run(["ps", "-ewwo", "args"], capture_output=True,
+                                         text=True).stdout:  # fmt: skip
+        assert time.monotonic() < deadline, "QEMU outlived its monitor"
+        time.sleep(0.2)
+    assert not pods.host_side_clean(0)  # nobody cleaned up yet
+    r = runvm(cli_env, "delete", "--force", "kd")
+    assert r.returncode == 0, r.stderr
+    assert pods.host_side_clean(0), nat_output(pods.pods[0])

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +21,8 @@ from runvm.errors import NotFoundError, RpcError, RunvmError
 from runvm.runtime.state import ContainerState, StateStore, Status
 from runvm.storage.shared import SharedDir
 from runvm.ttrpc import Client
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/run/runvm")
 SIGNALS = {s.name: s.value for s in signal.Signals}
@@ -72,11 +76,36 @@ def clean_sandbox(state: ContainerState) -> None:
         clean_sandbox_dir(Path(state.sandbox_dir))
 
 
+MAX_LEFTOVERS = 64 << 10
+
+
 def clean_sandbox_dir(path: Path) -> None:
-    """Detach the shared mounts under the sandbox run directory ``path``, then remove it."""
-    if path.is_dir():
-        SharedDir(path / "shared").teardown()
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove what a dead monitor left in its pod's network namespace (the run directory's
+    ``network.json``, read with limits), detach the shared mounts under the sandbox run
+    directory ``path``, then remove it."""
+    if not path.is_dir():
+        return
+    _clean_network(path / "network.json")
+    SharedDir(path / "shared").teardown()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean_network(record: Path) -> None:
+    try:
+        with record.open("rb") as f:
+            leftovers = json.loads(f.read(MAX_LEFTOVERS + 1)[:MAX_LEFTOVERS])
+    except (OSError, ValueError):
+        return
+    if not isinstance(leftovers, dict) or not isinstance(leftovers.get("netns"), str):
+        return
+    from runvm.network.plug import clean_up
+
+    lists = {k: [i for i in v if isinstance(i, int)]
+             for k, v in leftovers.items() if isinstance(v, list)}  # fmt: skip
+    try:
+        clean_up(leftovers["netns"], lists)
+    except (OSError, RunvmError) as exc:
+        log.warning("network leftovers in %s not removed: %s", leftovers["netns"], exc)
 
 
 def reap_dead(st: StateStore) -> None:

@@ -105,6 +105,17 @@ class Pod:
     def failure(self) -> str:
         return self.sandbox.failure if self.sandbox is not None else ""
 
+    def leftovers(self) -> dict[str, Any]:
+        """What outlives this process in the pod's namespace if it is killed (tc redirects,
+        macvtaps, port-forwarding rules), for whoever cleans up after it:
+        :func:`runvm.network.plug.clean_up`."""
+        sandbox = self.sandbox
+        net = sandbox.network if sandbox is not None else None
+        if sandbox is None or net is None or not self.netns_path:
+            return {}
+        forwarded = [sandbox.forward_port] if sandbox.forward_port else []
+        return {"netns": self.netns_path, **net.leftovers(), "port_forward": forwarded}
+
     def container(self, container_id: str) -> Container:
         found = self.containers.get(container_id)
         if found is None:

@@ -105,12 +105,7 @@ class TaskService:
 
     def network_leftovers(self) -> dict[str, Any]:
         """For ``delete`` after this process died: what to remove in which namespace."""
-        net = self.pod.sandbox.network if self.pod.sandbox is not None else None
-        if net is None or not self.pod.netns_path:
-            return {}
-        forwarded = self.pod.sandbox.forward_port if self.pod.sandbox is not None else 0
-        return {"netns": self.pod.netns_path, **net.leftovers(),
-                "port_forward": [forwarded] if forwarded else []}  # fmt: skip
+        return self.pod.leftovers()
 
     def handlers(self) -> dict[str, Handler]:
         return {name: unary(name, getattr(self, attr)) for name, attr in METHODS.items()}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from typing import Any
 from google.protobuf.message import DecodeError, Message
 
 from runvm import config as cfg
+from runvm import files
 from runvm.cli.monitor import SERVICE
 from runvm.cli.monitor import monitor_pb2 as mpb
 from runvm.cli.monitor.attach import (
@@ -70,6 +72,7 @@ PROXIED: dict[str, type[Message]] = {
     "StatsContainer": pb.StatsContainerRequest,
 }
 CLOSE_GRACE = 0.3
+LEFTOVERS = "network.json"  # in the sandbox run directory
 
 
 @dataclass
@@ -111,6 +114,13 @@ class Monitor:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _record_leftovers(self) -> None:
+        """Name what a kill -9 of this process would leave in the pod's namespace, for
+        ``delete`` (``cli.common.clean_sandbox_dir``)."""
+        if self.pod.sandbox is not None:
+            path = self.pod.sandbox.run_dir / LEFTOVERS
+            files.write_atomic(path, json.dumps(self.pod.leftovers()).encode())
 
     def _save(self, status: Status) -> None:
         self.state.status = status
@@ -201,6 +211,8 @@ class Monitor:
             await copy_size(container.process, self.tty_fd)
         attach(container.process, self.tty_fd, stdin_open)
         await self.pod.sandbox.sync_network()  # interfaces a create hook added (Docker's veth)
+        self.pod.on_change = self._record_leftovers
+        self._record_leftovers()
         server = Server()
         server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
         server.register(AGENT_SERVICE, {
