@@ -21,8 +21,9 @@ from runvm.protocol.fake import FakeAgent
 from runvm.runtime import template
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.lifecycle import SandboxState
+from runvm.runtime.machine import machine_for
 from runvm.runtime.origin import Parts
-from runvm.runtime.sandbox import Sandbox, SandboxOptions, machine_for
+from runvm.runtime.sandbox import Sandbox, SandboxOptions
 from runvm.storage.shared import SharedDir
 from runvm.ttrpc import Code
 
@@ -190,10 +191,10 @@ def test_a_clone_of_a_usable_template_restores_and_takes_a_new_identity(
 
 def test_hotplug_machine_is_a_choice_not_a_correction() -> None:
     micro = cfg.RunvmConfig(hypervisor=cfg.HypervisorConfig(machine="microvm"))
-    assert machine_for(micro, SandboxOptions(needs_hotplug=False)) == "microvm"
-    assert machine_for(micro, SandboxOptions(needs_hotplug=True)) == "pc"
+    assert machine_for(micro, needs_hotplug=False) == "microvm"
+    assert machine_for(micro, needs_hotplug=True) == "pc"
     refusing = cfg.RunvmConfig(hypervisor=cfg.HypervisorConfig(machine="microvm",
                                                                hotplug_machine=""))  # fmt: skip
     with pytest.raises(ConfigError, match="hotplug_machine"):
-        machine_for(refusing, SandboxOptions(needs_hotplug=True))
+        machine_for(refusing, needs_hotplug=True)
     assert json.dumps(cfg.HypervisorConfig().hotplug_machine) == '"pc"'

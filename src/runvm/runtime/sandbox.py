@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runvm.config import Machine, RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, ConfigError, RunvmError, VersionMismatch
+from runvm.config import RunvmConfig
+from runvm.errors import AgentError, AgentTimeout, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
     VM,
@@ -45,6 +45,7 @@ from runvm.runtime import footprint, hostcgroup, sizing, template
 from runvm.runtime import origin as origins
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.lifecycle import SandboxState
+from runvm.runtime.machine import channel_kind, guest_cid, machine_for
 from runvm.runtime.origin import Adopted, Cloned, Origin, Parts, refuse_bad_combinations
 from runvm.runtime.sizing import Size
 from runvm.runtime.steps import Steps
@@ -59,13 +60,6 @@ T = TypeVar("T")
 
 POWEROFF_WAIT = 5.0
 PARTS = Parts()
-
-
-def channel_kind(wanted: str) -> str:
-    """virtio-serial or vsock: ``auto`` picks vsock where /dev/vhost-vsock exists."""
-    if wanted == "auto":
-        return "vsock" if os.path.exists("/dev/vhost-vsock") else "virtio-serial"
-    return wanted
 
 
 @dataclass
@@ -154,7 +148,7 @@ class Sandbox:
             sandbox.parts = parts
             sandbox.accel = origin.accel
             sandbox.templated = isinstance(origin, Cloned)
-            sandbox.machine = machine_for(config, options)
+            sandbox.machine = machine_for(config, options.needs_hotplug)
             if isinstance(origin, Cloned):
                 storages = await sandbox._clone(options, origin)
             elif isinstance(origin, Adopted):
@@ -279,7 +273,7 @@ class Sandbox:
 
     def _channel(self, kind: str) -> AgentChannelSpec:
         if kind == "vsock":
-            return AgentChannelSpec(kind=kind, guest_cid=_guest_cid(self.id))
+            return AgentChannelSpec(kind=kind, guest_cid=guest_cid(self.id))
         path = socket_dir(self.run_dir, self.config.hypervisor.user) / "agent.sock"
         return AgentChannelSpec(kind=kind, socket_path=path)
 
@@ -467,22 +461,6 @@ class Sandbox:
         await self.steps.close()
 
 
-def machine_for(config: RunvmConfig, options: SandboxOptions) -> Machine:
-    """The configured machine, or ``hypervisor.hotplug_machine`` for a sandbox that will
-    hot-plug devices (a block-device rootfs) when the configured one cannot (microvm)."""
-    machine = config.hypervisor.machine
-    if not options.needs_hotplug or machine_capabilities(machine).hotplug_blk:
-        return machine
-    fallback = config.hypervisor.hotplug_machine
-    if not fallback:
-        raise ConfigError(f"a block device for this container needs device hot-plug, which "
-                          f"machine {machine} lacks (and hypervisor.hotplug_machine is \"\"): "
-                          'set hypervisor.hotplug_machine = "pc"')  # fmt: skip
-    log.info("machine %s cannot hot-plug devices; this sandbox boots as %s "
-             "(hypervisor.hotplug_machine)", machine, fallback)  # fmt: skip
-    return fallback
-
-
 def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
     """Run ``fn`` on the loop's thread: netlink work must stay in the network namespace
     that thread entered (worker threads may be in another)."""
@@ -491,11 +469,6 @@ def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
         return fn()
 
     return run
-
-
-def _guest_cid(sandbox_id: str) -> int:
-    """A guest vsock CID derived from the id (3 .. 2**31)."""
-    return 3 + (int.from_bytes(sandbox_id.encode()[-8:].rjust(8, b"\0"), "big") % (2**31 - 4))
 
 
 def sandbox_run_dir(config: RunvmConfig, sandbox_id: str) -> Path:

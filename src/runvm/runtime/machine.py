@@ -1,0 +1,40 @@
+"""The machine and agent channel a sandbox's VM gets (pure choices from the config)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from runvm.config import Machine, RunvmConfig
+from runvm.errors import ConfigError
+from runvm.hypervisor.qemu.driver import machine_capabilities
+
+log = logging.getLogger(__name__)
+
+
+def channel_kind(wanted: str) -> str:
+    """virtio-serial or vsock: ``auto`` picks vsock where /dev/vhost-vsock exists."""
+    if wanted == "auto":
+        return "vsock" if os.path.exists("/dev/vhost-vsock") else "virtio-serial"
+    return wanted
+
+
+def machine_for(config: RunvmConfig, needs_hotplug: bool) -> Machine:
+    """The configured machine, or ``hypervisor.hotplug_machine`` for a sandbox that will
+    hot-plug devices (a block-device rootfs) when the configured one cannot (microvm)."""
+    machine = config.hypervisor.machine
+    if not needs_hotplug or machine_capabilities(machine).hotplug_blk:
+        return machine
+    fallback = config.hypervisor.hotplug_machine
+    if not fallback:
+        raise ConfigError(f"a block device for this container needs device hot-plug, which "
+                          f"machine {machine} lacks (and hypervisor.hotplug_machine is \"\"): "
+                          'set hypervisor.hotplug_machine = "pc"')  # fmt: skip
+    log.info("machine %s cannot hot-plug devices; this sandbox boots as %s "
+             "(hypervisor.hotplug_machine)", machine, fallback)  # fmt: skip
+    return fallback
+
+
+def guest_cid(sandbox_id: str) -> int:
+    """A guest vsock CID derived from the id (3 .. 2**31)."""
+    return 3 + (int.from_bytes(sandbox_id.encode()[-8:].rjust(8, b"\0"), "big") % (2**31 - 4))
