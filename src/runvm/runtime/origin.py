@@ -17,10 +17,9 @@ from runvm.hypervisor.base import AgentChannelSpec, Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
 from runvm.process import ForeignProcess
 from runvm.protocol.client import AgentClient
-from runvm.runtime import template
+from runvm.runtime import sizing, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
-from runvm.runtime.sizing import Size
 from runvm.runtime.steps import Steps
 
 if TYPE_CHECKING:
@@ -104,9 +103,7 @@ async def choose(
     accel = await steps.run("accelerator", parts.detect(config.hypervisor.accelerator, qemu,
                             files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
     plain = options.share_fs and not (options.extra_devices or options.extra_kernel_params)
-    sized = options.size is not None and options.size != Size(
-        config.hypervisor.vcpus, config.hypervisor.memory_mib
-    )
+    sized = options.size is not None and options.size != sizing.base(config)
     fresh = plain and not options.pooled and not sized  # templates and cached VMs: the base
     if config.cache.enable and fresh and not options.guest_files:
         key = template.cache_key(config, files, accel.accel.value, qemu)

@@ -258,6 +258,17 @@ class Pod:
             self._oom_seen[container.id] = count
             self.on_oom(container)
 
+    async def start_exec(
+        self, container_id: str, exec_id: str, attach: Callable[[Process], None]
+    ) -> Process:
+        """Run an added exec, ``attach`` its stdio, then watch it like every process of the
+        pod (``on_exit`` at its end). Attaching comes first, so no early output is lost."""
+        _, proc = self.proc(container_id, exec_id)
+        await proc.start_exec()
+        attach(proc)
+        proc.watch(self._exited)
+        return proc
+
     # --- signals ---------------------------------------------------------------------------
     async def kill(
         self, container_id: str, exec_id: str, signum: int, all_processes: bool = False

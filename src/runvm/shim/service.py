@@ -161,9 +161,8 @@ class TaskService:
                 container.on_started = started
                 await container.start()
                 return spb.StartResponse(pid=self.vm_pid)
-            await process.start_exec()
-            self._proc(req.id, req.exec_id).attach()
-            process.watch(self.pod._exited)
+            proc = self._proc(req.id, req.exec_id)
+            await self.pod.start_exec(req.id, req.exec_id, lambda _: proc.attach())
             self.events.publish(spb.TaskExecStarted(container_id=req.id, exec_id=req.exec_id,
                                                     pid=self.vm_pid))  # fmt: skip
         return spb.StartResponse(pid=self.vm_pid)
