@@ -60,3 +60,43 @@ def test_a_limit_past_the_cap_is_refused(tmp_path: Path, cli_env: dict[str, str]
     r = run(cli_env, sized_bundle(tmp_path / "b", {"memory": {"limit": 1 << 30}}), "c-big")
     assert r.returncode != 0
     assert "asks for 1024 MiB" in r.stderr and "over the cap of 512 MiB" in r.stderr, r.stderr
+
+
+# What the container sees: its VM's memory (kB) and CPUs, and its own memory.max.
+SEEN = ("cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); "
+        "awk '/MemTotal/ {print $2}' /proc/meminfo; nproc; cat $cg/memory.max")  # fmt: skip
+
+
+def test_update_grows_the_vm_and_gives_it_back(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """256 MiB, then 768 MiB, then 256 MiB again on a running container: the VM's memory
+    follows (hot-plugged virtio-mem, given back), and so does the guest cgroup."""
+    from test_lifecycle import Cli
+
+    cli = Cli(tmp_path, cli_env)
+    bundle = tmp_path / "b"
+    hold = "head -c 40000000 /dev/zero > /dev/shm/fill; exec sleep 600"  # 40 MB it uses
+    spec = make_bundle(bundle, ["sh", "-c", hold])
+    spec["linux"]["resources"] = {"memory": {"limit": 256 << 20}}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    cli.create(bundle, "c-upd")
+    try:
+        cli("start", "c-upd")
+
+        def seen() -> tuple[int, int, str]:
+            kib, nproc, memory_max = cli("exec", "c-upd", "sh", "-c", SEEN).stdout.split()
+            return int(kib), int(nproc), memory_max
+
+        before, _, limit = seen()
+        assert limit == str(256 << 20)
+        cli("update", "--memory", str(768 << 20), "c-upd")
+        grown, _, limit = seen()
+        assert limit == str(768 << 20)
+        assert 500 * 1024 <= grown - before <= 520 * 1024, (before, grown)
+        cli("update", "--memory", str(256 << 20), "c-upd")
+        back, _, limit = seen()
+        assert limit == str(256 << 20) and abs(back - before) < 8 * 1024, (before, back)
+        r = cli("update", "--memory", str(16 << 20), "c-upd", ok=False)
+        assert r.returncode != 0 and "is below the" in r.stderr, r.stderr
+    finally:
+        cli("kill", "c-upd", "KILL", ok=False)
+        cli("delete", "--force", "c-upd", ok=False)

@@ -16,6 +16,8 @@ import pytest
 
 from runvm import config as cfg
 from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, StateError
+from runvm.hypervisor.base import Accel, VMSpec
+from runvm.hypervisor.fake import FakeVM
 from runvm.oci.default import default_spec
 from runvm.protocol.client import AgentClient
 from runvm.protocol.fake import FakeAgent
@@ -25,6 +27,7 @@ from runvm.runtime.lifecycle import State
 from runvm.runtime.pod import Pod
 from runvm.runtime.proc import Process
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
+from runvm.runtime.sizing import Size
 from runvm.shim import shim_api_pb2 as spb
 from runvm.shim.service import TaskService
 from runvm.ttrpc import Code
@@ -61,9 +64,14 @@ class FakeSandbox:
         self.agent = FakeAgent()
         self.shared = FakeShared(run_dir / "shared")
         self.run_dir = run_dir
-        self.vm = None
+        self.size = options.size or Size(1, 256)
+        spec = VMSpec(name="pod", run_dir=run_dir, kernel=run_dir, initrd=run_dir,
+                      accel=Accel.TCG, vcpus=self.size.vcpus, memory_mib=self.size.memory_mib,
+                      max_vcpus=8, hotplug_memory_mib=4096)  # fmt: skip
+        self.vm = FakeVM(spec)
         self.hotplug_blk = False
         self.machine = "pc"
+        self.resizable = True
         self.failure = ""
         self.network = None
         self.details = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runvm import __version__
+from runvm.agent import cpus
 from runvm.agent import syscalls as sc
 from runvm.agent.containers import ContainerService
 from runvm.agent.network import NetworkService, loopback_up
@@ -89,6 +90,10 @@ class SandboxService:
             boottime_ms=int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000),
         )
 
+    async def online_cpus(self, request: pb.OnlineCPUsRequest) -> pb.GuestResources:
+        count = await cpus.online(request.wanted, request.timeout_ms / 1000)
+        return pb.GuestResources(cpus_online=count, mem_total_bytes=_meminfo_total())
+
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Empty:
         if self.state.sandbox_id:
             raise RpcError(Code.ALREADY_EXISTS, f"sandbox {self.state.sandbox_id} exists")
@@ -150,6 +155,7 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
         "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
         "ResumeClone": unary(pb.ResumeCloneRequest, sandbox.resume_clone),
+        "OnlineCPUs": unary(pb.OnlineCPUsRequest, sandbox.online_cpus),
         **ContainerService(reaper).handlers(),
         **NetworkService().handlers(),
         **PortService().handlers(),

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runvm.cli import common, through
+from runvm.cli import through
 from runvm.errors import RunvmError
 from runvm.oci.resources import check_resources
 
@@ -59,12 +59,7 @@ def resources(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    doc = resources(args)
-    limit = (doc.get("memory") or {}).get("limit")
-    vm_mib = common.load_config(args).hypervisor.memory_mib
-    if isinstance(limit, int) and limit > vm_mib << 20:
-        raise RunvmError(f"memory limit {limit} is above the VM's {vm_mib} MiB: the VM cannot "
-                         "hold it (set hypervisor.memory_mib)")  # fmt: skip
+    doc = resources(args)  # the VM grows or shrinks for it (runtime/pod.Pod.update)
     through.call(
         args, lambda agent: agent.update_container(args.container_id, json.dumps(doc).encode())
     )

@@ -101,6 +101,10 @@ class VMSpec:
     accel: Accel
     vcpus: int = 1
     memory_mib: int = 256
+    # Room to grow while running (pc/q35): vCPUs up to ``max_vcpus`` (``-smp maxcpus``), and a
+    # virtio-mem device of ``hotplug_memory_mib`` that starts empty. 0: no room.
+    max_vcpus: int = 0
+    hotplug_memory_mib: int = 0
     machine: str = "pc"
     kernel_params: Sequence[str] = ()
     devices: Sequence[DeviceSpec] = field(default_factory=tuple)
@@ -175,6 +179,12 @@ class VM(Protocol):
     async def hotplug_fs(self, share: VirtioFsSpec, share_id: str = ...) -> None: ...
 
     async def save_state(self, path: Path, timeout: float = ...) -> None: ...
+
+    async def resize(self, vcpus: int, memory_mib: int, timeout: float = ...) -> tuple[int, int]:
+        """Plug or unplug vCPUs and hot-plugged memory towards ``vcpus`` and ``memory_mib`` in
+        all (never below the boot size, never past the spec's room); the (vCPUs, MiB) the VM
+        has when the guest has taken or given back what it could within ``timeout``."""
+        ...
 
     async def load_state(self, path: Path, timeout: float = ...) -> None: ...
 

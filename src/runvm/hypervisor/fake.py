@@ -30,6 +30,8 @@ class FakeVM:
         self.events: list[str] = []
         self.fail: dict[str, RunvmError] = {}
         self.detached = False
+        self.size = (spec.vcpus, spec.memory_mib)
+        self.keep_mib = 0  # memory the guest "cannot give back" on a shrink
         self._exited = asyncio.Event()
 
     @property
@@ -102,6 +104,16 @@ class FakeVM:
     async def hotplug_fs(self, share: VirtioFsSpec, share_id: str = "fs-hp") -> None:
         self._do(f"hotplug_fs {share_id}")
         self._add(share_id, share)
+
+    async def resize(self, vcpus: int, memory_mib: int, timeout: float = 0) -> tuple[int, int]:
+        """As QEMU does: within the boot size and the spec's room."""
+        self._do(f"resize {vcpus} {memory_mib}")
+        spec = self.spec
+        cpus = min(max(vcpus, spec.vcpus), max(spec.max_vcpus, spec.vcpus))
+        room = spec.hotplug_memory_mib
+        memory = spec.memory_mib + min(max(memory_mib - spec.memory_mib, self.keep_mib, 0), room)
+        self.size = (cpus, memory)
+        return self.size
 
     async def save_state(self, path: Path, timeout: float = 0) -> None:
         self._do(f"save_state {path}")

@@ -19,6 +19,7 @@ KERNEL_MODULES = (
     "virtio_blk",
     "virtio_rng",
     "virtio_balloon",
+    "virtio_mem",
     "virtiofs",
     "overlay",
     "vmw_vsock_virtio_transport",

@@ -134,6 +134,14 @@ class GuestDetailsResponse(_message.Message):
     supports_seccomp: bool
     def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ..., init_boottime_ms: _Optional[int] = ..., serving_boottime_ms: _Optional[int] = ..., boottime_ms: _Optional[int] = ...) -> None: ...
 
+class GuestResources(_message.Message):
+    __slots__ = ["cpus_online", "mem_total_bytes"]
+    CPUS_ONLINE_FIELD_NUMBER: _ClassVar[int]
+    MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpus_online: int
+    mem_total_bytes: int
+    def __init__(self, cpus_online: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ...) -> None: ...
+
 class HealthCheckResponse(_message.Message):
     __slots__ = ["status"]
     class ServingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -178,6 +186,14 @@ class ListProcessesResponse(_message.Message):
     PIDS_FIELD_NUMBER: _ClassVar[int]
     pids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, pids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OnlineCPUsRequest(_message.Message):
+    __slots__ = ["timeout_ms", "wanted"]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    WANTED_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    wanted: int
+    def __init__(self, wanted: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class OpenPortRequest(_message.Message):
     __slots__ = ["ipv6", "port"]

@@ -91,6 +91,10 @@ class AgentClient:
     async def guest_details(self) -> pb.GuestDetailsResponse:
         return await self._agent("GuestDetails", pb.GuestDetailsRequest(), pb.GuestDetailsResponse)
 
+    async def online_cpus(self, wanted: int, timeout: float) -> pb.GuestResources:
+        request = pb.OnlineCPUsRequest(wanted=wanted, timeout_ms=int(timeout * 1000))
+        return await self._agent("OnlineCPUs", request, pb.GuestResources, timeout=timeout + 5)
+
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> None:
         await self._agent("CreateSandbox", request, pb.Empty)
 

@@ -69,6 +69,8 @@ class FakeAgent:
         self.fail: dict[str, RunvmError] = {}
         self.conn = _FakeConn()
         self.instance_id = "0" * 32
+        self.cpus_online = 0
+        self.memory_current = 4096  # what every container's StatsContainer reports
         self.sandbox: pb.CreateSandboxRequest | None = None
         self.on_destroy: Callable[[], None] = lambda: None
         self._next_pid = 100
@@ -205,7 +207,7 @@ class FakeAgent:
     async def stats_container(self, container_id: str) -> pb.StatsContainerResponse:
         self._call("StatsContainer")
         container = self._container(container_id)
-        return pb.StatsContainerResponse(cpu_usage_usec=1, memory_current=4096,
+        return pb.StatsContainerResponse(cpu_usage_usec=1, memory_current=self.memory_current,
                                          paused=container.paused,
                                          memory_oom_kills=container.oom_kills)  # fmt: skip
 
@@ -222,6 +224,11 @@ class FakeAgent:
         self._call("GuestDetails")
         return pb.GuestDetailsResponse(kernel_release="fake", instance_id=self.instance_id,
                                        agent_version="fake")  # fmt: skip
+
+    async def online_cpus(self, wanted: int, timeout: float) -> pb.GuestResources:
+        self._call("OnlineCPUs")
+        self.cpus_online = wanted
+        return pb.GuestResources(cpus_online=wanted)
 
     async def resume_clone(self, request: pb.ResumeCloneRequest) -> pb.GuestDetailsResponse:
         self._call("ResumeClone")

@@ -1,3 +1,4 @@
 """The agent protocol version. Host and agent must carry the same number."""
 
-PROTOCOL_VERSION = 3  # 2: host sessions on one virtio-serial port (agent/channel.py); 3: ports
+# 2: host sessions on one virtio-serial port (agent/channel.py); 3: ports; 4: OnlineCPUs
+PROTOCOL_VERSION = 4

@@ -269,12 +269,7 @@ class Container:
     async def update(self, resources_json: bytes) -> None:
         """Apply an OCI LinuxResources document (JSON) to the container's guest cgroup."""
         self.process.require("update")
-        if len(resources_json) > MAX_RESOURCES:
-            raise ConfigError(f"resources of {self.id}: over {MAX_RESOURCES} bytes")
-        try:
-            json.loads(resources_json or b"{}")
-        except ValueError as exc:
-            raise ConfigError(f"resources of {self.id}: not JSON: {exc}") from exc
+        parse_resources(self.id, resources_json)
         await self.process.agent.update_container(self.id, resources_json or b"{}")
 
     async def stats(self) -> Stats:
@@ -315,3 +310,16 @@ class Container:
             if self.sandbox.shared is not None:
                 await asyncio.to_thread(self.sandbox.shared.remove_container, self.id)
             await self._unplug_disks()
+
+
+def parse_resources(container_id: str, resources_json: bytes) -> dict[str, Any]:
+    """An update's LinuxResources document, read with limits; ConfigError if it is not one."""
+    if len(resources_json) > MAX_RESOURCES:
+        raise ConfigError(f"resources of {container_id}: over {MAX_RESOURCES} bytes")
+    try:
+        doc = json.loads(resources_json or b"{}")
+    except ValueError as exc:
+        raise ConfigError(f"resources of {container_id}: not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"resources of {container_id}: not a JSON object")
+    return doc

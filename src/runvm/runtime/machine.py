@@ -8,6 +8,7 @@ import os
 from runvm.config import Machine, RunvmConfig
 from runvm.errors import ConfigError
 from runvm.hypervisor.qemu.driver import machine_capabilities
+from runvm.runtime import sizing
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,19 @@ def machine_for(config: RunvmConfig, needs_hotplug: bool) -> Machine:
     log.info("machine %s cannot hot-plug devices; this sandbox boots as %s "
              "(hypervisor.hotplug_machine)", machine, fallback)  # fmt: skip
     return fallback
+
+
+ROOM_ALIGN_MIB = 128  # the guest's memory block
+
+
+def room(config: RunvmConfig, machine: str, size: sizing.Size) -> tuple[int, int]:
+    """(max_vcpus, hot-pluggable MiB) a VM of ``size`` gets on ``machine``: up to the caps
+    (sizing.caps) where the machine can hot-plug (pc, q35), nothing on microvm."""
+    if not machine_capabilities(machine).hotplug_net:
+        return 0, 0
+    cap = sizing.caps(config)
+    memory = -(-max(cap.memory_mib - size.memory_mib, 0) // ROOM_ALIGN_MIB) * ROOM_ALIGN_MIB
+    return max(cap.vcpus, size.vcpus), memory
 
 
 def guest_cid(sandbox_id: str) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 from runvm import config as cfg
 from runvm.errors import (
     AgentError,
+    ConfigError,
     ExistsError,
     NotFoundError,
     RpcError,
@@ -39,12 +40,13 @@ from runvm.errors import (
     StateError,
 )  # fmt: skip
 from runvm.network import netns
-from runvm.runtime import sizing
-from runvm.runtime.container import Container
+from runvm.runtime import growth, sizing
+from runvm.runtime.container import Container, parse_resources
 from runvm.runtime.hostcgroup import HostCgroup
 from runvm.runtime.lifecycle import State, require
 from runvm.runtime.proc import DRAIN_TIMEOUT, Process
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
+from runvm.runtime.sizing import Size
 from runvm.storage import blockdev, mounts
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,9 @@ class Pod:
         self._oom_seen: dict[str, int] = {}
         self._oom_watches: dict[str, asyncio.Future[None]] = {}
         self._mounted: set[str] = set()  # containers whose rootfs this pod mounted
+        # What each container adds to the VM (runtime/sizing.py), from these resources.
+        self.wants: dict[str, Size] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
 
     # --- lookups ---------------------------------------------------------------------------
     @property
@@ -153,6 +158,8 @@ class Pod:
                 self._unmount(container_id, bundle.resolve())
                 if not self.containers:
                     await self._stop_vm()
+                else:
+                    await self._fit(f"failed create of container {container_id}")
                 raise
             self.containers[container_id] = container
             self._oom_watches[container_id] = asyncio.ensure_future(self._watch_oom(container))
@@ -174,6 +181,8 @@ class Pod:
             mounts.mount_spec(kind, source, str(bundle / "rootfs"), options)
             self._mounted.add(container_id)
         spec, _ = Container.load(container_id, bundle)
+        resources = dict((spec.get("linux") or {}).get("resources") or {})
+        need = sizing.needs(resources)
         join: dict[str, str] = {}
         if self.sandbox is None:
             if not boots:
@@ -181,12 +190,9 @@ class Pod:
                                  "without a VM", ["its sandbox created first"])  # fmt: skip
             await self._boot(container_id, spec, block is not None or blockdev.needs_disks(spec))
         else:
-            extra = sizing.needs((spec.get("linux") or {}).get("resources"))
-            if extra.vcpus or extra.memory_mib:  # (the VM does not grow yet)
-                log.warning("container %s asks for %d more vCPUs and %d MiB; pod %s's VM keeps "
-                            "its %d vCPUs and %d MiB", container_id, extra.vcpus,
-                            extra.memory_mib, self.id, self.sandbox.size.vcpus,
-                            self.sandbox.size.memory_mib)  # fmt: skip
+            what = f"container {container_id}"
+            target = sizing.check(self.config, self._target(need), need, what)
+            await growth.resize(self.sandbox, target, f"create {what}")
             if self.first in self.containers:
                 join = join_map(self.vm_pid, self.containers[self.first].guest_pid)
         assert self.sandbox is not None
@@ -194,6 +200,7 @@ class Pod:
                                            host_pid=self.vm_pid if host_pid is None else host_pid,
                                            hooks_log=hooks_log)  # fmt: skip
         container.process.watch(self._exited)
+        self.wants[container_id], self.resources[container_id] = need, resources
         return container
 
     async def _boot(self, container_id: str, spec: Mapping[str, Any], needs_hotplug: bool) -> None:
@@ -231,6 +238,48 @@ class Pod:
         steps = " ".join(f"{k}={v:.3f}" for k, v in sandbox.timings.items())
         accel = sandbox.accel.accel.value if sandbox.accel else "?"
         log.info("pod %s: VM up (pid %d, %s; %s)", self.id, self.vm_pid, accel, steps)
+
+    # --- resources ---------------------------------------------------------------------------
+    def _target(self, extra: Size = sizing.NOTHING, without: str = "") -> Size:
+        """The base plus what every container (but ``without``) wants, plus ``extra``."""
+        total = sizing.base(self.config) + extra
+        for cid, want in self.wants.items():
+            total = total if cid == without else total + want
+        return total
+
+    async def _fit(self, what: str) -> None:
+        """Give back what no container wants any more (best effort: logged if it fails)."""
+        if self.sandbox is None:
+            return
+        try:
+            await growth.resize(self.sandbox, self._target(), what)
+        except RunvmError as exc:
+            log.warning("pod %s: %s: the VM keeps %s: %s", self.id, what, self.sandbox.size, exc)
+
+    async def update(self, container_id: str, resources_json: bytes) -> None:
+        """Apply new limits to a container: the VM grows first, the guest cgroup follows, and
+        what the pod no longer wants is given back. A memory limit below what the container
+        uses now is refused (ConfigError), not left to the OOM killer."""
+        container = self.container(container_id)
+        what = f"update of container {container_id}"
+        async with self.lock:
+            new = sizing.merged(self.resources.get(container_id),
+                                parse_resources(container_id, resources_json))  # fmt: skip
+            need = sizing.needs(new)
+            target = sizing.check(self.config, self._target(need, container_id), need, what)
+            limit = (new.get("memory") or {}).get("limit")
+            if isinstance(limit, int) and limit > 0:
+                used = (await container.stats()).memory_current
+                if used > limit:
+                    raise ConfigError(f"{what}: memory limit {limit} is below the {used} "
+                                      "bytes it uses now")  # fmt: skip
+            assert self.sandbox is not None
+            have = self.sandbox.size
+            grown = Size(max(have.vcpus, target.vcpus), max(have.memory_mib, target.memory_mib))
+            await growth.resize(self.sandbox, grown, what)
+            await container.update(resources_json)
+            self.wants[container_id], self.resources[container_id] = need, new
+            await self._fit(what)
 
     # --- exits and OOM kills ---------------------------------------------------------------
     async def _exited(self, process: Process) -> None:
@@ -303,11 +352,15 @@ class Pod:
             await self._remove(container)
             if not self.containers:
                 await self._stop_vm()
+            else:
+                await self._fit(f"delete of container {container_id}")
             self.on_change()
         return container, await container.poststop()
 
     async def _remove(self, container: Container) -> None:
         self.containers.pop(container.id, None)
+        self.wants.pop(container.id, None)
+        self.resources.pop(container.id, None)
         watch = self._oom_watches.pop(container.id, None)
         if watch is not None:
             watch.cancel()

@@ -45,7 +45,7 @@ from runvm.runtime import footprint, hostcgroup, sizing, template
 from runvm.runtime import origin as origins
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.lifecycle import SandboxState
-from runvm.runtime.machine import channel_kind, guest_cid, machine_for
+from runvm.runtime.machine import channel_kind, guest_cid, machine_for, room
 from runvm.runtime.origin import Adopted, Cloned, Origin, Parts, refuse_bad_combinations
 from runvm.runtime.sizing import Size
 from runvm.runtime.steps import Steps
@@ -121,6 +121,11 @@ class Sandbox:
     @property
     def hotplug_blk(self) -> bool:
         return machine_capabilities(self.machine).hotplug_blk
+
+    @property
+    def resizable(self) -> bool:
+        """vCPUs and memory can be hot-plugged (runtime/growth.py)."""
+        return machine_capabilities(self.machine).hotplug_net
 
     @property
     def timings(self) -> dict[str, float]:
@@ -289,11 +294,12 @@ class Sandbox:
         if hv_cfg.kernel_params:
             params += hv_cfg.kernel_params.split()
         files = origin.files
+        max_vcpus, hotplug_mib = room(self.config, self.machine, self.size)
         return VMSpec(
             name=self.id, run_dir=self.run_dir, kernel=files.kernel, initrd=files.initrd,
             accel=origin.accel.accel, vcpus=self.size.vcpus, memory_mib=self.size.memory_mib,
             machine=self.machine, kernel_params=tuple(params),
-            devices=(channel, *devices),
+            max_vcpus=max_vcpus, hotplug_memory_mib=hotplug_mib, devices=(channel, *devices),
             tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,
             console_log_max_kib=hv_cfg.console_log_max_kib, seccomp=hv_cfg.seccomp,
             user=hv_cfg.user,

@@ -30,8 +30,14 @@ class Size:
     vcpus: int
     memory_mib: int
 
+    def __str__(self) -> str:
+        return f"{self.vcpus} vCPUs and {self.memory_mib} MiB"
+
     def __add__(self, other: Size) -> Size:
         return Size(self.vcpus + other.vcpus, self.memory_mib + other.memory_mib)
+
+
+NOTHING = Size(0, 0)
 
 
 def cpuset_count(cpus: str) -> int:
@@ -102,17 +108,33 @@ def base(config: RunvmConfig) -> Size:
 def vm_size(config: RunvmConfig, resources: Mapping[str, Any] | None, what: str) -> Size:
     """The VM for the base plus ``what`` (e.g. "container c") and its resources."""
     wanted = needs(resources)
-    size = base(config) + wanted
+    return check(config, base(config) + wanted, wanted, what)
+
+
+def check(config: RunvmConfig, size: Size, wanted: Size, what: str) -> Size:
+    """``size`` (a VM holding ``wanted`` for ``what``), or ConfigError past a cap."""
     cap = caps(config)
     if size.vcpus > cap.vcpus:
-        raise ConfigError(f"{what} asks for {wanted.vcpus} vCPUs (its CPU quota or cpuset); with "
-                          f"the base {config.hypervisor.vcpus} its VM would have {size.vcpus}, "
-                          f"over the cap of {cap.vcpus} (hypervisor.max_vcpus, 0: the host's "
-                          "CPUs): lower the limit or raise the cap")  # fmt: skip
+        raise ConfigError(f"{what} asks for {wanted.vcpus} vCPUs (its CPU quota or cpuset); "
+                          f"its VM would have {size.vcpus}, over the cap of {cap.vcpus} "
+                          "(hypervisor.max_vcpus, 0: the host's CPUs): lower the limit or "
+                          "raise the cap")  # fmt: skip
     if size.memory_mib > cap.memory_mib:
-        raise ConfigError(f"{what} asks for {wanted.memory_mib} MiB (its memory limit); with "
-                          f"the base {config.hypervisor.memory_mib} MiB its VM would have "
-                          f"{size.memory_mib} MiB, over the cap of {cap.memory_mib} MiB "
-                          "(hypervisor.max_memory_mib, 0: the host's RAM): lower the limit "
-                          "or raise the cap")  # fmt: skip
+        raise ConfigError(f"{what} asks for {wanted.memory_mib} MiB (its memory limit); its "
+                          f"VM would have {size.memory_mib} MiB, over the cap of "
+                          f"{cap.memory_mib} MiB (hypervisor.max_memory_mib, 0: the host's "
+                          "RAM): lower the limit or raise the cap")  # fmt: skip
     return size
+
+
+def merged(old: Mapping[str, Any] | None, update: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` LinuxResources with ``update``'s sections laid over it key by key (what an
+    update that names only some limits leaves in force)."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v
+                           for k, v in (old or {}).items()}  # fmt: skip
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out

@@ -36,8 +36,10 @@ from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, NinePSpec, VMSpec
 from runvm.hypervisor.qemu.driver import QemuHypervisor, machine_capabilities
 from runvm.protocol import PROTOCOL_VERSION
+from runvm.runtime import sizing
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.machine import room
 from runvm.storage import mounts
 from runvm.storage.shared import TAG
 
@@ -81,6 +83,7 @@ def template_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) 
         "machine": hv.machine,
         "vcpus": hv.vcpus,
         "memory_mib": hv.memory_mib,
+        "room": list(room(config, hv.machine, sizing.base(config))),
         "tcg_tb_size_mib": hv.tcg_tb_size_mib,
         "accel": accel,
     }
@@ -174,9 +177,11 @@ async def _make(
     run_dir.mkdir(mode=0o700)
     empty.mkdir(mode=0o700)
     channel = AgentChannelSpec(kind=CHANNEL, socket_path=run_dir / "agent.sock")
+    max_vcpus, hotplug_mib = room(config, hv.machine, sizing.base(config))
     spec = VMSpec(
         name="template", run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
         accel=accel.accel, vcpus=hv.vcpus, memory_mib=hv.memory_mib, machine=hv.machine,
+        max_vcpus=max_vcpus, hotplug_memory_mib=hotplug_mib,
         kernel_params=(*PARAMS, *hv.kernel_params.split()),
         devices=(channel, NinePSpec(tag=TAG, path=empty)), tcg_tb_size_mib=hv.tcg_tb_size_mib,
         console_log_max_kib=hv.console_log_max_kib, memory_path=tpl.memory, memory_shared=True,

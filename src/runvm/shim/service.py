@@ -247,7 +247,7 @@ class TaskService:
         return empty_pb2.Empty()
 
     async def update(self, req: spb.UpdateTaskRequest) -> empty_pb2.Empty:
-        await self.pod.container(req.id).update(req.resources.value)
+        await self.pod.update(req.id, req.resources.value)
         return empty_pb2.Empty()
 
     async def stats(self, req: spb.StatsRequest) -> spb.StatsResponse:

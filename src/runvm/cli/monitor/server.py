@@ -68,7 +68,6 @@ PROXIED: dict[str, type[Message]] = {
     "CloseStdin": pb.CloseStdinRequest,
     "TtyWinResize": pb.TtyWinResizeRequest,
     "ListProcesses": pb.ListProcessesRequest,
-    "UpdateContainer": pb.UpdateContainerRequest,
     "StatsContainer": pb.StatsContainerRequest,
 }
 CLOSE_GRACE = 0.3
@@ -159,6 +158,20 @@ class Monitor:
         self._save(self.container.state)
         return pb.Empty().SerializeToString()
 
+    async def _update(self, payload: bytes, ctx: CallContext) -> bytes:
+        """New limits: the pod resizes its VM around the guest cgroup's update."""
+        try:
+            request = pb.UpdateContainerRequest.FromString(payload)
+        except DecodeError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"UpdateContainer: {exc}") from exc
+        if request.container_id != self.state.id:
+            raise RpcError(Code.NOT_FOUND, "container does not exist")
+        try:
+            await self.pod.update(self.state.id, request.resources_json)
+        except RunvmError as exc:
+            raise RpcError(code_for(exc), str(exc)) from exc
+        return pb.Empty().SerializeToString()
+
     def _proxy(self, method: str, request_type: type[Message]) -> Handler:
         """Forward one agent call about this container (execs and their I/O, ps)."""
 
@@ -218,6 +231,7 @@ class Monitor:
         server.register(AGENT_SERVICE, {
             **{m: self._proxy(m, t) for m, t in PROXIED.items()},
             "PauseContainer": self._pause, "ResumeContainer": self._pause,
+            "UpdateContainer": self._update,
         })  # fmt: skip
         listener = await server.serve_unix(str(self.state.monitor_socket()))
         self._save(Status.CREATED)

@@ -52,6 +52,8 @@ def kernel_cmdline(spec: VMSpec) -> str:
         params += DAX_ROOT_PARAMS
     if spec.free_page_reporting:
         params.append(f"runvm.page_reporting_order={PAGE_REPORTING_ORDER}")
+    if spec.hotplug_memory_mib:  # movable: virtio-mem can take it back
+        params.append("memhp_default_state=online_movable")
     if spec.machine == "microvm" and spec.accel is Accel.TCG and spec.host_tsc_khz:
         params.append(f"tsc_early_khz={spec.host_tsc_khz}")
     return " ".join(params)
@@ -130,10 +132,33 @@ def net_device_arg(nic: NetSpec, t: str = "pci") -> str:
 
 
 def _memory_arg(spec: VMSpec) -> str:
-    if spec.root_image is None:
+    if spec.root_image is None and not spec.hotplug_memory_mib:
         return f"{spec.memory_mib}M"
     extra = (spec.root_image_bytes + (1 << 20) - 1) >> 20  # the pmem device's address space
-    return f"{spec.memory_mib}M,slots=1,maxmem={spec.memory_mib + extra}M"
+    slots = ",slots=1" if spec.root_image is not None else ""
+    return f"{spec.memory_mib}M{slots},maxmem={spec.memory_mib + extra + spec.hotplug_memory_mib}M"
+
+
+VIRTIO_MEM = "vmem0"
+"""The virtio-mem device's id; its memory backend is ``VIRTIO_MEM + "-ram"``."""
+
+
+def smp_arg(spec: VMSpec) -> str:
+    if spec.max_vcpus > spec.vcpus:
+        return f"{spec.vcpus},maxcpus={spec.max_vcpus}"
+    return str(spec.vcpus)
+
+
+def _virtio_mem_args(spec: VMSpec) -> list[str]:
+    """An empty virtio-mem device spanning the hot-pluggable memory. Its backend is always a
+    shared memfd: a clone's is new and empty like its template's, and vhost-user maps it."""
+    if not spec.hotplug_memory_mib:
+        return []
+    return [
+        "-object",
+        f"memory-backend-memfd,id={VIRTIO_MEM}-ram,size={spec.hotplug_memory_mib}M,share=on",
+        "-device", f"virtio-mem-pci,id={VIRTIO_MEM},memdev={VIRTIO_MEM}-ram,requested-size=0",
+    ]  # fmt: skip
 
 
 def _root_args(spec: VMSpec) -> list[str]:
@@ -176,9 +201,10 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         "-no-user-config", "-nodefaults", "-display", "none", "-vga", "none",
         "-machine", f"{spec.machine},memory-backend=mem",
         *_accel_args(spec),
-        "-smp", str(spec.vcpus),
+        "-smp", smp_arg(spec),
         "-m", _memory_arg(spec),
         "-object", _memory_backend(spec),
+        *_virtio_mem_args(spec),
         "-kernel", str(spec.kernel),
         *_root_args(spec),
         "-append", kernel_cmdline(spec),

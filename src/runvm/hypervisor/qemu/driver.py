@@ -26,6 +26,7 @@ from qemu.qmp import QMPClient
 from runvm import files
 from runvm.errors import ConfigError, HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.qemu import resize
 from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
 from runvm.process import Child, ChildSpec, ForeignProcess, read_tail
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 MIGRATE_TIMEOUT = 30.0
+RESIZE_TIMEOUT = 10.0
 QMP_READY_TIMEOUT = 15.0
 QUIT_GRACE = 3.0
 
@@ -246,6 +248,21 @@ class QemuVM:
                 self._ports.pop(device_id, None)
                 return
             await asyncio.sleep(0.2)
+
+    async def resize(
+        self, vcpus: int, memory_mib: int, timeout: float = RESIZE_TIMEOUT
+    ) -> tuple[int, int]:
+        """See :meth:`runvm.hypervisor.base.VM.resize` (and :mod:`.resize`)."""
+        spec = self.spec
+        have = spec.vcpus
+        if spec.max_vcpus > spec.vcpus:
+            wanted = min(max(vcpus, spec.vcpus), spec.max_vcpus)
+            have = await resize.set_vcpus(self, wanted, timeout)
+        plugged = 0
+        if spec.hotplug_memory_mib:
+            extra = min(max(memory_mib - spec.memory_mib, 0), spec.hotplug_memory_mib)
+            plugged = await resize.set_memory(self, extra, timeout)
+        return have, spec.memory_mib + plugged
 
     # --- templates: save a paused guest's device state, restore it in a clone ----------------
     async def save_state(self, path: Path, timeout: float = MIGRATE_TIMEOUT) -> None:

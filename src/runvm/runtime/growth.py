@@ -1,0 +1,46 @@
+"""Resizing a running sandbox's VM: vCPUs and memory hot-plugged or given back, vCPUs
+onlined by the agent (hot-plugged memory onlines itself, movable, so it can be taken back).
+
+A VM cannot go below its boot size, nor past the room its machine left at boot
+(runtime/machine.room): :func:`resize` returns the size the VM actually has afterwards.
+A growth the machine cannot make (microvm) is a ConfigError naming the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from runvm.errors import ConfigError
+from runvm.runtime.sandbox import Sandbox
+from runvm.runtime.sizing import Size
+
+log = logging.getLogger(__name__)
+
+RESIZE_TIMEOUT = 20.0
+
+
+async def resize(sandbox: Sandbox, size: Size, what: str) -> Size:
+    """Take ``sandbox``'s VM towards ``size`` for ``what`` (e.g. "create container c")."""
+    vm, agent, have = sandbox.vm, sandbox.agent, sandbox.size
+    if size == have or vm is None or agent is None:
+        return have
+    growing = size.vcpus > have.vcpus or size.memory_mib > have.memory_mib
+    if growing and not sandbox.resizable:
+        raise ConfigError(f"{what}: the VM would grow from {have} to {size}, but machine "
+                          f"{sandbox.machine} cannot hot-plug vCPUs or memory: use "
+                          'hypervisor.machine = "pc" or "q35", or give its limits to the '
+                          "pod's first container")  # fmt: skip
+    started = time.monotonic()
+    vcpus, memory = await vm.resize(size.vcpus, size.memory_mib, RESIZE_TIMEOUT)
+    if vcpus > have.vcpus:
+        vcpus = (await agent.online_cpus(vcpus, RESIZE_TIMEOUT)).cpus_online
+    sandbox.size = Size(vcpus, memory)
+    log.info("%s: VM of %s resized from %s to %s (asked %s) in %.2f s", what, sandbox.id,
+             have, sandbox.size, size, time.monotonic() - started)  # fmt: skip
+    if growing and (vcpus < size.vcpus or memory < size.memory_mib):
+        raise ConfigError(
+            f"{what}: the VM grew only to {sandbox.size} of the {size} asked "
+            "(past the room it booted with, or the guest did not take it)"
+        )
+    return sandbox.size
