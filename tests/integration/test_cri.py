@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,7 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     assert out == b"got-hello\n", out
 
     check_port_forward(cri, pod, c1)
+    check_growth_and_oom(cri, pod, sandbox, c1)
 
     stats = client.container_stats(c1)
     assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
@@ -226,6 +228,50 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     assert client.list_pod_sandbox() == []
     links = subprocess.run(["ip", "-n", cri.ns, "-o", "link"], capture_output=True, text=True)
     assert "_rv" not in links.stdout
+
+
+SEEN = ["sh", "-c", "awk '/MemTotal/ {print $2}' /proc/meminfo; nproc"]
+
+
+def check_growth_and_oom(cri: Cri, pod: str, sandbox: Any, c1: str) -> None:
+    """A container of 512 MiB and 1 CPU grows the pod's VM when its task is created and gives
+    both back at its removal; a container that passes its limit is OOM-killed: exit 137,
+    reason OOMKilled."""
+    from cri import api_pb2 as api
+
+    client = cri.client
+
+    def seen() -> tuple[int, int]:
+        code, out, err = client.exec_sync(c1, SEEN, timeout=60)
+        assert code == 0, err
+        kib, nproc = out.split()
+        return int(kib), int(nproc)
+
+    def limited(name: str, script: str, memory: int, quota: int = 0) -> str:
+        resources = api.LinuxContainerResources(memory_limit_in_bytes=memory,
+                                                cpu_period=100000, cpu_quota=quota)  # fmt: skip
+        config = container_config(api, name, script,
+                                  linux=api.LinuxContainerConfig(resources=resources))  # fmt: skip
+        return str(client.create_container(pod, config, sandbox))
+
+    before = seen()
+    big = limited("big", "exec sleep 600", 512 << 20, 100000)
+    client.start_container(big)  # (containerd creates the task here)
+    grown = seen()
+    assert grown[1] == before[1] + 1, (before, grown)
+    assert 500 * 1024 <= grown[0] - before[0] <= 520 * 1024, (before, grown)
+    client.remove_container(big)
+    back = seen()
+    assert back[1] == before[1] and abs(back[0] - before[0]) < 8 * 1024, (before, back)
+
+    oom = limited("oom", "tail /dev/zero", 32 << 20)  # tail keeps an endless line
+    client.start_container(oom)
+    deadline = time.monotonic() + 60
+    while (status := client.container_status(oom).status).state != api.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status.exit_code == 137 and status.reason == "OOMKilled", status
+    client.remove_container(oom)
 
 
 # 1 MiB of random bytes served over HTTP on the pod's port 8080 (busybox httpd).

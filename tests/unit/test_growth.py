@@ -192,6 +192,7 @@ def test_qemu_vcpus_are_added_in_free_slots_and_only_added_ones_go() -> None:
         assert sorted(qmp.plugged) == [0, 1, 2]
         assert qmp.plugged[2] == "/machine/peripheral/vcpu-0-0-0-0-2-0"
         assert await resize.set_vcpus(qmp, 9, 0.1) == 4  # no more slots
+        assert await resize.set_vcpus(qmp, 2, 0.1, unplug=False) == 4  # TCG: none leaves
         assert await resize.set_vcpus(qmp, 0, 0.1) == 1  # the boot vCPU stays
         assert list(qmp.plugged) == [0]
 
@@ -206,3 +207,28 @@ def test_qemu_memory_is_requested_in_blocks_and_what_the_guest_keeps_is_reported
         assert await resize.set_memory(qmp, 0, 0.2) == 64  # the guest could not free it all
 
     asyncio.run(body())
+
+
+def test_the_agent_onlines_lowest_first_and_offlines_highest_first(tmp_path: Path) -> None:
+    from runvm.agent import cpus
+
+    for n in range(4):
+        (tmp_path / f"cpu{n}").mkdir()
+        if n:
+            (tmp_path / f"cpu{n}" / "online").write_text("0")
+    (tmp_path / "cpufreq").mkdir()
+
+    def sync() -> None:  # what the kernel's list shows after the switches
+        on = [n for n in range(4) if n == 0 or (tmp_path / f"cpu{n}/online").read_text() == "1"]
+        (tmp_path / "online").write_text(",".join(map(str, on)))
+
+    sync()
+    assert cpus.online_count(tmp_path) == 1
+    cpus.online_some(3, tmp_path)
+    sync()
+    assert (tmp_path / "online").read_text() == "0,1,2"
+    cpus.online_some(2, tmp_path)
+    sync()
+    assert (tmp_path / "online").read_text() == "0,1"
+    (tmp_path / "online").write_text("0-2,5")
+    assert cpus.online_count(tmp_path) == 4

@@ -1,5 +1,6 @@
 """Onlining the vCPUs the host hot-plugged (the guest kernel adds them offline; a hot-plugged
-memory block is onlined by the kernel itself, ``memhp_default_state=online_movable``)."""
+memory block is onlined by the kernel itself, ``memhp_default_state=online_movable``), and
+offlining the ones a host that cannot unplug them takes back (runvm.hypervisor.qemu.resize)."""
 
 from __future__ import annotations
 
@@ -27,36 +28,40 @@ def online_count(root: Path = CPU_ROOT) -> int:
     return count
 
 
-def _offline(root: Path) -> list[Path]:
+def _switches(root: Path, state: str) -> list[Path]:
+    """The ``online`` switches of CPUs in ``state`` ("0" or "1"), lowest CPU first (cpu0 has
+    none: it cannot go offline)."""
     found = []
     for entry in root.iterdir():
         match = _CPU.fullmatch(entry.name)
         switch = entry / "online"
-        if match and switch.exists() and switch.read_text().strip() == "0":
+        if match and switch.exists() and switch.read_text().strip() == state:
             found.append((int(match.group(1)), switch))
     return [switch for _, switch in sorted(found)]
 
 
 def online_some(wanted: int, root: Path = CPU_ROOT) -> int:
-    """Bring offline CPUs online, lowest first, until ``wanted`` are; the count online."""
+    """Bring CPUs online (lowest first) or offline (highest first) until ``wanted`` are
+    online, as far as there are; the count online."""
     count = online_count(root)
-    for switch in _offline(root):
-        if count >= wanted:
-            break
+    if count < wanted:
+        flips, value = _switches(root, "0")[: wanted - count], "1"
+    else:
+        flips, value = _switches(root, "1")[::-1][: count - wanted], "0"
+    for switch in flips:
         try:
-            switch.write_text("1")
-            count += 1
+            switch.write_text(value)
         except OSError as exc:  # e.g. being removed at this moment
             log.warning("%s: %s", switch.parent.name, exc)
     return online_count(root)
 
 
 async def online(wanted: int, timeout: float, root: Path = CPU_ROOT) -> int:
-    """:func:`online_some` until ``wanted`` CPUs are online or ``timeout`` passed (hot-plugged
-    CPUs appear in sysfs a little after QEMU added them)."""
+    """:func:`online_some` until exactly ``wanted`` CPUs are online or ``timeout`` passed
+    (hot-plugged CPUs appear in sysfs a little after QEMU added them)."""
     deadline = time.monotonic() + min(max(timeout, 0.0), MAX_TIMEOUT)
     while True:
-        count = await asyncio.to_thread(online_some, wanted, root)
-        if count >= wanted or time.monotonic() >= deadline:
+        count = online_some(wanted, root)  # (sysfs writes: quick; the image has no threads)
+        if count == wanted or time.monotonic() >= deadline:
             return count
         await asyncio.sleep(POLL)

@@ -33,8 +33,8 @@ async def resize(sandbox: Sandbox, size: Size, what: str) -> Size:
                           "pod's first container")  # fmt: skip
     started = time.monotonic()
     vcpus, memory = await vm.resize(size.vcpus, size.memory_mib, RESIZE_TIMEOUT)
-    if vcpus > have.vcpus:
-        vcpus = (await agent.online_cpus(vcpus, RESIZE_TIMEOUT)).cpus_online
+    if size.vcpus != have.vcpus:  # (a VM that kept surplus vCPUs has the guest offline them)
+        vcpus = (await agent.online_cpus(min(vcpus, size.vcpus), RESIZE_TIMEOUT)).cpus_online
     sandbox.size = Size(vcpus, memory)
     log.info("%s: VM of %s resized from %s to %s (asked %s) in %.2f s", what, sandbox.id,
              have, sandbox.size, size, time.monotonic() - started)  # fmt: skip

@@ -257,7 +257,7 @@ class QemuVM:
         have = spec.vcpus
         if spec.max_vcpus > spec.vcpus:
             wanted = min(max(vcpus, spec.vcpus), spec.max_vcpus)
-            have = await resize.set_vcpus(self, wanted, timeout)
+            have = await resize.set_vcpus(self, wanted, timeout, unplug=self.accel is Accel.KVM)
         plugged = 0
         if spec.hotplug_memory_mib:
             extra = min(max(memory_mib - spec.memory_mib, 0), spec.hotplug_memory_mib)

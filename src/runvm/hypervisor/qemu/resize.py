@@ -2,9 +2,12 @@
 
 vCPUs come and go as CPU devices (``device_add``/``device_del``, ACPI hot-plug on pc and q35)
 in the free slots ``-smp maxcpus`` left; only the ones added here (ids ``vcpu-…``) are ever
-removed, newest first, and the boot vCPUs stay. Memory is the virtio-mem device's
-``requested-size``; its ``size`` is what the guest has actually plugged, which may stay above
-the request when the guest cannot free the memory. Both wait, up to a timeout, for the guest.
+removed, newest first, and the boot vCPUs stay. Under TCG, QEMU 7.2 corrupts its heap when a
+vCPU is plugged again after an unplug, so there vCPUs are never unplugged: the guest offlines
+the surplus instead (agent OnlineCPUs) and onlines it again on the next growth. Memory is
+the virtio-mem device's ``requested-size``; its ``size`` is what the guest has actually
+plugged, which may stay above the request when the guest cannot free the memory. Both wait,
+up to a timeout, for the guest.
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ async def _plugged(qmp: Qmp) -> tuple[list[Mapping[str, object]], list[Mapping[s
     return plugged, [s for s in slots if not isinstance(s.get("qom-path"), str)]
 
 
-async def set_vcpus(qmp: Qmp, wanted: int, timeout: float) -> int:
-    """Plug or unplug vCPUs towards ``wanted``; the number plugged once QEMU agrees (or when
-    ``timeout`` passed: a guest may refuse to let a vCPU go)."""
+async def set_vcpus(qmp: Qmp, wanted: int, timeout: float, unplug: bool = True) -> int:
+    """Plug or (if ``unplug``) unplug vCPUs towards ``wanted``; the number plugged once QEMU
+    agrees (or when ``timeout`` passed: a guest may refuse to let a vCPU go)."""
     plugged, free = await _plugged(qmp)
+    if not unplug:
+        wanted = max(wanted, len(plugged))
     if wanted > len(plugged):
         for slot in free[: wanted - len(plugged)]:
             props = dict(slot["props"])  # type: ignore[call-overload]
