@@ -47,10 +47,22 @@ def test_a_cloned_sandbox_runs_a_container(
         assert qemu and "-incoming defer" in qemu[0] and f"mem-path={factory}/memory" in qemu[0]
         assert "share=off" in qemu[0] and "virtio-9p" in qemu[0]
         start_write_exec(cli_env, "clone1", b)
+        check_clone_grows(cli_env, "clone1")
     finally:
         cli(cli_env, "kill", "clone1", "KILL", ok=False)
         cli(cli_env, "delete", "--force", "clone1", ok=False)
     assert (b / "rootfs/written").read_text() == "hi\n"
+
+
+def check_clone_grows(env: dict[str, str], name: str) -> None:
+    """A clone has its template's base size and grows as a cold VM does: 1 CPU and 512 MiB
+    more after an update to those limits."""
+    probe = ["exec", name, "sh", "-c", "nproc; awk '/MemTotal/ {print $2}' /proc/meminfo"]
+    cpus, kib = map(int, cli(env, *probe).stdout.split())
+    cli(env, "update", "--memory", str(512 << 20), "--cpu-quota", "100000", name)
+    grown_cpus, grown_kib = map(int, cli(env, *probe).stdout.split())
+    assert grown_cpus == cpus + 1 and 500 * 1024 <= grown_kib - kib <= 520 * 1024, (
+        (cpus, kib), (grown_cpus, grown_kib))  # fmt: skip
 
 
 async def _clone_facts(config: cfg.RunvmConfig, bundle: Path, name: str) -> dict[str, object]:

@@ -55,6 +55,18 @@ def test_vsock_channel_and_memory_backend() -> None:
     assert "memory-backend-memfd,id=mem,size=300M,share=on" in argv
 
 
+def test_room_to_grow_is_maxcpus_and_an_empty_shared_virtio_mem_device() -> None:
+    s = spec(Accel.KVM, vcpus=2, max_vcpus=8, memory_mib=512, hotplug_memory_mib=1536)
+    argv = build_argv(s)
+    assert argv[argv.index("-smp") + 1] == "2,maxcpus=8"
+    assert argv[argv.index("-m") + 1] == "512M,maxmem=2048M"
+    assert "memory-backend-memfd,id=vmem0-ram,size=1536M,share=on" in argv
+    assert "virtio-mem-pci,id=vmem0,memdev=vmem0-ram,requested-size=0" in argv
+    assert "memhp_default_state=online_movable" in kernel_cmdline(s).split()
+    without = build_argv(spec(Accel.KVM, vcpus=2))
+    assert without[without.index("-smp") + 1] == "2" and "virtio-mem-pci" not in str(without)
+
+
 def test_kernel_cmdline_ends_vm_on_panic() -> None:
     line = kernel_cmdline(spec(Accel.TCG))
     assert "panic=-1" in line.split() and line.endswith("runvm.channel=virtio-serial")
