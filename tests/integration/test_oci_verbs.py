@@ -81,7 +81,7 @@ def test_pause_resume_update_events_ps_list(tmp_path: Path, cli_env: dict[str, s
         assert after["data"]["memory"]["usage"]["limit"] == 96 << 20
         assert after["data"]["pids"]["limit"] == 50
         too_big = cli(cli_env, "update", "--memory", str(64 << 30), "c-verbs", ok=False)
-        assert too_big.returncode == 1 and "cannot hold it" in too_big.stderr
+        assert too_big.returncode == 1 and "over the cap of" in too_big.stderr
     finally:
         cli(cli_env, "delete", "--force", "c-verbs", ok=False)
     assert not os.listdir(cli_env["RUNVM_TEST_ROOT"])
