@@ -261,6 +261,7 @@ class Pod:
         what the pod no longer wants is given back. A memory limit below what the container
         uses now is refused (ConfigError), not left to the OOM killer."""
         container = self.container(container_id)
+        container.process.require("update")  # before the VM changes for it
         what = f"update of container {container_id}"
         async with self.lock:
             new = sizing.merged(self.resources.get(container_id),
