@@ -232,3 +232,15 @@ def test_the_agent_onlines_lowest_first_and_offlines_highest_first(tmp_path: Pat
     assert (tmp_path / "online").read_text() == "0,1"
     (tmp_path / "online").write_text("0-2,5")
     assert cpus.online_count(tmp_path) == 4
+
+
+def test_a_failed_update_gives_back_what_it_grew(boots: Boots, tmp_path: Path) -> None:
+    async def body() -> None:
+        pod = pod_with_caps(boots)
+        await pod.create("c", limited(tmp_path / "c", 256 << 20), stdin=False)
+        boots.agent.fail["UpdateContainer"] = ConfigError("refused by the guest")
+        with pytest.raises(ConfigError, match="refused by the guest"):
+            await pod.update("c", json.dumps({"memory": {"limit": 768 << 20}}).encode())
+        assert vm_of(boots).size == (1, 512) and pod.wants["c"] == Size(0, 256)
+
+    run(body)

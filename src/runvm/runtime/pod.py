@@ -277,10 +277,12 @@ class Pod:
             assert self.sandbox is not None
             have = self.sandbox.size
             grown = Size(max(have.vcpus, target.vcpus), max(have.memory_mib, target.memory_mib))
-            await growth.resize(self.sandbox, grown, what)
-            await container.update(resources_json)
-            self.wants[container_id], self.resources[container_id] = need, new
-            await self._fit(what)
+            try:
+                await growth.resize(self.sandbox, grown, what)
+                await container.update(resources_json)
+                self.wants[container_id], self.resources[container_id] = need, new
+            finally:  # what is wanted now (the old limits if the update failed)
+                await self._fit(what)
 
     # --- exits and OOM kills ---------------------------------------------------------------
     async def _exited(self, process: Process) -> None:
