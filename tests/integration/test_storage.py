@@ -37,7 +37,7 @@ SCRIPT = r"""
 mount -o remount,rw,bind /ro && echo remounted
 { echo x > /ro/new; } 2>/dev/null && echo ro-writable-after-remount || echo ro-still-refused
 # read-write volume: written here, seen on the host; written there, seen here
-echo from-guest > /rw/guest.txt && echo rw-written
+echo from-guest > /rw/guest.new && mv /rw/guest.new /rw/guest.txt && echo rw-written
 until [ -e /rw/host.txt ]; do sleep 0.2; done; cat /rw/host.txt
 # a file mount edited on the host is seen here
 cat /etc/config.txt; touch /rw/seen-v1

@@ -135,6 +135,25 @@ def test_a_machine_without_hotplug_refuses_to_grow_and_names_the_fix(
         boots.booted[0].resizable = False
         with pytest.raises(ConfigError, match=r"machine pc cannot hot-plug.*hypervisor.machine"):
             await pod.create("app", limited(tmp_path / "a", GIB), stdin=False)
+        assert "app" not in pod.containers
+
+    run(body)
+
+
+def test_a_machine_without_hotplug_shares_its_vm_with_limits_that_fit_in_it(
+    boots: Boots, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        pod = pod_with_caps(boots)
+        await pod.create("pause", make_bundle(tmp_path / "p"), stdin=False)
+        boots.booted[0].resizable = False
+        await pod.create("app", limited(tmp_path / "a", 96 << 20), stdin=False)
+        await pod.update("app", json.dumps({"memory": {"limit": 128 << 20}}).encode())
+        assert "UpdateContainer" in boots.agent.calls and vm_of(boots).size == (1, 256)
+        with pytest.raises(ConfigError, match=r"cannot hot-plug"):
+            await pod.update("app", json.dumps({"memory": {"limit": 300 << 20}}).encode())
+        await pod.delete("app")
+        assert vm_of(boots).size == (1, 256)
 
     run(body)
 

@@ -3,7 +3,9 @@ onlined by the agent (hot-plugged memory onlines itself, movable, so it can be t
 
 A VM cannot go below its boot size, nor past the room its machine left at boot
 (runtime/machine.room): :func:`resize` returns the size the VM actually has afterwards.
-A growth the machine cannot make (microvm) is a ConfigError naming the fix.
+A machine that cannot hot-plug (microvm) keeps its boot size: a container whose own limits
+fit in that VM shares it (logged), one that asks for more than the whole VM is a ConfigError
+naming the fix.
 """
 
 from __future__ import annotations
@@ -20,17 +22,27 @@ log = logging.getLogger(__name__)
 RESIZE_TIMEOUT = 20.0
 
 
-async def resize(sandbox: Sandbox, size: Size, what: str) -> Size:
-    """Take ``sandbox``'s VM towards ``size`` for ``what`` (e.g. "create container c")."""
+def _exceeds(size: Size, have: Size) -> bool:
+    return size.vcpus > have.vcpus or size.memory_mib > have.memory_mib
+
+
+async def resize(sandbox: Sandbox, size: Size, what: str, need: Size | None = None) -> Size:
+    """Take ``sandbox``'s VM towards ``size`` for ``what`` (e.g. "create container c"), of
+    which ``need`` (all of ``size`` if None) is what that one container asks for itself."""
     vm, agent, have = sandbox.vm, sandbox.agent, sandbox.size
     if size == have or vm is None or agent is None:
         return have
-    growing = size.vcpus > have.vcpus or size.memory_mib > have.memory_mib
-    if growing and not sandbox.resizable:
-        raise ConfigError(f"{what}: the VM would grow from {have} to {size}, but machine "
-                          f"{sandbox.machine} cannot hot-plug vCPUs or memory: use "
-                          'hypervisor.machine = "pc" or "q35", or give its limits to the '
-                          "pod's first container")  # fmt: skip
+    growing = _exceeds(size, have)
+    if not sandbox.resizable:
+        if _exceeds(size if need is None else need, have):
+            raise ConfigError(f"{what}: the VM would grow from {have} to {size}, but machine "
+                              f"{sandbox.machine} cannot hot-plug vCPUs or memory: use "
+                              'hypervisor.machine = "pc" or "q35", or give its limits to the '
+                              "pod's first container")  # fmt: skip
+        if growing:
+            log.warning("%s: machine %s cannot grow its VM of %s to %s; the containers "
+                        "share it", what, sandbox.machine, have, size)  # fmt: skip
+        return have
     started = time.monotonic()
     vcpus, memory = await vm.resize(size.vcpus, size.memory_mib, RESIZE_TIMEOUT)
     if size.vcpus != have.vcpus:  # (a VM that kept surplus vCPUs has the guest offline them)

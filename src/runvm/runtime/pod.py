@@ -192,7 +192,7 @@ class Pod:
         else:
             what = f"container {container_id}"
             target = sizing.check(self.config, self._target(need), need, what)
-            await growth.resize(self.sandbox, target, f"create {what}")
+            await growth.resize(self.sandbox, target, f"create {what}", need)
             if self.first in self.containers:
                 join = join_map(self.vm_pid, self.containers[self.first].guest_pid)
         assert self.sandbox is not None
@@ -252,7 +252,7 @@ class Pod:
         if self.sandbox is None:
             return
         try:
-            await growth.resize(self.sandbox, self._target(), what)
+            await growth.resize(self.sandbox, self._target(), what, sizing.NOTHING)
         except RunvmError as exc:
             log.warning("pod %s: %s: the VM keeps %s: %s", self.id, what, self.sandbox.size, exc)
 
@@ -278,7 +278,7 @@ class Pod:
             have = self.sandbox.size
             grown = Size(max(have.vcpus, target.vcpus), max(have.memory_mib, target.memory_mib))
             try:
-                await growth.resize(self.sandbox, grown, what)
+                await growth.resize(self.sandbox, grown, what, need)
                 await container.update(resources_json)
                 self.wants[container_id], self.resources[container_id] = need, new
             finally:  # what is wanted now (the old limits if the update failed)
