@@ -5,6 +5,11 @@ measured start waits until it is, so no refill boot competes with a measurement)
 
 Each configuration runs once per round, rounds interleaved; the runvm ones get their config
 through ctr's ``--runtime-config-path`` (the shim reads it), so one containerd serves all.
+
+With ``phases``, the shims trace their start (``RUNVM_TRACE``, :mod:`runvm.trace`) and each
+runvm start is split into its marks: when containerd exec'd the shim, its Python reached main,
+it served, each Task call and each sandbox step ended, the exit was seen, the shim exited and
+ctr returned, as medians of the time since ``ctr run`` was started.
 """
 
 from __future__ import annotations
@@ -26,13 +31,31 @@ from runvm.image.ociarchive import busybox_archive
 IMAGE = "localhost/runvm/busybox:latest"
 
 
-def daemon_env() -> dict[str, str]:
+def daemon_env(trace: Path | None = None) -> dict[str, str]:
     """The private containerd's environment (its shims inherit it): this interpreter's bin
-    first, and the caller's PYTHONPATH, so shims run the runvm this bench imports."""
+    first, and the caller's PYTHONPATH, so shims run the runvm this bench imports; with
+    ``trace``, the shims trace their start into it."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    if trace is not None:
+        env["RUNVM_TRACE"] = str(trace)
     return env
+
+
+Phases = dict[str, list[dict[str, float]]]
+
+
+def _marks(trace: Path, since: float) -> dict[str, float]:
+    """The first time of each event in ``trace``, as seconds after ``since``."""
+    first: dict[str, float] = {}
+    if trace.exists():
+        for line in trace.read_text().splitlines():
+            at, _, rest = line.partition(" ")
+            event = rest.partition(" ")[2]
+            if event and event not in first:
+                first[event] = float(at) - since
+    return first
 
 
 def _config(path: Path, state: Path, extra: str = "") -> Path:
@@ -53,8 +76,10 @@ def _pool_full(conf: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def run(rounds: int) -> dict[str, list[float]]:
+def run(rounds: int, phases: Phases | None = None) -> dict[str, list[float]]:
+    """``rounds`` interleaved rounds; with ``phases``, each runvm start's marks go in it."""
     base = Path(tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
+    trace = base / "trace" if phases is not None else None
     state = base / "s"
     state.mkdir()
     cold = _config(base / "cold.toml", state)
@@ -63,7 +88,7 @@ def run(rounds: int) -> dict[str, list[float]]:
     sock = base / "cache.sock"
     cached = _config(base / "cached.toml", state,
                      f'[cache]\nenable = true\nsize = 1\nsocket = "{sock}"\n')  # fmt: skip
-    daemon = PrivateContainerd(base, daemon_env())
+    daemon = PrivateContainerd(base, daemon_env(trace))
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
     cache = subprocess.Popen([sys.executable, "-m", "runvm.cli.main", "--config", str(cached),
                               "cache", "serve"], stderr=subprocess.DEVNULL)  # fmt: skip
@@ -83,11 +108,17 @@ def run(rounds: int) -> dict[str, list[float]]:
         for i in range(rounds):
             for name, args in configs.items():
                 _pool_full(cached)  # no refill boot competes with any measured start
+                if trace is not None:
+                    trace.unlink(missing_ok=True)
                 start = time.monotonic()
                 r = daemon.ctr("run", "--rm", *args, IMAGE, f"b{i}-{len(times[name])}", "true")
                 if r.returncode != 0:
                     sys.exit(f"ctr run ({name}) failed: {r.stderr.decode()[-500:]}")
                 times[name].append(time.monotonic() - start)
+                if trace is not None and phases is not None and name != "runc":
+                    marks = _marks(trace, start)
+                    marks["ctr returned"] = times[name][-1]
+                    phases.setdefault(name, []).append(marks)
         return times
     finally:
         cache.terminate()
@@ -104,3 +135,15 @@ def report(times: dict[str, list[float]]) -> None:
     for name, values in times.items():
         print(f"  {name:16} {med[name]:7.3f} s  (min {min(values):.3f}, max {max(values):.3f})"
               f"  x{med[name] / med['runc']:.1f} runc")  # fmt: skip
+
+
+def report_phases(phases: Phases) -> None:
+    """Per configuration, each mark's median time after ``ctr run`` started, in order."""
+    for name, runs in phases.items():
+        events = {e for marks in runs for e in marks}
+        med = {e: statistics.median(m[e] for m in runs if e in m) for e in events}
+        print(f"{name}: median s after ctr run started ({len(runs)} runs)")
+        previous = 0.0
+        for event in sorted(med, key=med.__getitem__):
+            print(f"  {event:34} {med[event]:7.3f}  (+{med[event] - previous:.3f})")
+            previous = med[event]

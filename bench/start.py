@@ -18,7 +18,10 @@ With --ctr, instead: `ctr run --rm` of busybox `true` through one private contai
 runc, runvm cold, runvm cloned from a template and runvm handed a VM by the cache daemon
 (bench/ctrstart.py), ratios to runc.
 
-Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix | --ctr]
+With --ctr --phases, also each runvm configuration's start split into the shim's traced
+marks (bench/ctrstart.py).
+
+Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix | --ctr [--phases]]
 """
 
 from __future__ import annotations
@@ -168,11 +171,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
     parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated, cached")
+    parser.add_argument("--phases", action="store_true", help="with --ctr: each start's marks")
     args = parser.parse_args()
     if args.ctr:
         import ctrstart
 
-        ctrstart.report(ctrstart.run(args.runs))
+        marks: ctrstart.Phases | None = {} if args.phases else None
+        ctrstart.report(ctrstart.run(args.runs, marks))
+        if marks is not None:
+            ctrstart.report_phases(marks)
         return
     if os.geteuid() != 0 or not shutil.which("runc"):
         sys.exit("bench/start.py needs root and runc (scripts/install)")

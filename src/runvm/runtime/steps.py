@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from runvm import trace
+
 T = TypeVar("T")
 Undo = Callable[[], Awaitable[Any]]
 
@@ -30,6 +32,7 @@ class Steps:
         start = time.monotonic()
         result = await action
         self.timings[name] = time.monotonic() - start
+        trace.mark(f"step {name}")
         if undo is not None:
             self._undo.append((name, undo))
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from runvm import trace
 from runvm.errors import RunvmError
 from runvm.shim.cmdline import parse_args
 
@@ -12,6 +13,9 @@ PROG = "containerd-shim-runvm-v2"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if trace.enabled():
+        trace.mark("shim exec", trace.process_started())
+        trace.mark("shim main")
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except RunvmError as exc:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runvm import config as cfg
-from runvm import files
+from runvm import files, trace
 from runvm.shim import wire
 from runvm.shim.events import Publisher
 from runvm.shim.layout import Layout
@@ -153,6 +153,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)
     ready.ok()
+    trace.mark("shim serving")
     log.info("serving %s on %s", what, layout.address)
     try:
         await done.wait()
@@ -168,6 +169,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
             log.exception("shim teardown")
         server.close()
         log.info("shim for %s exits", what)
+        trace.mark("shim exit")
         logging.shutdown()
         for path in (layout.socket, layout.lock, *layout.logs,
                      *(pod.record for pod in pods), layout.owner):  # fmt: skip

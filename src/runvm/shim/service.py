@@ -24,6 +24,7 @@ from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import DecodeError, Message
 
 from runvm import config as cfg
+from runvm import trace
 from runvm.errors import (
     RpcError,
     RunvmError,
@@ -67,6 +68,7 @@ def unary(name: str, fn: Callable[[Any], Awaitable[Message]]) -> Handler:
         except DecodeError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"{name}: {exc}") from exc
         log.debug("-> %s %s", name, request)
+        trace.mark(f"rpc {name}")
         try:
             return (await fn(request)).SerializeToString()
         except RpcError as exc:
@@ -76,6 +78,8 @@ def unary(name: str, fn: Callable[[Any], Awaitable[Message]]) -> Handler:
             code = code_for(exc)
             (log.error if code == Code.INTERNAL else log.debug)("%s: %s", name, exc)
             raise RpcError(code, str(exc)) from exc
+        finally:
+            trace.mark(f"rpc {name} done")
 
     return handler
 
@@ -145,6 +149,7 @@ class TaskService:
         proc = self.procs.get((container.id, process.exec_id))
         if proc is not None and proc.host is not None:
             proc.host.close()
+        trace.mark("exit seen")
         self.events.publish(spb.TaskExit(container_id=container.id, id=process.exec_id or
                                          container.id, pid=self.vm_pid,
                                          **exit_fields(process)))  # fmt: skip
