@@ -26,6 +26,9 @@ from runvm import config as cfg
 #: these settings into every config the tests write.
 MATRIX = os.environ.get("RUNVM_TEST_MATRIX", "")
 
+#: Where this session's sandboxes make templates on first use (a tmpfs; removed at its end).
+TEMPLATES = f"/dev/shm/runvm-test-{os.getpid()}/templates"
+
 HARDWARE_PREFIX = "hardware:"
 ALLOWED_HARDWARE = ("KVM", "vhost-vsock", "vhost-net", "VFIO")
 LEAK_PATTERNS = (
@@ -42,7 +45,8 @@ def matrix_settings() -> dict[str, dict[str, Any]]:
     for item in MATRIX.split():
         key, _, value = item.partition("=")
         table, _, name = key.partition(".")
-        tables.setdefault(table, {})[name] = int(value) if value.isdigit() else value
+        parsed: object = {"true": True, "false": False}.get(value, value)
+        tables.setdefault(table, {})[name] = int(value) if value.isdigit() else parsed
     return tables
 
 
@@ -103,12 +107,8 @@ def start_write_exec(env: dict[str, str], name: str, bundle: Path) -> None:
 
 
 def write_config(path: Path, state_root: Path, accel_cache: Path) -> Path:
-    """A private config: own state and cache directories, plus the smoke matrix's settings."""
-    path.write_text(
-        f'[runtime]\nstate_root = "{state_root}"\ncache_dir = "{accel_cache}"\n'
-        f'[cache]\nsocket = "{state_root}/cache.sock"\n'
-    )  # never the machine's
-    add_config(path, _toml(matrix_settings()))
+    """A private config (:func:`private_tables`), plus the smoke matrix's settings."""
+    path.write_text(_toml(private_tables(state_root, accel_cache)))
     return path
 
 
@@ -198,13 +198,31 @@ def state_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_templates() -> Iterator[None]:
+    """Templates the session's sandboxes made on first use go with the session."""
+    yield
+    shutil.rmtree(Path(TEMPLATES).parent, ignore_errors=True)
+
+
+def private_tables(state_root: Path, accel_cache: Path) -> dict[str, dict[str, Any]]:
+    """Config tables of a test: its own state, cache socket and factory (never the machine's),
+    the session's templates directory, cold boots unless the smoke matrix says otherwise."""
+    tables: dict[str, dict[str, Any]] = {
+        "runtime": {"state_root": str(state_root), "cache_dir": str(accel_cache)},
+        "cache": {"socket": str(state_root / "cache.sock")},
+        "factory": {"enable": False, "dir": str(state_root / "factory"),
+                    "templates_dir": TEMPLATES},
+    }  # fmt: skip
+    for table, values in matrix_settings().items():
+        tables.setdefault(table, {}).update(values)
+    return tables
+
+
 @pytest.fixture
 def runvm_config(state_root: Path, accel_cache: Path) -> cfg.RunvmConfig:
     """Defaults with private state and cache directories."""
-    tables = matrix_settings()
-    tables["runtime"] = {"state_root": str(state_root), "cache_dir": str(accel_cache)}
-    tables["cache"] = {"socket": str(state_root / "cache.sock")}  # never the machine's
-    return cfg.parse(tables)
+    return cfg.parse(private_tables(state_root, accel_cache))
 
 
 @pytest.fixture
@@ -410,10 +428,11 @@ def containerd(tmp_path: Path, state_root: Path, accel_cache: Path) -> Iterator[
 
 @pytest.fixture
 def factory(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Path]:
-    """A template made by `runvm factory init` in a private factory directory."""
+    """A template made by `runvm factory init` in a private factory directory (and none
+    made on first use)."""
     directory = Path(f"{cli_env['RUNVM_TEST_ROOT']}-factory")
     add_config(Path(cli_env["RUNVM_CONFIG"]),
-               f'[factory]\nenable = true\ndir = "{directory}"\n')  # fmt: skip
+               f'[factory]\nenable = true\nfirst_use = false\ndir = "{directory}"\n')  # fmt: skip
     runvm = [sys.executable, "-m", "runvm.cli.main"]
     r = subprocess.run([*runvm, "factory", "init"], env=cli_env, capture_output=True, text=True,
                        timeout=300)  # fmt: skip

@@ -109,10 +109,21 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class FactoryConfig:
-    # Start sandboxes as clones of a saved template VM (`runvm factory init` makes it) when
-    # one matches; they share its memory pages copy-on-write and use 9p for their share.
-    enable: bool = False
-    dir: str = "/run/runvm/factory"  # a tmpfs is mounted here for the template
+    # Start sandboxes as clones of a saved template VM: a clone starts in a fraction of a
+    # cold boot and shares the template's memory pages copy-on-write; its share is 9p.
+    # Templates hold a guest booted before any container existed (kernel and agent, never a
+    # container's data), but clones of one template share pages and the kernel's boot-time
+    # secrets (docs/density.md, "Templates and tenants"): on a host whose pods belong to
+    # mutually untrusting tenants, set enable = false (each pod then boots its own VM).
+    # Sandboxes that cannot be clones (microvm, the debian kernel, hypervisor.user, sized or
+    # with extra devices) boot as if this were off.
+    enable: bool = True
+    # A sandbox that finds no template for its configuration makes one, then clones it (one
+    # at a time: racing first starts make one); off: only `runvm factory init` makes one.
+    first_use: bool = True
+    dir: str = "/run/runvm/factory"  # `runvm factory init` mounts a tmpfs here for its template
+    # Where first use makes templates, one per configuration: must be on a tmpfs.
+    templates_dir: str = "/dev/shm/runvm/templates"
 
 
 @dataclass(frozen=True)

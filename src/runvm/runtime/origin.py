@@ -3,6 +3,7 @@ and run directory that come before it. See :func:`choose` and :func:`refuse_bad_
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,13 +18,15 @@ from runvm.hypervisor.base import AgentChannelSpec, Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
 from runvm.process import ForeignProcess
 from runvm.protocol.client import AgentClient
-from runvm.runtime import sizing, template
+from runvm.runtime import firstuse, sizing, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.steps import Steps
 
 if TYPE_CHECKING:
     from runvm.runtime.sandbox import SandboxOptions
+
+log = logging.getLogger(__name__)
 
 
 def refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> None:
@@ -42,11 +45,8 @@ def refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> Non
         )
     if hv_cfg.user:
         unprivileged_user(hv_cfg.user)
-        if config.storage.shared_fs == "9p" or config.factory.enable:
-            raise ConfigError(
-                "hypervisor.user: QEMU runs as root with 9p sharing or templates "
-                "(factory.enable); use virtio-fs and no templates"
-            )
+        if config.storage.shared_fs == "9p":
+            raise ConfigError("hypervisor.user: QEMU runs as root with 9p sharing; use virtio-fs")
 
 
 @dataclass
@@ -116,7 +116,13 @@ async def choose(
     await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
                     lambda: _remove_dir(run_dir))  # fmt: skip
     if config.factory.enable and fresh:
+        why = template.unsupported(config)
+        if why:
+            log.debug("sandbox %s is no clone: %s", run_dir.name, why)
+            return Origin(files, accel, hypervisor)
         tpl = await template.usable(config, files, accel)
+        if tpl is None and config.factory.first_use and not options.guest_files:
+            tpl = await steps.run("template", firstuse.template_for(config, files, accel))
         if tpl is not None:
             return Cloned(files, accel, hypervisor, tpl)
     return Origin(files, accel, hypervisor)

@@ -100,9 +100,17 @@ def factory_dir(config: RunvmConfig) -> Path:
     return Path(config.factory.dir)
 
 
+def qemu_binary(config: RunvmConfig) -> str:
+    return QemuHypervisor(config.hypervisor.path).resolve_binary()
+
+
 def load(config: RunvmConfig) -> Template | None:
     """The factory's template if one is complete, else None."""
-    directory = factory_dir(config)
+    return load_from(factory_dir(config))
+
+
+def load_from(directory: Path) -> Template | None:
+    """The template in ``directory`` if one is complete there, else None."""
     try:
         meta = json.loads((directory / META).read_text())
     except (OSError, ValueError):
@@ -117,10 +125,9 @@ async def usable(config: RunvmConfig, files: GuestFiles, accel: AccelReport) -> 
     """The template a new sandbox may clone, or None (logged when one exists but differs)."""
     tpl = load(config)
     if tpl is None:
-        log.info("factory: no template in %s; booting cold", factory_dir(config))
+        log.debug("factory: no template in %s", factory_dir(config))
         return None
-    qemu = QemuHypervisor(config.hypervisor.path).resolve_binary()
-    why = mismatch(tpl.meta, template_key(config, files, accel.accel.value, qemu))
+    why = mismatch(tpl.meta, template_key(config, files, accel.accel.value, qemu_binary(config)))
     if why:
         log.warning("factory: template in %s refused (%s); booting cold", tpl.directory, why)
         return None
@@ -134,42 +141,52 @@ def clone_spec(tpl: Template, spec: VMSpec) -> VMSpec:
     )
 
 
-async def create(config: RunvmConfig) -> Template:
-    """Boot the template VM, save it, and record what it was made from."""
+def unsupported(config: RunvmConfig) -> str:
+    """Why sandboxes of ``config`` cannot be clones ("" if they can)."""
     hv = config.hypervisor
     if not machine_capabilities(hv.machine).hotplug_net:
-        raise ConfigError(f"templates need device hot-plug (NICs go into each clone); machine "
-                          f"{hv.machine} has none: use pc or q35")  # fmt: skip
+        return (f"templates need device hot-plug (NICs go into each clone); machine "
+                f"{hv.machine} has none: use pc or q35")  # fmt: skip
     if config.image.variant == "debian" and not config.image.kernel:
-        raise ConfigError(
-            "templates need a guest kernel with 9p (clones cannot use virtio-fs);"
-            ' Debian\'s cloud kernel has none: set image.variant = "minimal"'
-        )
+        return ("templates need a guest kernel with 9p (clones cannot use virtio-fs);"
+                ' Debian\'s cloud kernel has none: set image.variant = "minimal"')  # fmt: skip
+    if hv.user:
+        return "templates are not used with hypervisor.user (a clone's 9p share needs root)"
+    return ""
+
+
+async def create(config: RunvmConfig) -> Template:
+    """Boot the template VM in the factory directory (a tmpfs mounted there), save it, and
+    record what it was made from (``runvm factory init``)."""
+    why = unsupported(config)
+    if why:
+        raise ConfigError(why)
     files = resolve_guest_files(config)
-    hypervisor = QemuHypervisor(hv.path)
+    hypervisor = QemuHypervisor(config.hypervisor.path)
     qemu = hypervisor.resolve_binary()
-    accel = await detect(hv.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir))
+    accel = await detect(config.hypervisor.accelerator, qemu, files.kernel,
+                         Path(config.runtime.cache_dir))  # fmt: skip
     directory = factory_dir(config)
     destroy(config)
     directory.mkdir(parents=True, exist_ok=True)
     flags, _ = mounts.mount_options(["nosuid", "nodev", "noexec"])
-    mounts.mount("tmpfs", str(directory), "tmpfs", flags, f"size={hv.memory_mib + 16}m,mode=0700")
+    mounts.mount("tmpfs", str(directory), "tmpfs", flags,
+                 f"size={config.hypervisor.memory_mib + 16}m,mode=0700")  # fmt: skip
     try:
-        return await _make(config, directory, files, hypervisor, qemu, accel)
+        return await make(config, directory, files, accel)
     except BaseException:
         destroy(config)
         raise
 
 
-async def _make(
-    config: RunvmConfig,
-    directory: Path,
-    files: GuestFiles,
-    hypervisor: QemuHypervisor,
-    qemu: str,
-    accel: AccelReport,
+async def make(
+    config: RunvmConfig, directory: Path, files: GuestFiles, accel: AccelReport
 ) -> Template:
+    """Boot a template VM of ``config`` with its files in ``directory`` (an existing, empty
+    directory on a tmpfs), save it paused and write its ``template.json`` last."""
     hv = config.hypervisor
+    hypervisor = QemuHypervisor(hv.path)
+    qemu = hypervisor.resolve_binary()
     tpl = Template(directory, {})
     with tpl.memory.open("wb") as f:
         f.truncate(hv.memory_mib << 20)

@@ -41,6 +41,20 @@ def is_mountpoint(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
+def fs_type(path: str) -> str:
+    """The type of the filesystem ``path`` (which must exist) is on, e.g. ``tmpfs``."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].replace("\\040", " ")
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best) and " - " in line:
+                best, kind = point, line.split(" - ", 1)[1].split()[0]
+    return kind
+
+
 def unshare_mounts() -> None:
     """Move this process into a mount namespace of its own, slave to the host's: host mounts
     still appear in it, its own never leak out, and all of them vanish with its last user."""
