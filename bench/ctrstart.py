@@ -1,6 +1,8 @@
-"""`ctr run --rm` of busybox `true` through one private containerd: runc, runvm cold, runvm
-cloned from a template, runvm handed a ready VM by `runvm cache serve` (one kept ready; each
-measured start waits until it is, so no refill boot competes with a measurement). Used by
+"""`ctr run --rm` of busybox `true` through one private containerd: runc; runvm on its
+defaults (clones of a template made on first use: the first round's start makes it, and
+counts); runvm cold (templates off); runvm cloned from the template `runvm factory init`
+made; runvm handed a ready VM by `runvm cache serve` (one kept ready; each measured start
+waits until it is, so no refill boot competes with a measurement). Used by
 ``bench/start.py --ctr``.
 
 Each configuration runs once per round, rounds interleaved; the runvm ones get their config
@@ -76,38 +78,51 @@ def _pool_full(conf: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def run(rounds: int, phases: Phases | None = None) -> dict[str, list[float]]:
-    """``rounds`` interleaved rounds; with ``phases``, each runvm start's marks go in it."""
+def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, list[float]]:
+    """``rounds`` interleaved rounds; with ``phases``, each runvm start's marks go in it;
+    ``only`` (comma-separated words such as "default,cold") keeps the configurations whose
+    names contain one of them, and runc."""
     base = Path(tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
     trace = base / "trace" if phases is not None else None
     state = base / "s"
     state.mkdir()
-    cold = _config(base / "cold.toml", state)
+    shm = Path(tempfile.mkdtemp(prefix="rvb-", dir="/dev/shm"))
+    default = _config(base / "default.toml", state,
+                      f'[factory]\ntemplates_dir = "{shm}/templates"\n')  # fmt: skip
+    cold = _config(base / "cold.toml", state, "[factory]\nenable = false\n")
     factory = base / "factory"
-    tpl = _config(base / "tpl.toml", state, f'[factory]\nenable = true\ndir = "{factory}"\n')
+    tpl = _config(base / "tpl.toml", state,
+                  f'[factory]\nfirst_use = false\ndir = "{factory}"\n')  # fmt: skip
     sock = base / "cache.sock"
-    cached = _config(base / "cached.toml", state,
+    cached = _config(base / "cached.toml", state, "[factory]\nenable = false\n"
                      f'[cache]\nenable = true\nsize = 1\nsocket = "{sock}"\n')  # fmt: skip
+    runtime = ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path"]
+    configs = {
+        "runc": ["--runtime", "io.containerd.runc.v2"],
+        "runvm default": [*runtime, str(default)],
+        "runvm cold": [*runtime, str(cold)],
+        "runvm templated": [*runtime, str(tpl)],
+        "runvm cached": [*runtime, str(cached)],
+    }
+    wanted = [w for w in only.split(",") if w]
+    configs = {name: args for name, args in configs.items()
+               if name == "runc" or not wanted or any(w in name for w in wanted)}  # fmt: skip
     daemon = PrivateContainerd(base, daemon_env(trace))
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
-    cache = subprocess.Popen([sys.executable, "-m", "runvm.cli.main", "--config", str(cached),
-                              "cache", "serve"], stderr=subprocess.DEVNULL)  # fmt: skip
+    cache = None
+    if "runvm cached" in configs:
+        cache = subprocess.Popen([sys.executable, "-m", "runvm.cli.main", "--config",
+                                  str(cached), "cache", "serve"],
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
-        subprocess.run([*runvm, "factory", "init"], check=True, capture_output=True)
-        configs = {
-            "runc": ["--runtime", "io.containerd.runc.v2"],
-            "runvm cold": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
-                           str(cold)],
-            "runvm templated": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
-                                str(tpl)],
-            "runvm cached": ["--runtime", "io.containerd.runvm.v2", "--runtime-config-path",
-                             str(cached)],
-        }  # fmt: skip
+        if "runvm templated" in configs:
+            subprocess.run([*runvm, "factory", "init"], check=True, capture_output=True)
         times: dict[str, list[float]] = {name: [] for name in configs}
         for i in range(rounds):
             for name, args in configs.items():
-                _pool_full(cached)  # no refill boot competes with any measured start
+                if cache is not None:
+                    _pool_full(cached)  # no refill boot competes with any measured start
                 if trace is not None:
                     trace.unlink(missing_ok=True)
                 start = time.monotonic()
@@ -121,11 +136,12 @@ def run(rounds: int, phases: Phases | None = None) -> dict[str, list[float]]:
                     phases.setdefault(name, []).append(marks)
         return times
     finally:
-        cache.terminate()
-        cache.wait(60)
+        if cache is not None:
+            cache.terminate()
+            cache.wait(60)
         subprocess.run([*runvm, "factory", "destroy"], capture_output=True)
         daemon.stop()
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        subprocess.run(["rm", "-rf", str(base), str(shm)], check=False)
 
 
 def report(times: dict[str, list[float]]) -> None:

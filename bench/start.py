@@ -172,12 +172,13 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
     parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated, cached")
     parser.add_argument("--phases", action="store_true", help="with --ctr: each start's marks")
+    parser.add_argument("--only", default="", help="with --ctr: e.g. default,templated")
     args = parser.parse_args()
     if args.ctr:
         import ctrstart
 
         marks: ctrstart.Phases | None = {} if args.phases else None
-        ctrstart.report(ctrstart.run(args.runs, marks))
+        ctrstart.report(ctrstart.run(args.runs, marks, args.only))
         if marks is not None:
             ctrstart.report_phases(marks)
         return

@@ -174,8 +174,10 @@ def test_container_runs_exits_and_is_deleted_with_its_vm(boots: Boots, tmp_path:
         assert container.process.state is State.STOPPED
         with pytest.raises(NotFoundError, match="already finished"):
             await pod.kill("c1", "", signal.SIGTERM)
-        await pod.delete("c1")
-        assert boots.booted[0].stopped and pod.sandbox is None and pod.containers == {}
+        await pod.delete("c1")  # answers before its VM has stopped
+        assert pod.sandbox is None and pod.containers == {}
+        await pod.stopped()
+        assert boots.booted[0].stopped
         assert boots.booted[0].shared.removed == ["c1"]
 
     run(body)
@@ -202,6 +204,7 @@ def test_second_container_joins_the_first_and_shares_the_vm(boots: Boots, tmp_pa
         await pod.delete("c")  # created, never started: killed first
         assert "SignalProcess" in boots.agent.calls and not boots.booted[0].stopped
         await pod.delete("s")
+        await pod.stopped()
         assert boots.booted[0].stopped
 
     run(body)

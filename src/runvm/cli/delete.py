@@ -48,10 +48,22 @@ def _poststop(state: ContainerState, log_path: Path) -> None:
     asyncio.run(hooks.run_hooks(spec, "poststop", doc, log_path, warn_only=True))
 
 
+def _remove_half_made(args: argparse.Namespace, directory: Path) -> None:
+    """A create that was killed with its monitor before it saved the container's state (the
+    lock held here says neither lives): its sandbox directory and its own go."""
+    from runvm.runtime.sandbox import sandbox_run_dir
+
+    common.clean_sandbox_dir(sandbox_run_dir(common.load_config(args), args.container_id))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def delete(args: argparse.Namespace) -> None:
     st = common.store(args)
     try:
         with st.locked(args.container_id) as directory:
+            if args.force and not st.exists(args.container_id):
+                _remove_half_made(args, directory)
+                return
             state = st.load(args.container_id)
             status = state.effective_status()
             if status != Status.STOPPED:

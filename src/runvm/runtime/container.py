@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runvm import trace
 from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, RunvmError
 from runvm.names import check_id
 from runvm.oci import load_spec, parse_process
@@ -162,6 +163,7 @@ class Container:
             else:  # (root.readonly is applied in the guest, after the mount points were made)
                 share = await asyncio.to_thread(shared.add_rootfs, container_id, rootfs)
                 root_guest = shared.guest_path(share)
+                trace.mark("rootfs shared")
 
             def share_bind(index: int, source: str, options: list[str]) -> tuple[str, bool]:
                 private = any(o in PRIVATE_OPTIONS for o in options)
@@ -176,7 +178,9 @@ class Container:
                 stdin=stdin,
                 storages=storages,
             )
+            trace.mark("agent CreateContainer")
             container.guest_pid = await agent.create_container(request)
+            trace.mark("agent CreateContainer done")
             container.init = Process(agent, container_id, stdin=stdin)
             container.init.guest_pid = container.guest_pid
         except BaseException:
@@ -226,7 +230,9 @@ class Container:
             with contextlib.suppress(RunvmError):
                 await init.agent.signal_process(self.id, "", signal.SIGKILL, True)
             raise
+        trace.mark("agent StartContainer")
         await init.agent.start_container(self.id)
+        trace.mark("agent StartContainer done")
         init.become(State.RUNNING)
         self.on_started()
         return await self._hooks("poststart", "running", warn_only=True)
@@ -303,12 +309,15 @@ class Container:
         agent = self.sandbox.agent
         try:
             if agent is not None:
+                trace.mark("agent RemoveContainer")
                 await agent.remove_container(self.id)
+                trace.mark("agent RemoveContainer done")
         except RpcError:
             pass
         finally:
             if self.sandbox.shared is not None:
                 await asyncio.to_thread(self.sandbox.shared.remove_container, self.id)
+                trace.mark("rootfs unshared")
             await self._unplug_disks()
 
 

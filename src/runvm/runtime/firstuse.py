@@ -87,8 +87,22 @@ def _stale(meta: Mapping[str, Any]) -> bool:
     return False
 
 
-def _sweep(root: Path) -> None:
-    """Under the lock: remove stale templates and what dead makers left."""
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        stat_line = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (ValueError, OSError):
+        return False
+    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _sweep(root: Path, state_root: Path) -> None:
+    """Under the lock: remove stale templates and what dead makers left (their template
+    directories here, their template VMs' run directories in the state root)."""
+    with contextlib.suppress(OSError):
+        for entry in state_root.glob(f"{template.RUN_DIR_PREFIX}*-*"):
+            if not _alive(entry.name[len(template.RUN_DIR_PREFIX) :].partition("-")[0]):
+                shutil.rmtree(entry, ignore_errors=True)
     for entry in root.iterdir():
         if ".new-" in entry.name:
             shutil.rmtree(entry, ignore_errors=True)
@@ -160,7 +174,7 @@ async def template_for(
 async def _make(
     config: RunvmConfig, root: Path, name: str, files: GuestFiles, accel: AccelReport
 ) -> template.Template | None:
-    _sweep(root)
+    _sweep(root, Path(config.runtime.state_root))
     work = root / f"{name}.new-{os.getpid()}"
     work.mkdir(mode=0o700)
     started = time.monotonic()

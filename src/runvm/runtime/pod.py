@@ -89,6 +89,7 @@ class Pod:
         self.netns_fd: int | None = None  # shared: the pod's network namespace
         self.netns_path = ""
         self.lock = asyncio.Lock()  # create and delete change the pod
+        self._stopping: asyncio.Future[None] | None = None  # the VM of the last delete
         self.on_exit: Callable[[Container, Process], Awaitable[None]] = _no_exit
         self.on_oom: Callable[[Container], None] = lambda c: None
         self.on_change: Callable[[], None] = lambda: None
@@ -150,6 +151,7 @@ class Pod:
         async with self.lock:
             if container_id in self.containers:
                 raise ExistsError(f"container {container_id}: already exists")
+            await self.stopped()  # a new first container after the last one's delete
             wanted = list(rootfs_mounts)
             try:
                 container = await self._create(container_id, bundle.resolve(), stdin, boots,
@@ -353,8 +355,8 @@ class Pod:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(init.exited.wait(), KILL_WAIT)
             await self._remove(container)
-            if not self.containers:
-                await self._stop_vm()
+            if not self.containers:  # the answer need not wait for the VM to stop: close does
+                self._stopping = asyncio.ensure_future(self._release(self._detach()))
             else:
                 await self._fit(f"delete of container {container_id}")
             self.on_change()
@@ -378,20 +380,41 @@ class Pod:
                 mounts.umount(str(bundle / "rootfs"))
 
     async def _stop_vm(self) -> None:
-        if self.sandbox is not None:
-            await self.sandbox.stop()
-            self.sandbox = None
-        self.first = ""
-        if self.cgroup is not None:
-            self.cgroup.leave()
-            await asyncio.to_thread(self.cgroup.remove)
-            self.cgroup = None
-        if self.netns_fd is not None:
-            os.close(self.netns_fd)
-            self.netns_fd = None
+        await self._release(self._detach())
+
+    def _detach(self) -> Sandbox | None:
+        """The pod has no VM from now on; the one it had is returned, to be released."""
+        sandbox, self.sandbox, self.first = self.sandbox, None, ""
+        return sandbox
+
+    async def _release(self, sandbox: Sandbox | None) -> None:
+        """Stop ``sandbox``, then let go of the pod's cgroup and netns (kept in the record
+        until they are gone) and record that."""
+        try:
+            if sandbox is not None:
+                await sandbox.stop()
+            if self.cgroup is not None:
+                self.cgroup.leave()
+                await asyncio.to_thread(self.cgroup.remove)
+                self.cgroup = None
+            if self.netns_fd is not None:
+                os.close(self.netns_fd)
+                self.netns_fd = None
+        finally:
+            self.on_change()
+
+    async def stopped(self) -> None:
+        """Wait until the VM that the delete of the pod's last container stops is gone."""
+        stopping, self._stopping = self._stopping, None
+        if stopping is not None:
+            try:
+                await stopping
+            except Exception:
+                log.exception("pod %s: stopping the VM", self.id)
 
     async def close(self) -> None:
         """End every container and stop the VM (the front end is going away)."""
+        await self.stopped()
         async with self.lock:
             for container in list(self.containers.values()):
                 await self._remove(container)

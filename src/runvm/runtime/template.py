@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runvm import __version__
+from runvm import files as own_files
 from runvm.config import RunvmConfig
 from runvm.errors import ConfigError, RunvmError
 from runvm.hypervisor.accel import AccelReport, detect
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "virtio-serial"  # a vsock guest cid would be the same in every clone
 META = "template.json"
+RUN_DIR_PREFIX = "template-"  # + the maker's pid: a template VM's sockets, under the state root
 PARAMS = ("runvm.channel=virtio-serial",)
 
 
@@ -184,14 +187,32 @@ async def make(
 ) -> Template:
     """Boot a template VM of ``config`` with its files in ``directory`` (an existing, empty
     directory on a tmpfs), save it paused and write its ``template.json`` last."""
-    hv = config.hypervisor
-    hypervisor = QemuHypervisor(hv.path)
+    hypervisor = QemuHypervisor(config.hypervisor.path)
     qemu = hypervisor.resolve_binary()
+    # Its sockets live under the state root: a unix socket path has at most 108 bytes.
+    state_root = Path(config.runtime.state_root)
+    own_files.make_dirs(state_root)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=state_root))
+    try:
+        return await _boot_and_save(config, directory, files, accel, hypervisor, qemu, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _boot_and_save(
+    config: RunvmConfig,
+    directory: Path,
+    files: GuestFiles,
+    accel: AccelReport,
+    hypervisor: QemuHypervisor,
+    qemu: str,
+    run_dir: Path,
+) -> Template:
+    hv = config.hypervisor
     tpl = Template(directory, {})
     with tpl.memory.open("wb") as f:
         f.truncate(hv.memory_mib << 20)
-    run_dir, empty = directory / "vm", directory / "share"
-    run_dir.mkdir(mode=0o700)
+    empty = directory / "share"
     empty.mkdir(mode=0o700)
     channel = AgentChannelSpec(kind=CHANNEL, socket_path=run_dir / "agent.sock")
     max_vcpus, hotplug_mib = room(config, hv.machine, sizing.base(config))
@@ -216,7 +237,6 @@ async def make(
         await vm.save_state(tpl.state)
     finally:
         await vm.stop()
-    shutil.rmtree(run_dir, ignore_errors=True)
     meta = {
         "key": template_key(config, files, accel.accel.value, qemu),
         "created": time.time(),
