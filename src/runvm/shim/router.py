@@ -56,6 +56,7 @@ class PodRouter:
         response: Message = await getattr(service, METHODS[name])(req)
         if name == "Delete" and not req.exec_id:
             self.owner.pop(req.id, None)
+            await service.pod.stopped()  # this shim outlives the pod: nothing else waits
             self._forget_if_empty(service)
         return response
 
