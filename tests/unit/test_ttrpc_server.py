@@ -445,3 +445,35 @@ def test_reused_stream_id_starts_a_new_client_when_the_transport_has_no_boundari
         server.close()
 
     asyncio.run(main())
+
+
+def test_drain_waits_for_replies_in_flight_and_no_longer_than_its_timeout() -> None:
+    server = make_server()
+    released = asyncio.Event()
+
+    async def slow(payload: bytes, ctx: CallContext) -> bytes:
+        await asyncio.sleep(0.05)
+        return b"late"
+
+    async def stuck(payload: bytes, ctx: CallContext) -> bytes:
+        await released.wait()
+        return b""
+
+    server.register("test.Slow", {"Slow": slow, "Stuck": stuck})
+
+    async def test(client: Client, raw: Peer, _: asyncio.Task[None]) -> None:
+        call = asyncio.create_task(client.call("test.Slow", "Slow", b""))
+        await asyncio.sleep(0.01)  # the call is in flight
+        started = time.monotonic()
+        await server.drain(5)  # returns once the reply is written
+        assert 0.03 <= time.monotonic() - started < 1
+        assert await asyncio.wait_for(call, 1) == b"late"
+        hung = asyncio.create_task(client.call("test.Slow", "Stuck", b""))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await server.drain(0.1)
+        assert 0.09 <= time.monotonic() - started < 1 and not hung.done()
+        released.set()
+        assert await hung == b""
+
+    run(server, test)

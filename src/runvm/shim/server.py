@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LOG_MAX = 1 << 20
 FLUSH_TIMEOUT = 5.0
+REPLY_WAIT = 0.2  # at most, for the calls in flight when the shim ends to answer
 
 
 @dataclass
@@ -158,7 +159,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     try:
         await done.wait()
         listener.close()
-        await asyncio.sleep(0.1)  # let the Shutdown reply go out
+        await server.drain(REPLY_WAIT)  # the Shutdown reply goes out
     finally:
         listener.close()
         try:

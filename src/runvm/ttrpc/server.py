@@ -100,6 +100,12 @@ class Server:
         finally:
             self._connections.discard(connection)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until the calls in flight have been answered."""
+        tasks = [task for connection in self._connections for task in connection.tasks()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     def close(self) -> None:
         """Stop listening, end every connection and cancel the handlers running on them."""
         for listener in self._listeners:
@@ -139,6 +145,10 @@ class _Connection:
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._aborted = False
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The calls in flight (each ends once its reply is written)."""
+        return list(self._tasks)
 
     def abort(self) -> None:
         """Cancel the handlers and drop the transport; :meth:`run` then returns."""
