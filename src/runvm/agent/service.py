@@ -124,7 +124,10 @@ class SandboxService:
         return await self.guest_details(pb.GuestDetailsRequest())
 
     async def destroy_sandbox(self, _: pb.DestroySandboxRequest) -> pb.Empty:
+        """Flush everything the guest wrote to the host, then answer: the host may end QEMU
+        from then on. The guest powers itself off shortly after, should the host not."""
         self.state.shutting_down.set()
+        os.sync()  # (the guest's Python has no thread pool; nothing else runs by now)
         asyncio.get_running_loop().call_later(POWEROFF_DELAY, power_off)
         return pb.Empty()
 
