@@ -84,6 +84,7 @@ class Container:
     started: bool = False
     execs: dict[str, Proc] = field(default_factory=dict)
     mounts: list[str] = field(default_factory=list)  # the container's storages, unmounted last
+    poststart: bool = False  # crun runs poststart hooks of its own (the host strips them)
 
 
 SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
@@ -256,7 +257,9 @@ class ContainerService:
         except BaseException:
             unmount_all(mounted)
             raise
-        self.containers[cid] = Container(cid, BUNDLES / cid, proc, mounts=mounted)
+        poststart = bool((spec.get("hooks") or {}).get("poststart"))
+        self.containers[cid] = Container(cid, BUNDLES / cid, proc, mounts=mounted,
+                                         poststart=poststart)  # fmt: skip
         try:  # what crun 1.8 does not know, before the init executes the user program
             procattrs.apply_init_attrs(proc.pid, spec["process"])
             procattrs.apply_cpu_burst(Path(CGROUP_ROOT) / cid, _resources(spec))
@@ -288,9 +291,16 @@ class ContainerService:
             raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} already started")
         before = _image_of(container.init.pid)
         try:
-            await crun.run_crun(self.reaper, ["start", container.id], container.bundle / "crun.log")
+            if container.poststart:
+                await crun.run_crun(self.reaper, ["start", container.id],
+                                    container.bundle / "crun.log")  # fmt: skip
+            else:  # what `crun start` does, without a crun process (0.2-0.3 s under TCG)
+                crun.release(container.id)
         except crun.CrunError as exc:
             raise RpcError(Code.FAILED_PRECONDITION, f"start {container.id}: {exc}") from exc
+        except OSError as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, f"start {container.id}: its init no longer "
+                           f"waits to be started ({exc.strerror})") from exc  # fmt: skip
         container.started = True
         await _until_executed(container.init.pid, before)
         return pb.StartContainerResponse(pid=container.init.pid)
