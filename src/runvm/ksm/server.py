@@ -34,9 +34,20 @@ async def serve(path: Path, throttler: Throttler) -> None:
         writer.close()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(client, str(path), limit=MAX_LINE)
-    os.chmod(path, 0o600)
+    # Bound under another name, made 0600, then renamed into place: nobody else ever sees
+    # the socket with its default mode.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        staging.unlink(missing_ok=True)
+        sock.bind(str(staging))
+        os.chmod(staging, 0o600)
+        os.replace(staging, path)
+    except BaseException:
+        sock.close()
+        staging.unlink(missing_ok=True)
+        raise
+    server = await asyncio.start_unix_server(client, sock=sock, limit=MAX_LINE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
