@@ -65,6 +65,17 @@ def test_room_to_grow_is_maxcpus_and_an_empty_shared_virtio_mem_device() -> None
     assert "memhp_default_state=online_movable" in kernel_cmdline(s).split()
     without = build_argv(spec(Accel.KVM, vcpus=2))
     assert without[without.index("-smp") + 1] == "2" and "virtio-mem-pci" not in str(without)
+    assert not [p for p in kernel_cmdline(s).split() if p.startswith("maxcpus=")]
+
+
+def test_under_tcg_every_vcpu_is_there_from_boot_and_the_guest_brings_up_the_base() -> None:
+    s = spec(Accel.TCG, vcpus=2, max_vcpus=8)
+    argv = build_argv(s)
+    assert argv[argv.index("-smp") + 1] == "8,maxcpus=8"
+    assert "maxcpus=2" in kernel_cmdline(s).split()
+    fixed = spec(Accel.TCG, vcpus=2)
+    assert build_argv(fixed)[build_argv(fixed).index("-smp") + 1] == "2"
+    assert "maxcpus=2" not in kernel_cmdline(fixed).split()
 
 
 def test_kernel_cmdline_ends_vm_on_panic() -> None:

@@ -54,6 +54,8 @@ def kernel_cmdline(spec: VMSpec) -> str:
         params.append(f"runvm.page_reporting_order={PAGE_REPORTING_ORDER}")
     if spec.hotplug_memory_mib:  # movable: virtio-mem can take it back
         params.append("memhp_default_state=online_movable")
+    if all_vcpus_present(spec):
+        params.append(f"maxcpus={spec.vcpus}")
     if spec.machine == "microvm" and spec.accel is Accel.TCG and spec.host_tsc_khz:
         params.append(f"tsc_early_khz={spec.host_tsc_khz}")
     return " ".join(params)
@@ -143,7 +145,18 @@ VIRTIO_MEM = "vmem0"
 """The virtio-mem device's id; its memory backend is ``VIRTIO_MEM + "-ram"``."""
 
 
+def all_vcpus_present(spec: VMSpec) -> bool:
+    """Under TCG every vCPU a VM may grow to is there from the start and the guest brings up
+    only ``vcpus`` of them (``maxcpus=``); the agent onlines more later. QEMU 7.2 aborts
+    (``tcg_region_initial_alloc__locked: assertion failed``) when a vCPU is hot-plugged while
+    the running ones hold every region of the translation cache, and corrupts its heap when
+    one is plugged again after an unplug. Under KVM vCPUs are hot-plugged."""
+    return spec.accel is Accel.TCG and spec.max_vcpus > spec.vcpus
+
+
 def smp_arg(spec: VMSpec) -> str:
+    if all_vcpus_present(spec):
+        return f"{spec.max_vcpus},maxcpus={spec.max_vcpus}"
     if spec.max_vcpus > spec.vcpus:
         return f"{spec.vcpus},maxcpus={spec.max_vcpus}"
     return str(spec.vcpus)

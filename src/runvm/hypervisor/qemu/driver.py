@@ -27,7 +27,13 @@ from runvm import files
 from runvm.errors import ConfigError, HypervisorError, LaunchError
 from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu import resize
-from runvm.hypervisor.qemu.argv import build_argv, console_socket, hotplug_ports, qmp_socket
+from runvm.hypervisor.qemu.argv import (
+    all_vcpus_present,
+    build_argv,
+    console_socket,
+    hotplug_ports,
+    qmp_socket,
+)
 from runvm.process import Child, ChildSpec, ForeignProcess, read_tail
 
 log = logging.getLogger(__name__)
@@ -255,7 +261,9 @@ class QemuVM:
         """See :meth:`runvm.hypervisor.base.VM.resize` (and :mod:`.resize`)."""
         spec = self.spec
         have = spec.vcpus
-        if spec.max_vcpus > spec.vcpus:
+        if all_vcpus_present(spec):
+            have = spec.max_vcpus  # the guest onlines what it is asked for
+        elif spec.max_vcpus > spec.vcpus:
             wanted = min(max(vcpus, spec.vcpus), spec.max_vcpus)
             have = await resize.set_vcpus(self, wanted, timeout, unplug=self.accel is Accel.KVM)
         plugged = 0
