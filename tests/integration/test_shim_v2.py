@@ -105,7 +105,8 @@ def test_oom_event_and_config_from_runtime_options(
     other_root = Path(tempfile.mkdtemp(prefix="rvo-", dir="/tmp"))
     config = tmp_path / "small.toml"
     config.write_text(f'[runtime]\nstate_root = "{other_root}"\ncache_dir = "{accel_cache}"\n'
-                      "[hypervisor]\nmemory_mib = 400\n")  # fmt: skip
+                      "[hypervisor]\nmemory_mib = 400\n"
+                      "[factory]\nenable = false\n")  # (never the machine's templates)  # fmt: skip
     events = containerd.events()
     try:
         r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--runtime-config-path",
