@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from runvm.protocol import agent_pb2 as pb
 
 MAX_FILE = 65536
+MAX_DEPTH = 32  # nested cgroups a container may have made below its own
+DRAIN_POLL = 0.005  # seconds between looks at cgroup.events while its processes die
 
 
 def _read(path: Path) -> str:
@@ -51,3 +55,33 @@ def stats(cgroup: Path) -> pb.StatsContainerResponse:
 def oom_kills(cgroup: Path) -> int:
     """How many processes the OOM killer took from this cgroup (memory.events oom_kill)."""
     return _keyed(_read(cgroup / "memory.events")).get("oom_kill", 0)
+
+
+def _populated(cgroup: Path) -> bool:
+    return _keyed(_read(cgroup / "cgroup.events")).get("populated", 0) == 1
+
+
+def _remove_tree(cgroup: Path, depth: int = 0) -> None:
+    """rmdir a cgroup and the ones below it, deepest first (OSError if one stays busy)."""
+    if depth < MAX_DEPTH:
+        with os.scandir(cgroup) as entries:
+            children = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        for child in children:
+            _remove_tree(child, depth + 1)
+    os.rmdir(cgroup)
+
+
+async def destroy(cgroup: Path, timeout: float) -> None:
+    """Kill every process in ``cgroup`` and below (cgroup.kill), wait until none is left, and
+    remove the cgroups; a cgroup that is already gone is not an error. OSError (or
+    TimeoutError) when the kernel refuses or processes outlive ``timeout``."""
+    if not cgroup.is_dir():
+        return
+    (cgroup / "cgroup.kill").write_text("1")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _populated(cgroup):
+        if loop.time() > deadline:
+            raise TimeoutError(f"{cgroup} still has processes {timeout:.0f} s after cgroup.kill")
+        await asyncio.sleep(DRAIN_POLL)
+    _remove_tree(cgroup)

@@ -45,6 +45,7 @@ MAX_LISTED = 65536
 CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
 OOM_POLL = 0.25  # seconds between looks at memory.events (WaitOOM)
 EXEC_WAIT = 10.0  # seconds StartContainer waits for the init to execute the user program
+DESTROY_WAIT = 5.0  # seconds a removed container's processes get to die after cgroup.kill
 
 
 @dataclass
@@ -447,9 +448,7 @@ class ContainerService:
                 os.kill(container.init.pid, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(container.init.exited.wait(), req.timeout or 10)
-        with contextlib.suppress(crun.CrunError):
-            await crun.run_crun(self.reaper, ["delete", "--force", container.id],
-                                container.bundle / "crun.log")  # fmt: skip
+        await self._delete(container)
         for proc in (container.init, *container.execs.values()):
             proc.close()
         _release_root(container.bundle)
@@ -457,6 +456,19 @@ class ContainerService:
         unmount_all(container.mounts)
         del self.containers[container.id]
         return pb.Empty()
+
+    async def _delete(self, container: Container) -> None:
+        """What ``crun delete --force`` does for a container without hooks (the host runs
+        them), without a crun process (0.15-0.3 s under TCG): kill what is left in its
+        cgroup, remove the cgroup and crun's state. crun itself is the fallback."""
+        try:
+            await cgroups.destroy(Path(CGROUP_ROOT, container.id), DESTROY_WAIT)
+            crun.forget(container.id)
+        except (OSError, TimeoutError) as exc:
+            log.warning("delete %s without crun: %s; running crun delete", container.id, exc)
+            with contextlib.suppress(crun.CrunError):
+                await crun.run_crun(self.reaper, ["delete", "--force", container.id],
+                                    container.bundle / "crun.log")  # fmt: skip
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -17,6 +17,7 @@ import array
 import asyncio
 import json
 import os
+import shutil
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,12 @@ async def run_crun(
     if status != 0:
         message = _log_message(log) or f"crun {args[0]} exited {status}"
         raise CrunError(message)
+
+
+def forget(container_id: str) -> None:
+    """Remove crun's state of a container whose processes and cgroup are gone: what
+    ``crun delete`` does last, without a crun process."""
+    shutil.rmtree(Path(CRUN_ROOT) / container_id, ignore_errors=True)
 
 
 def release(container_id: str) -> None:
