@@ -16,6 +16,7 @@ ctr returned, as medians of the time since ``ctr run`` was started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -78,12 +81,31 @@ def _pool_full(conf: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, list[float]]:
-    """``rounds`` interleaved rounds; with ``phases``, each runvm start's marks go in it;
-    ``only`` (comma-separated words such as "default,cold") keeps the configurations whose
-    names contain one of them, and runc."""
+@dataclass
+class Bench:
+    """One private containerd with busybox imported, and the ctr arguments of each
+    configuration (``runc`` first)."""
+
+    daemon: PrivateContainerd
+    configs: dict[str, list[str]]
+    cached: Path | None  # the cache daemon's config, when "runvm cached" is measured
+    trace: Path | None
+
+    def ready(self) -> None:
+        """Before a measured start: the cache daemon (if any) has its VM ready, so no refill
+        boot competes with the measurement; the trace is empty."""
+        if self.cached is not None:
+            _pool_full(self.cached)
+        if self.trace is not None:
+            self.trace.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def bench(only: str = "", trace: bool = False) -> Iterator[Bench]:
+    """Set up every configuration (``only``: comma-separated words such as "default,cold"
+    keep the ones whose names contain one, and runc); everything is removed on exit."""
     base = Path(tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
-    trace = base / "trace" if phases is not None else None
+    trace_file = base / "trace" if trace else None
     state = base / "s"
     state.mkdir()
     shm = Path(tempfile.mkdtemp(prefix="rvb-", dir="/dev/shm"))
@@ -107,7 +129,7 @@ def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, 
     wanted = [w for w in only.split(",") if w]
     configs = {name: args for name, args in configs.items()
                if name == "runc" or not wanted or any(w in name for w in wanted)}  # fmt: skip
-    daemon = PrivateContainerd(base, daemon_env(trace))
+    daemon = PrivateContainerd(base, daemon_env(trace_file))
     runvm = [sys.executable, "-m", "runvm.cli.main", "--config", str(tpl)]
     cache = None
     if "runvm cached" in configs:
@@ -118,23 +140,7 @@ def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, 
         daemon.ctr("image", "import", str(busybox_archive(base / "busybox.tar", IMAGE)))
         if "runvm templated" in configs:
             subprocess.run([*runvm, "factory", "init"], check=True, capture_output=True)
-        times: dict[str, list[float]] = {name: [] for name in configs}
-        for i in range(rounds):
-            for name, args in configs.items():
-                if cache is not None:
-                    _pool_full(cached)  # no refill boot competes with any measured start
-                if trace is not None:
-                    trace.unlink(missing_ok=True)
-                start = time.monotonic()
-                r = daemon.ctr("run", "--rm", *args, IMAGE, f"b{i}-{len(times[name])}", "true")
-                if r.returncode != 0:
-                    sys.exit(f"ctr run ({name}) failed: {r.stderr.decode()[-500:]}")
-                times[name].append(time.monotonic() - start)
-                if trace is not None and phases is not None and name != "runc":
-                    marks = _marks(trace, start)
-                    marks["ctr returned"] = times[name][-1]
-                    phases.setdefault(name, []).append(marks)
-        return times
+        yield Bench(daemon, configs, cached if cache is not None else None, trace_file)
     finally:
         if cache is not None:
             cache.terminate()
@@ -142,6 +148,26 @@ def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, 
         subprocess.run([*runvm, "factory", "destroy"], capture_output=True)
         daemon.stop()
         subprocess.run(["rm", "-rf", str(base), str(shm)], check=False)
+
+
+def run(rounds: int, phases: Phases | None = None, only: str = "") -> dict[str, list[float]]:
+    """``rounds`` interleaved rounds of one start per configuration (see :func:`bench`);
+    with ``phases``, each runvm start's marks go in it."""
+    with bench(only, trace=phases is not None) as b:
+        times: dict[str, list[float]] = {name: [] for name in b.configs}
+        for i in range(rounds):
+            for name, args in b.configs.items():
+                b.ready()
+                start = time.monotonic()
+                r = b.daemon.ctr("run", "--rm", *args, IMAGE, f"b{i}-{len(times[name])}", "true")
+                if r.returncode != 0:
+                    sys.exit(f"ctr run ({name}) failed: {r.stderr.decode()[-500:]}")
+                times[name].append(time.monotonic() - start)
+                if b.trace is not None and phases is not None and name != "runc":
+                    marks = _marks(b.trace, start)
+                    marks["ctr returned"] = times[name][-1]
+                    phases.setdefault(name, []).append(marks)
+        return times
 
 
 def report(times: dict[str, list[float]]) -> None:
