@@ -29,6 +29,9 @@ MATRIX = os.environ.get("RUNVM_TEST_MATRIX", "")
 #: Where this session's sandboxes make templates on first use (a tmpfs; removed at its end).
 TEMPLATES = f"/dev/shm/runvm-test-{os.getpid()}/templates"
 
+#: Where sandboxes on the machine's defaults make templates: a test must never add one there.
+MACHINE_TEMPLATES = Path(cfg.FactoryConfig.templates_dir)
+
 HARDWARE_PREFIX = "hardware:"
 ALLOWED_HARDWARE = ("KVM", "vhost-vsock", "vhost-net", "VFIO")
 LEAK_PATTERNS = (
@@ -246,6 +249,11 @@ def _mounts(marker: str) -> list[str]:
     return [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if marker in ln]
 
 
+def _machine_templates() -> set[str]:
+    """Entries in the machine's templates directory (a test that adds one ran on defaults)."""
+    return {p.name for p in MACHINE_TEMPLATES.glob("*")} if MACHINE_TEMPLATES.is_dir() else set()
+
+
 def _foreign(args: str, state_root: Path) -> bool:
     """A VM helper of another runvm (another state root): not this test's to judge or kill."""
     return "/sandboxes/" in args and f"{state_root}/sandboxes/" not in args
@@ -255,6 +263,7 @@ def _foreign(args: str, state_root: Path) -> bool:
 def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     """Fail the test if it leaves processes, mounts, sockets or state behind."""
     before = _procs()
+    templates = _machine_templates()
     yield
     deadline = time.monotonic() + 5
     while True:
@@ -271,6 +280,8 @@ def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
         files = [p for p in state.rglob("*") if not p.is_dir()]
         sandboxes = list((state / "sandboxes").glob("*"))
         problems += [f"state left: {p}" for p in sorted({*files, *sandboxes})]
+    added = sorted(_machine_templates() - templates)
+    problems += [f"template made on the machine's defaults: {MACHINE_TEMPLATES / n}" for n in added]
     for pid in new:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)

@@ -42,7 +42,9 @@ def podman_client(
     argv = [*wrap, "podman", "--root", str(base / "storage"), "--runroot", str(base / "run"),
             "--tmpdir", str(base / "tmp"), "--network-config-dir", str(base / "networks"),
             "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-            "--runtime", runvm_binary]  # fmt: skip
+            "--runtime", runvm_binary,
+            # conmon hands the runtime a minimal environment: the config goes as a flag
+            "--runtime-flag", f"config={cli_env['RUNVM_CONFIG']}"]  # fmt: skip
 
     def call(*args: str, **kw: Any) -> Any:
         return _run([*argv, *args], cli_env, **kw)
