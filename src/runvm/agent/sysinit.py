@@ -2,7 +2,8 @@
 
 Order matters: /proc and /sys come first because module loading and device discovery read
 them; devtmpfs before modules so the virtio-serial port's node appears when its driver binds;
-cgroup2 last, as containers are the only users.
+cgroup2 last, as containers are the only users; then crun's sealed copy (see
+:func:`runvm.agent.crun.seal`), which reads /proc.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from runvm.agent import crun
 from runvm.agent import syscalls as sc
 
 log = logging.getLogger("runvm.agent")
@@ -136,5 +138,6 @@ def run() -> dict[str, object]:
     load_modules(manifest)
     set_page_reporting_order(kernel_params())
     mount_cgroup2()
+    crun.seal()
     os.makedirs("/run/runvm", exist_ok=True)
     return manifest
