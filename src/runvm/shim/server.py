@@ -162,13 +162,15 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
         await server.drain(REPLY_WAIT)  # the Shutdown reply goes out
     finally:
         listener.close()
+        # containerd waits for the connection to close after Shutdown; the VM's teardown
+        # need not hold it (the owner lock, held until this process is gone, still guards)
+        server.close()
         try:
             await close()
             await publisher.flush(FLUSH_TIMEOUT)
             await publisher.close()
         except Exception:
             log.exception("shim teardown")
-        server.close()
         log.info("shim for %s exits", what)
         trace.mark("shim exit")
         logging.shutdown()
