@@ -2,9 +2,11 @@
 
 N busybox `tail -f /dev/null` containers started through one private containerd with the
 runvm shim, left to settle, then the PSS of every QEMU, virtiofsd and runvm shim summed and
-divided by N. Configurations: cold boots and clones of a template, from the initramfs or from
-the DAX root image (image.dax), each without and with the KSM throttler running (`runvm ksm
-serve`, kicked by every new sandbox). A configuration is "cold" or "templated" plus any of
+divided by N. Configurations: runvm's defaults as the README leaves them (clones of a
+template made on first use, in a private templates directory here), cold boots and clones of
+a template `runvm factory init` made, from the initramfs or from the DAX root image
+(image.dax), each without and with the KSM throttler running (`runvm ksm serve`, kicked by
+every new sandbox). A configuration is "default", or "cold" or "templated" plus any of
 "+dax", "+9p" (the rootfs over 9p: no virtio-fs, so a cold guest's RAM is private and KSM can
 merge it) and "+shared" (one shim for the namespace, `[shim] scope = "namespace"`). The
 guest memory size is runvm's default unless --memory says otherwise. The "TCG" column is the
@@ -99,7 +101,7 @@ def measure(daemon: PrivateContainerd, conf: Path, count: int, settle: float, ta
             daemon.ctr("container", "rm", f"{tag}{i}")
 
 
-CONFIGS = ("cold", "templated", "cold+dax", "templated+dax")
+CONFIGS = ("default", "cold", "templated", "cold+dax", "templated+dax")
 MODIFIERS = ("dax", "9p", "shared")
 
 
@@ -108,20 +110,24 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--settle", type=float, default=60.0, help="seconds before measuring")
     parser.add_argument("--memory", type=int, default=cfg.HypervisorConfig().memory_mib)
+    parser.add_argument("--tcg-tb-size", type=int, default=cfg.HypervisorConfig().tcg_tb_size_mib,
+                        help="TCG translation cache (MiB)")  # fmt: skip
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--ksm", choices=("both", "off", "on"), default="both")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally) on SIGTERM
     chosen = args.configs.split(",")
-    if unknown := [c for c in chosen if c.split("+")[0] not in ("cold", "templated")
+    if unknown := [c for c in chosen if c.split("+")[0] not in ("default", "cold", "templated")
                    or not set(c.split("+")[1:]) <= set(MODIFIERS)]:  # fmt: skip
-        sys.exit(f"unknown configurations {unknown}: cold or templated, plus any of "
+        sys.exit(f"unknown configurations {unknown}: default, or cold or templated plus any of "
                  f"{', '.join('+' + m for m in MODIFIERS)}")  # fmt: skip
     base = Path(tempfile.mkdtemp(prefix="rvf-", dir="/tmp"))
+    shm = Path(tempfile.mkdtemp(prefix="rvf-", dir="/dev/shm"))  # the default's tmpfs
     state = base / "s"
     state.mkdir()
     common = (f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n'
-              f"[hypervisor]\nmemory_mib = {args.memory}\n")  # fmt: skip
+              f"[hypervisor]\nmemory_mib = {args.memory}\n"
+              f"tcg_tb_size_mib = {args.tcg_tb_size}\n")  # fmt: skip
     confs: dict[str, Path] = {}
     for name in chosen:
         text = common
@@ -133,6 +139,10 @@ def main() -> None:
             text += '[shim]\nscope = "namespace"\n'
         if name.startswith("templated"):
             text += f'[factory]\nenable = true\ndir = "{base}/factory-{name}"\n'
+        elif name.startswith("cold"):
+            text += "[factory]\nenable = false\n"
+        else:  # the defaults, but the first-use template where the run removes it
+            text += f'[factory]\ntemplates_dir = "{shm}/templates"\n'
         confs[name] = base / f"{name}.toml"
         confs[name].write_text(text)
     daemon = PrivateContainerd(base, daemon_env())
@@ -162,9 +172,10 @@ def main() -> None:
             subprocess.run([*runvm, "--config", str(conf), "factory", "destroy"],
                            capture_output=True)  # fmt: skip
         daemon.stop()
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        subprocess.run(["rm", "-rf", str(base), str(shm)], check=False)
     print(
         f"{args.count} busybox pods through ctr, guest memory {args.memory} MiB, "
+        f"TCG translation cache {args.tcg_tb_size} MiB, "
         f"settled {args.settle:.0f} s; PSS per pod (MiB)"
     )
     cols = ("qemu-system", "TCG", "virtiofsd", "containerd-shim-runvm", "total", "start s")

@@ -64,3 +64,35 @@ def test_tap_redirect_and_cleanup(pod_ns: str) -> None:
         os.close(fd)
     links = subprocess.run(["ip", "-n", pod_ns, "-o", "link"], capture_output=True, text=True)
     assert "tap9_rv" not in links.stdout  # gone with its last fd
+
+
+def test_links_without_pyroute2_see_candidates_and_changes(pod_ns: str) -> None:
+    def watch() -> tuple[list[str], bool, bool]:
+        from runvm.network import links
+
+        events = links.LinkEvents()
+        try:
+            quiet = events.drain()
+            subprocess.run(["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+                           check=True)  # fmt: skip
+            subprocess.run(["ip", "tuntap", "add", "tap3_rv", "mode", "tap"], check=True)
+            changed = events.drain()
+            return links.candidates(), quiet, changed
+        finally:
+            events.close()
+
+    names, quiet, changed = in_netns(pod_ns, watch)
+    assert not quiet and changed
+    assert sorted(names) == ["d0", "d1", "eth0", "peer0"]  # not loopback, not runvm's own
+
+    def empty() -> list[str]:
+        from runvm.network import links
+
+        return links.candidates()
+
+    bare = f"rvn{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", bare], check=True)
+    try:
+        assert in_netns(bare, empty) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", bare], capture_output=True)

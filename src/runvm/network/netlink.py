@@ -22,12 +22,12 @@ from typing import Any
 
 from runvm.errors import RunvmError
 from runvm.network import pyroute
+from runvm.network.links import TAP_SUFFIX
 from runvm.storage import mounts
 
 IPRoute = pyroute.module("pyroute2.iproute.linux").IPRoute
 NetlinkError = pyroute.module("pyroute2.netlink.exceptions").NetlinkError
 
-TAP_SUFFIX = "_rv"  # runvm's taps: tap<ifindex of the pod interface>_rv
 POD_KINDS = ("veth", "macvlan", "vlan", "tun", "ipvlan")
 ETH_P_ALL = 0x0003
 INGRESS = 0xFFFF0000
@@ -240,28 +240,3 @@ def _open_tap_node(name: str, index: int, work_dir: Path) -> int:
         return os.open(node, os.O_RDWR | os.O_CLOEXEC)
     finally:
         node.unlink()
-
-
-class LinkEvents:
-    """A netlink socket subscribed to link changes in this network namespace (opened on the
-    calling thread, so in its namespace). :meth:`drain` reads what is pending without
-    blocking and says whether anything came."""
-
-    def __init__(self) -> None:
-        self.ipr = IPRoute()
-        self.ipr.bind()
-        os.set_blocking(self.ipr.fileno(), False)
-
-    def fileno(self) -> int:
-        return int(self.ipr.fileno())
-
-    def drain(self) -> bool:
-        got = False
-        while True:
-            try:
-                got = bool(self.ipr.get()) or got
-            except (BlockingIOError, OSError):
-                return got
-
-    def close(self) -> None:
-        self.ipr.close()

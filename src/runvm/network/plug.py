@@ -19,12 +19,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runvm.errors import ConfigError, RunvmError
 from runvm.hypervisor.base import VM, NetSpec
-from runvm.network import netlink, netns
+from runvm.network import links, netns
 from runvm.protocol import agent_pb2 as pb
+
+if TYPE_CHECKING:
+    from runvm.network import netlink
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,9 @@ class PodNetwork:
         if self.model == "none":
             return []
         with self.inside():
-            self.topology = netlink.scan()
+            self.topology = _scan()
+            if self.topology is None:
+                return []
             try:
                 for iface in self.topology.interfaces:
                     self.plugged.append(self._plug_here(iface))
@@ -106,6 +111,8 @@ class PodNetwork:
             return self._plug_here(iface)
 
     def _plug_here(self, iface: netlink.Interface) -> Plugged:
+        from runvm.network import netlink
+
         i, self.next_id = self.next_id, self.next_id + 1
         if self.model == "tcfilter":
             name = netlink.tap_name(iface)
@@ -135,6 +142,8 @@ class PodNetwork:
             p.fds = []
 
     def _remove(self, p: Plugged) -> None:
+        from runvm.network import netlink
+
         self.handed_over([p])
         with self.inside():
             if self.model == "tcfilter":
@@ -160,8 +169,9 @@ class PodNetwork:
         if self.model == "none":
             return
         with self.inside():
-            topology = netlink.scan()
-        present = {i.index: i for i in topology.interfaces}
+            topology = _scan()
+        found = topology.interfaces if topology is not None else []
+        present = {i.index: i for i in found}
         for p in [p for p in self.plugged if p.iface.index not in present]:
             log.info("network: %s went away: unplugging %s", p.iface.name, p.spec.id)
             self.plugged.remove(p)
@@ -171,7 +181,7 @@ class PodNetwork:
             self._remove(p)
         known = {p.iface.index for p in self.plugged}
         added = []
-        for iface in topology.interfaces:
+        for iface in found:
             if iface.index in known:
                 continue
             p = self._plug_one(iface)
@@ -213,6 +223,15 @@ class PodNetwork:
             ])  # fmt: skip
 
 
+def _scan() -> netlink.Topology | None:
+    """The namespace's topology; None, without loading netlink, when it has no interface."""
+    if not links.candidates():
+        return None
+    from runvm.network import netlink
+
+    return netlink.scan()
+
+
 def clean_up(netns_path: str, leftovers: dict[str, list[int]]) -> None:
     """Remove :meth:`PodNetwork.leftovers` of a dead process from the namespace at
     ``netns_path`` (gone already: nothing to do)."""
@@ -222,6 +241,8 @@ def clean_up(netns_path: str, leftovers: dict[str, list[int]]) -> None:
         return
     try:
         with netns.inside(fd):
+            if leftovers.get("redirects") or leftovers.get("links"):
+                from runvm.network import netlink
             for index in leftovers.get("redirects", []):
                 netlink.unredirect(index)
             for index in leftovers.get("links", []):

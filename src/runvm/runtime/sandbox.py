@@ -340,11 +340,11 @@ class Sandbox:
 
     async def _watch_network(self) -> None:
         """Follow link changes in the pod namespace (netlink) and sync after each burst."""
-        from runvm.network import netlink
+        from runvm.network import links
 
         assert self.network is not None
         with self.network.inside():
-            events = netlink.LinkEvents()
+            events = links.LinkEvents()
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
 
