@@ -150,7 +150,8 @@ def matrix(runs: int, tmp: Path, bundle: Path) -> None:
     for i in range(runs):
         for label, overrides in MATRIX:
             tables: dict[str, dict[str, object]] = {
-                "runtime": {"state_root": str(tmp / "state"), "cache_dir": str(tmp / "c")}
+                "runtime": {"state_root": str(tmp / "state"), "cache_dir": str(tmp / "c")},
+                "factory": {"enable": False},  # cold starts
             }
             tables.update(overrides)
             rows[label].append(asyncio.run(phases(cfg.parse(tables), bundle, f"m{i}")))
@@ -187,12 +188,15 @@ def main() -> None:
     info = image.current(variant=cfg.load().image.variant)
     with tempfile.TemporaryDirectory(prefix="runvm-bench-") as tmp_s:
         tmp = Path(tmp_s)
+        # Cold boots: no template (the defaults make one on first use) and no cache daemon.
         config = cfg.RunvmConfig(
-            runtime=cfg.RuntimeConfig(state_root=str(tmp / "state"), cache_dir=str(tmp / "c"))
+            runtime=cfg.RuntimeConfig(state_root=str(tmp / "state"), cache_dir=str(tmp / "c")),
+            factory=cfg.FactoryConfig(enable=False),
         )
         report = asyncio.run(detect("auto", "qemu-system-x86_64", Path(info.kernel), tmp / "c"))
         conf = tmp / "runvm.toml"
-        conf.write_text(f'[runtime]\nstate_root = "{tmp / "state"}"\ncache_dir = "{tmp / "c"}"\n')
+        conf.write_text(f'[runtime]\nstate_root = "{tmp / "state"}"\ncache_dir = "{tmp / "c"}"\n'
+                        "[factory]\nenable = false\n")  # fmt: skip
         env = {**os.environ, "RUNVM_CONFIG": str(conf)}
         bundle = tmp / "bundle"
         make_bundle(bundle, ["true"])
