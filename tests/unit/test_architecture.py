@@ -17,6 +17,7 @@ ANY = frozenset({
     "errors", "config", "files", "names", "oci", "process", "spawn", "trace", "ttrpc",
     "protocol", "hypervisor",
     "storage", "network", "ksm", "cache", "image", "agent", "runtime", "shim", "cli",
+    "metrics",
 })  # fmt: skip
 RULES: dict[str, frozenset[str]] = {
     "errors": frozenset(),
@@ -37,6 +38,8 @@ RULES: dict[str, frozenset[str]] = {
     "cache": frozenset({"errors", "config", "files", "names", "process", "hypervisor"}),
     "image": frozenset({"errors", "config", "oci", "files"}),
     "agent": frozenset({"errors", "protocol", "ttrpc", "oci"}),
+    # the owner's Snapshot wire and the daemon behind `runvm metrics serve`; never the agent
+    "metrics": frozenset({"errors", "config", "files", "names", "ttrpc"}),
     "runtime": ANY - {"cli", "shim", "agent"},
     # delete after a dead shim removes its mounts and network leftovers itself
     "shim": frozenset(
@@ -52,6 +55,7 @@ RULES: dict[str, frozenset[str]] = {
             "trace",
             "storage",
             "network",
+            "metrics",
         }
     ),
     "cli": ANY - {"shim", "agent"},

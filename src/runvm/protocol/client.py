@@ -4,18 +4,22 @@ Contract: every method sends one request and returns the decoded response messag
 A deadline that passes raises :class:`AgentTimeout`; a lost or broken connection raises
 :class:`AgentError`; a non-OK status raises :class:`RpcError` with the agent's code.
 Responses are parsed from untrusted bytes; a payload that does not decode is an AgentError
-and breaks the connection (every later call fails too).
+and breaks the connection (every later call fails too). Every request, typed or
+:meth:`~AgentClient.forward`-ed, is reported to ``on_call(method, seconds, outcome)`` once it
+ends (outcome ``""`` answered, ``"timeout"``, ``"lost"`` or ``"rpc"``: a non-OK status).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from runvm import __version__
-from runvm.errors import AgentError, AgentTimeout, ProtocolError, VersionMismatch
+from runvm.errors import AgentError, AgentTimeout, ProtocolError, RpcError, VersionMismatch
 from runvm.protocol import AGENT_SERVICE, HEALTH_SERVICE, PROTOCOL_VERSION
 from runvm.protocol import agent_pb2 as pb
 from runvm.ttrpc import Client
@@ -26,12 +30,17 @@ DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = 64 * 1024
 
 
+def _unobserved(method: str, seconds: float, outcome: str) -> None:
+    return None
+
+
 class AgentClient:
     """One agent connection. Owned by exactly one host process (monitor or shim)."""
 
     def __init__(self, conn: Client, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.conn = conn
         self.timeout = timeout
+        self.on_call: Callable[[str, float, str], None] = _unobserved
 
     async def close(self) -> None:
         await self.conn.close()
@@ -47,9 +56,7 @@ class AgentClient:
         """Send ``request``; ``timeout=True`` means the client default, None no deadline."""
         deadline = self.timeout if timeout is True else (None if timeout is False else timeout)
         try:
-            raw = await self.conn.call(
-                service, method, request.SerializeToString(), timeout=deadline
-            )
+            raw = await self.forward(service, method, request.SerializeToString(), deadline)
         except TimeoutError as exc:
             raise AgentTimeout(f"agent did not answer {method} within {deadline:g} s") from exc
         except (ConnectionError, ProtocolError, EOFError) as exc:
@@ -60,6 +67,29 @@ class AgentClient:
         except DecodeError:
             self._reject(f"undecodable {method} response")
         return response
+
+    async def forward(
+        self, service: str, method: str, payload: bytes, timeout: float | None
+    ) -> bytes:
+        """One serialized request as it is (a proxy's), timed; the connection's errors
+        propagate unchanged (TimeoutError, ConnectionError, ProtocolError, RpcError)."""
+        start, outcome = time.monotonic(), "lost"
+        try:
+            raw = await self.conn.call(service, method, payload, timeout=timeout)
+            outcome = ""
+            return raw
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except RpcError:
+            outcome = "rpc"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # given up on by the caller: no latency to tell
+            raise
+        finally:
+            if outcome != "cancelled":
+                self.on_call(method, time.monotonic() - start, outcome)
 
     def _reject(self, what: str) -> NoReturn:
         """An answer that makes no sense: the agent is broken or hostile, drop the link."""

@@ -36,6 +36,7 @@ from runvm.hypervisor.qemu.driver import (
     unprivileged_user,
 )
 from runvm.ksm import server as ksm
+from runvm.metrics.recorder import CallRecorder
 from runvm.names import check_id, run_dir_name
 from runvm.process import Child, describe_exit
 from runvm.protocol import agent_pb2 as pb
@@ -100,6 +101,8 @@ class Sandbox:
         self.vm: VM | None = None
         self.machine = config.hypervisor.machine
         self.templated = False  # cloned from the factory's template
+        self.origin = "cold"  # cold | clone | cache: the recipe it was started by
+        self.calls = CallRecorder()  # every agent request of this sandbox, timed
         self.agent: AgentClient | None = None
         self.accel: AccelReport | None = None
         self.details: pb.GuestDetailsResponse | None = None
@@ -151,6 +154,8 @@ class Sandbox:
             sandbox.parts = parts
             sandbox.accel = origin.accel
             sandbox.templated = isinstance(origin, Cloned)
+            sandbox.origin = ("clone" if isinstance(origin, Cloned) else
+                              "cache" if isinstance(origin, Adopted) else "cold")  # fmt: skip
             sandbox.machine = machine_for(config, options.needs_hotplug)
             if isinstance(origin, Cloned):
                 storages = await sandbox._clone(options, origin)
@@ -316,6 +321,7 @@ class Sandbox:
         clone's, after it re-seeded its randomness and took a new identity)."""
         left = self.config.hypervisor.boot_timeout - (time.monotonic() - booted)
         self.agent = agent = await self.steps.run("agent-ready", self._connect(channel, left))
+        agent.on_call = self.calls.observe
         self.steps.add_undo("agent", agent.close)
         if resume:
             request = pb.ResumeCloneRequest(random_seed=os.urandom(64),

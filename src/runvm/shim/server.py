@@ -21,11 +21,16 @@ import logging.handlers
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runvm import config as cfg
 from runvm import files, trace
+from runvm.metrics import SERVICE as METRICS_SERVICE
+from runvm.metrics import owner as metrics_owner
+from runvm.metrics.figures import PodFigures
+from runvm.runtime.telemetry import pod_figures
 from runvm.shim import wire
 from runvm.shim.events import Publisher
 from runvm.shim.layout import Layout
@@ -119,6 +124,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     config = layout.pod_config(args.config)
     server = Server()
     pods: list[Layout] = []  # whose records this shim keeps
+    services: Callable[[], list[TaskService]]  # the pods served, for the metrics daemon
     if args.config.shim.scope == "namespace":
         router = PodRouter(layout.namespace, config, publisher)
 
@@ -136,12 +142,14 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
 
         router.on_change, router.on_forget = record, forget
         handlers = router.handlers()
+        services = lambda: list(router.pods.values())  # noqa: E731
         done, close = router.done, router.close
         what = f"the pods of namespace {layout.namespace}"
     else:
         service = TaskService(layout.group, layout.namespace, config, publisher)
         service.pod.on_change = lambda: _write_record(layout, service)
         handlers = service.handlers()
+        services = lambda: [service]  # noqa: E731
         _write_record(layout, service)
         pods.append(layout)
         done, close = service.done, service.close
@@ -150,6 +158,12 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
         server.serve_connection, sock=socket.socket(fileno=args.listen_fd)
     )
     server.register(wire.TASK_SERVICE, _stop_accepting_on_exit(handlers, done, listener))
+
+    async def figures(budget: float) -> list[PodFigures]:  # for the metrics daemon
+        pods = [s.pod for s in services()]
+        return list(await asyncio.gather(*(pod_figures(p, "shim", budget) for p in pods)))
+
+    server.register(METRICS_SERVICE, metrics_owner.handlers(figures))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)

@@ -42,6 +42,9 @@ from runvm.cli.monitor.attach import (
     restore,
 )
 from runvm.errors import RpcError, RunvmError
+from runvm.metrics import SERVICE as METRICS_SERVICE
+from runvm.metrics import owner as metrics_owner
+from runvm.metrics.figures import PodFigures
 from runvm.network import netns
 from runvm.protocol import AGENT_SERVICE
 from runvm.protocol import agent_pb2 as pb
@@ -51,6 +54,7 @@ from runvm.runtime.lifecycle import require
 from runvm.runtime.pod import Pod
 from runvm.runtime.proc import LOST_STATUS
 from runvm.runtime.state import ContainerState, StateStore, Status
+from runvm.runtime.telemetry import pod_figures
 from runvm.spawn import ReadyPipe
 from runvm.ttrpc import CallContext, Code, Handler, Server, code_for
 
@@ -187,9 +191,13 @@ class Monitor:
                     require("exec", self.state.status, f"container {self.state.id}")
                 except RunvmError as exc:
                     raise RpcError(code_for(exc), str(exc)) from exc
-            return await self.agent.conn.call(AGENT_SERVICE, method, payload, timeout=ctx.timeout)
+            return await self.agent.forward(AGENT_SERVICE, method, payload, ctx.timeout)
 
         return handler
+
+    async def _figures(self, budget: float) -> list[PodFigures]:
+        """For the metrics daemon: this container's VM, as its one owner sees it."""
+        return [await pod_figures(self.pod, "monitor", budget)]
 
     def _forward(self, signum: int) -> None:
         if signum == signal.SIGWINCH and self.container is not None:
@@ -233,6 +241,7 @@ class Monitor:
             "PauseContainer": self._pause, "ResumeContainer": self._pause,
             "UpdateContainer": self._update,
         })  # fmt: skip
+        server.register(METRICS_SERVICE, metrics_owner.handlers(self._figures))
         listener = await server.serve_unix(str(self.state.monitor_socket()))
         self._save(Status.CREATED)
         return server, listener
