@@ -28,6 +28,7 @@ from runvm.cli import (
     info,
     kill,
     ksm,
+    metrics,
     pause,
     ps,
     run,
@@ -39,7 +40,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, factory, cache, ksm, demo)  # fmt: skip
+         check, image, factory, cache, ksm, metrics, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

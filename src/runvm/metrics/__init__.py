@@ -12,3 +12,7 @@ with limits: the daemon trusts neither the disk nor an owner's answer.
 """
 
 SERVICE = "runvm.metrics.v1.Metrics"
+DEFAULT_PORT = 9839
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"  # loopback: no other host can scrape by default
+DEFAULT_INTERVAL = 5.0  # seconds between collection rounds
+DEFAULT_TIMEOUT = 2.0  # seconds an owner has to answer in a round
