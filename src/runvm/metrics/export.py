@@ -79,12 +79,13 @@ def _families() -> dict[str, Metric]:
 
 NAMES = frozenset(
     {
-        *_families(),
+        *(f"{f.name}_total" if f.type == "counter" else f.name for f in _families().values()),
         "runvm_errors_total",
         "runvm_boot_step_duration_seconds",
     }
 )
-"""Every metric :func:`render` emits (histograms add ``_bucket``, ``_sum``, ``_count``)."""
+"""Every metric :func:`render` emits, as the page names it (counters end in ``_total``;
+histograms add ``_bucket``, ``_sum`` and ``_count``)."""
 
 
 class _Out:
@@ -167,8 +168,9 @@ class _Families:
         if col.last_round:
             f.add("runvm_metrics_last_collect_timestamp_seconds", [], col.last_round)
         yield from f.families.values()
-        yield from col.errors.collect()
-        yield from col.boots.collect()
+        for family in (*col.errors.collect(), *col.boots.collect()):
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family  # (a ``_created`` series says when this process first counted)
 
 
 def render(collector: Collector) -> bytes:

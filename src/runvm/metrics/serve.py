@@ -20,7 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from runvm.errors import ConfigError
 from runvm.metrics import DEFAULT_LISTEN, DEFAULT_PORT, export
@@ -118,7 +118,6 @@ def serve(state_root: Path, listen: str, interval: float, timeout: float) -> Non
     if not 0 < timeout <= interval:
         raise ConfigError(f"invalid --timeout {timeout:g}: use more than 0, at most --interval")
     host, port = parse_listen(listen)
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # (no ``_created`` series)
     server = bind(host, port)
     try:
         print(f"runvm metrics: serving {state_root} on http://{listen}/metrics",
