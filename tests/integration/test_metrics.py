@@ -160,6 +160,11 @@ def test_prometheus_scrapes_two_pods(cli: Cli, prometheus: str, tmp_path: Path) 
         assert sum(float(s["value"][1]) for s in states) == 2
         up = query(prometheus, "runvm_sandbox_up == 1 and on (sandbox) runvm_sandbox_stale")
         assert {s["metric"]["sandbox"] for s in up} == {"met-a", "met-b"}
+        dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json")
+                               .read_text())  # fmt: skip
+        for panel in dashboard["panels"]:  # every panel's query is valid PromQL
+            for target in panel["targets"]:
+                query(prometheus, target["expr"].replace("$sandbox", ".*"))
     finally:
         for cid in started:
             cli("kill", cid, "KILL", ok=False)
