@@ -172,3 +172,37 @@ def test_prometheus_scrapes_two_pods(cli: Cli, prometheus: str, tmp_path: Path) 
             deadline = time.monotonic() + 60
             while cli("delete", cid, ok=False).returncode != 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
+
+
+def test_a_shim_pod_is_asked_through_the_shims_socket(
+    containerd: Any, endpoint: int, tmp_path: Path
+) -> None:
+    from runvm.image.ociarchive import busybox_archive
+
+    image = "localhost/runvm/busybox:latest"
+    r = containerd.ctr("image", "import", str(busybox_archive(tmp_path / "bb.tar", image)))
+    assert r.returncode == 0, r.stderr
+    r = containerd.ctr("run", "-d", "--runtime", "io.containerd.runvm.v2", image, "met-shim",
+                       "sh", "-c", "echo up; sleep 600")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    page: list[str] = []
+
+    def scraped(needle: str) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint}/metrics", timeout=5) as reply:
+            page[:] = [reply.read().decode()]
+        return needle in page[0]
+
+    try:
+        poll(lambda: scraped('owner="shim",pod="",sandbox="met-shim"} 1.0'), 90, "the shim")
+        cpu = 'runvm_container_cpu_usage_seconds_total{container="met-shim"'
+        poll(lambda: scraped(cpu), 30, "the container's stats")
+        text = page[0]
+        assert (
+            'runvm_process_pss_bytes{namespace="",pod="",process="shim",sandbox="met-shim"}' in text
+        )
+        assert 'method="CreateContainer",namespace="",pod="",sandbox="met-shim"}' in text
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", "met-shim")
+        containerd.ctr("task", "delete", "-f", "met-shim")
+        containerd.ctr("container", "delete", "met-shim")
+    poll(lambda: not scraped('sandbox="met-shim"'), 60, "the pod to leave the page")
