@@ -145,6 +145,15 @@ class ShimConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    # `runvm debug ID` opens a shell (busybox sh, as root) in the sandbox's guest itself,
+    # outside its containers: the guest's kernel, agent, mounts and every container's
+    # processes in view. It is a way into every guest for whoever may reach the sandbox's
+    # owner (root on the host); off, both the owner and the agent refuse.
+    console: bool = False
+
+
+@dataclass(frozen=True)
 class RunvmConfig:
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -155,6 +164,7 @@ class RunvmConfig:
     factory: FactoryConfig = field(default_factory=FactoryConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 _RANGES = {

@@ -23,6 +23,8 @@ from typing import Any
 
 from runvm.agent import cgroups, crun, procattrs
 from runvm.agent import syscalls as sc
+from runvm.agent.debug import DebugShells
+from runvm.agent.proc import Proc
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
 from runvm.agent.stdio import InputStream, OutputStream, set_winsize
@@ -46,35 +48,6 @@ CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
 OOM_POLL = 0.25  # seconds between looks at memory.events (WaitOOM)
 EXEC_WAIT = 10.0  # seconds StartContainer waits for the init to execute the user program
 DESTROY_WAIT = 5.0  # seconds a removed container's processes get to die after cgroup.kill
-
-
-@dataclass
-class Proc:
-    """One process: a container's init or an exec."""
-
-    exec_id: str
-    pid: int = 0
-    stdin: InputStream | None = None
-    stdout: OutputStream | None = None
-    stderr: OutputStream | None = None
-    pty_master: int | None = None
-    status: int | None = None
-    exited_at_ns: int = 0
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def on_exit(self, status: int) -> None:
-        self.status = status
-        self.exited_at_ns = time.time_ns()
-        self.exited.set()
-
-    def close(self) -> None:
-        for stream in (self.stdin, self.stdout, self.stderr):
-            if stream is not None:
-                stream.close()
-        if self.pty_master is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.pty_master)
-            self.pty_master = None
 
 
 @dataclass
@@ -207,8 +180,11 @@ async def _spawn_with_io(
 
 
 class ContainerService:
-    def __init__(self, reaper: Reaper) -> None:
+    """Containers, and their processes; a process of no container is a debug shell."""
+
+    def __init__(self, reaper: Reaper, shells: DebugShells) -> None:
         self.reaper = reaper
+        self.shells = shells
         self.containers: dict[str, Container] = {}
 
     def _get(self, container_id: str) -> Container:
@@ -218,6 +194,8 @@ class ContainerService:
             raise RpcError(Code.NOT_FOUND, f"container {container_id!r} not found") from None
 
     def _proc(self, container_id: str, exec_id: str) -> Proc:
+        if not container_id:
+            return self.shells.get(exec_id)
         container = self._get(container_id)
         if not exec_id:
             return container.init
@@ -307,18 +285,18 @@ class ContainerService:
         return pb.StartContainerResponse(pid=container.init.pid)
 
     async def exec_process(self, req: pb.ExecProcessRequest) -> pb.ExecProcessResponse:
-        container = self._get(req.container_id)
         eid = _check_id(req.exec_id, "exec id")
+        if not req.container_id:
+            shell = await self.shells.start(eid, self._process(req.process_json), req.stdin)
+            return pb.ExecProcessResponse(pid=shell.pid)
+        container = self._get(req.container_id)
         if eid in container.execs:
             raise RpcError(Code.ALREADY_EXISTS, f"exec {eid} already exists")
         if len(container.execs) >= MAX_EXECS:
             raise RpcError(Code.RESOURCE_EXHAUSTED, "too many execs")
         if container.init.exited.is_set():
             raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} is not running")
-        try:
-            process = parse_process(req.process_json)
-        except ConfigError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        process = self._process(req.process_json)
         spec_file = container.bundle / f"exec-{eid}.json"
         spec_file.write_text(json.dumps(process))
         pid_file = container.bundle / f"exec-{eid}.pid"
@@ -334,9 +312,19 @@ class ContainerService:
         container.execs[eid] = proc
         return pb.ExecProcessResponse(pid=proc.pid)
 
+    @staticmethod
+    def _process(process_json: bytes) -> dict[str, Any]:
+        try:
+            return parse_process(process_json)
+        except ConfigError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+
     async def signal_process(self, req: pb.SignalProcessRequest) -> pb.Empty:
         if not 0 < req.signal < signal.NSIG:
             raise RpcError(Code.INVALID_ARGUMENT, f"invalid signal {req.signal}")
+        if not req.container_id:
+            self.shells.signal(req.exec_id, req.signal)
+            return pb.Empty()
         container = self._get(req.container_id)
         if req.all:
             await crun.run_crun(self.reaper, ["kill", "--all", container.id, str(req.signal)],

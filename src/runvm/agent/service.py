@@ -17,6 +17,7 @@ from runvm import __version__
 from runvm.agent import cpus
 from runvm.agent import syscalls as sc
 from runvm.agent.containers import ContainerService
+from runvm.agent.debug import DebugShells
 from runvm.agent.network import NetworkService, loopback_up
 from runvm.agent.ports import PortService
 from runvm.agent.reaper import Reaper
@@ -71,8 +72,9 @@ class HealthService:
 
 
 class SandboxService:
-    def __init__(self, state: AgentState) -> None:
+    def __init__(self, state: AgentState, shells: DebugShells) -> None:
         self.state = state
+        self.shells = shells
 
     async def guest_details(self, _: pb.GuestDetailsRequest) -> pb.GuestDetailsResponse:
         return pb.GuestDetailsResponse(
@@ -103,6 +105,9 @@ class SandboxService:
             sc.sethostname(request.hostname[:64])
         await mount_all(list(request.storages))
         loopback_up()
+        self.shells.enabled = request.debug_console
+        if request.debug_console:
+            log.warning("sandbox %s: debug shells may be started", request.sandbox_id)
         self.state.sandbox_id = request.sandbox_id or "sandbox"
         return pb.Empty()
 
@@ -152,14 +157,15 @@ def register(server: Server, state: AgentState, reaper: Reaper) -> None:
         "Check": unary(pb.CheckRequest, health.check),
         "Version": unary(pb.VersionRequest, health.version),
     })  # fmt: skip
-    sandbox = SandboxService(state)
+    shells = DebugShells(reaper)
+    sandbox = SandboxService(state, shells)
     methods = {
         "GuestDetails": unary(pb.GuestDetailsRequest, sandbox.guest_details),
         "CreateSandbox": unary(pb.CreateSandboxRequest, sandbox.create_sandbox),
         "DestroySandbox": unary(pb.DestroySandboxRequest, sandbox.destroy_sandbox),
         "ResumeClone": unary(pb.ResumeCloneRequest, sandbox.resume_clone),
         "OnlineCPUs": unary(pb.OnlineCPUsRequest, sandbox.online_cpus),
-        **ContainerService(reaper).handlers(),
+        **ContainerService(reaper, shells).handlers(),
         **NetworkService().handlers(),
         **PortService().handlers(),
     }

@@ -22,7 +22,7 @@ MANIFEST = Path("/etc/runvm/image.json")
 
 
 SYSROOT = "/sysroot"
-ROOT_DIRS = ("usr", "lib", "lib64", "etc")
+ROOT_DIRS = ("usr", "bin", "lib", "lib64", "etc")
 
 
 def leave_initramfs() -> None:

@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,16 @@ def build_process(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
     return parse_process(json.dumps(proc).encode(), "exec process")
 
 
-class _ExecHelper:
-    def __init__(self, sock: str, cid: str, process: dict[str, Any], args: argparse.Namespace):
-        self.sock, self.cid, self.process, self.args = sock, cid, process, args
+class ExecRelay:
+    """A guest process started through ``connect``'s agent API and stood for here: its
+    stdio relayed to this process's fds (or a terminal: ``console_socket``'s, else ours),
+    the signals this process gets forwarded, its status returned."""
+
+    def __init__(self, connect: Callable[[], Awaitable[AgentClient]], cid: str,
+                 process: dict[str, Any], console_socket: str | None = None,
+                 detach: bool = False) -> None:  # fmt: skip
+        self.connect, self.cid, self.process = connect, cid, process
+        self.console_socket, self.detach = console_socket, detach
         self.eid = uuid.uuid4().hex[:16]
         self.tasks: set[asyncio.Future[Any]] = set()
 
@@ -117,15 +125,15 @@ class _ExecHelper:
         with contextlib.suppress(RunvmError):
             await process.signal(signum)
 
-    async def run(self, ready: ReadyPipe) -> int:
-        agent = AgentClient(await Client.connect_unix(self.sock), timeout=120)
+    async def run(self, ready: ReadyPipe | None = None) -> int:
+        agent = await self.connect()
         terminal = bool(self.process.get("terminal"))
         stdin_open = terminal or not is_devnull(0)
         process = Process(agent, self.cid, self.eid, self.process, stdin_open)
         tty_fd = None
         try:
             if terminal:
-                tty_fd = open_terminal(self.args.console_socket, not self.args.detach)
+                tty_fd = open_terminal(self.console_socket, not self.detach)
             try:
                 await process.start_exec()
             except RpcError as exc:
@@ -136,7 +144,8 @@ class _ExecHelper:
             for signum in FORWARDED:
                 loop.add_signal_handler(signum, self._forward, process, signum)
             loop.add_signal_handler(signal.SIGWINCH, self._resize, process, tty_fd)
-            ready.ok()
+            if ready is not None:
+                ready.ok()
             process.watch(_reported)
             status = await process.wait()  # its output drained
             if status == LOST_STATUS and process.lost:  # the VM (or its monitor) went away
@@ -160,8 +169,13 @@ def run(args: argparse.Namespace) -> int:
     if state.effective_status() != Status.RUNNING:
         raise RunvmError(f"cannot exec in a container that is {state.effective_status().value}")
     base = json.loads((Path(state.bundle) / "config.json").read_text()).get("process", {})
-    helper = _ExecHelper(str(state.monitor_socket()), args.container_id,
-                         build_process(args, base), args)  # fmt: skip
+    sock = str(state.monitor_socket())
+
+    async def connect() -> AgentClient:
+        return AgentClient(await Client.connect_unix(sock), timeout=120)
+
+    helper = ExecRelay(connect, args.container_id, build_process(args, base),
+                       args.console_socket, args.detach)  # fmt: skip
     # The process may run before the helper is known: signals wait (blocked) until they can
     # be forwarded to it, rather than end this command.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)

@@ -20,6 +20,7 @@ from runvm.cli import (
     cache,
     check,
     create,
+    debug,
     delete,
     demo,
     events,
@@ -40,7 +41,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, factory, cache, ksm, metrics, demo)  # fmt: skip
+         check, image, factory, cache, ksm, metrics, debug, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

@@ -36,9 +36,10 @@ PYTHON_PACKAGES = (
 )
 
 #: Programs the agent runs (paths inside their packages) and the packages holding them.
-#: crun creates the containers (runvm.agent.crun runs /usr/bin/crun).
-TOOLS = ("usr/bin/crun",)
-TOOL_PACKAGES = ("crun",)
+#: crun creates the containers (runvm.agent.crun runs /usr/bin/crun); busybox (static, about
+#: 2 MB) is the debug console's shell (runvm.agent.debug).
+TOOLS = ("usr/bin/crun", "bin/busybox")
+TOOL_PACKAGES = ("crun", "busybox-static")
 
 #: Debian packages holding the shared libraries the kept ELF files need. A build that needs a
 #: library from none of these fails and names the package to add.

@@ -47,6 +47,29 @@ def owners(state_root: Path) -> Found:
     return found
 
 
+def locate(state_root: Path, name: str) -> Owner | None:
+    """The owner of the sandbox ``name`` names: a CLI container's monitor, or the shim whose
+    record names it as its pod or one of its containers; None if nothing here does."""
+    from runvm.names import run_dir_name
+
+    short = run_dir_name(name)
+    sock = state_root / "sandboxes" / short / "monitor.sock"
+    if sock.is_socket():
+        return Owner(sock, "monitor", (short,))
+    sockets_dir = (state_root / "s").resolve()
+    for namespace in _entries(state_root / "k"):
+        for entry in _entries(Path(namespace.path)):
+            if not entry.name.endswith(".json"):
+                continue
+            record = _read_record(Path(entry.path))
+            raw = record.get("socket") if record is not None else None
+            tasks = record.get("tasks") if record is not None else None
+            mine = entry.name == f"{short}.json" or (isinstance(tasks, list) and name in tasks)
+            if mine and isinstance(raw, str) and Path(raw).parent.resolve() == sockets_dir:
+                return Owner(Path(raw), "shim", (entry.name.removesuffix(".json"),))
+    return None
+
+
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as it:

@@ -6,4 +6,7 @@ from runvm.protocol.version import PROTOCOL_VERSION
 AGENT_SERVICE = "runvm.agent.v1.AgentService"
 HEALTH_SERVICE = "runvm.agent.v1.Health"
 
-__all__ = ["AGENT_SERVICE", "HEALTH_SERVICE", "PROTOCOL_VERSION", "pb"]
+DEBUG_OFF = "the debug console is off: set [debug] console = true in the runvm config"
+"""What the agent and the sandbox's owner answer a debug shell asked for while it is off."""
+
+__all__ = ["AGENT_SERVICE", "DEBUG_OFF", "HEALTH_SERVICE", "PROTOCOL_VERSION", "pb"]

@@ -63,18 +63,20 @@ class CreateContainerResponse(_message.Message):
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ["dns", "host_time_ns", "hostname", "sandbox_id", "storages"]
+    __slots__ = ["debug_console", "dns", "host_time_ns", "hostname", "sandbox_id", "storages"]
+    DEBUG_CONSOLE_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     HOST_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     STORAGES_FIELD_NUMBER: _ClassVar[int]
+    debug_console: bool
     dns: _containers.RepeatedScalarFieldContainer[str]
     host_time_ns: int
     hostname: str
     sandbox_id: str
     storages: _containers.RepeatedCompositeFieldContainer[Storage]
-    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., host_time_ns: _Optional[int] = ...) -> None: ...
+    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., host_time_ns: _Optional[int] = ..., debug_console: bool = ...) -> None: ...
 
 class DestroySandboxRequest(_message.Message):
     __slots__ = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn, TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -35,11 +35,24 @@ def _unobserved(method: str, seconds: float, outcome: str) -> None:
 
 
 class AgentClient:
-    """One agent connection. Owned by exactly one host process (monitor or shim)."""
+    """One agent connection. Owned by exactly one host process (monitor or shim).
 
-    def __init__(self, conn: Client, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    ``service`` and ``metadata``: where the agent calls go, and what goes with each; a client
+    of an owner that re-serves part of the API under another name (``runvm debug``) sets them.
+    """
+
+    def __init__(
+        self,
+        conn: Client,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        service: str = AGENT_SERVICE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.conn = conn
         self.timeout = timeout
+        self.service = service
+        self.metadata = dict(metadata or {})
         self.on_call: Callable[[str, float, str], None] = _unobserved
 
     async def close(self) -> None:
@@ -75,7 +88,8 @@ class AgentClient:
         propagate unchanged (TimeoutError, ConnectionError, ProtocolError, RpcError)."""
         start, outcome = time.monotonic(), "lost"
         try:
-            raw = await self.conn.call(service, method, payload, timeout=timeout)
+            raw = await self.conn.call(service, method, payload, timeout=timeout,
+                                       metadata=self.metadata)  # fmt: skip
             outcome = ""
             return raw
         except TimeoutError:
@@ -99,7 +113,7 @@ class AgentClient:
     def _agent(
         self, method: str, request: Message, rtype: type[M], timeout: float | bool | None = True
     ) -> Awaitable[M]:
-        return self.call(AGENT_SERVICE, method, request, rtype, timeout)
+        return self.call(self.service, method, request, rtype, timeout)
 
     # --- health and identity -------------------------------------------------------------
     async def check(self, timeout: float | bool | None = True) -> pb.HealthCheckResponse:

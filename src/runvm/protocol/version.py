@@ -1,4 +1,5 @@
 """The agent protocol version. Host and agent must carry the same number."""
 
-# 2: host sessions on one virtio-serial port (agent/channel.py); 3: ports; 4: OnlineCPUs
-PROTOCOL_VERSION = 4
+# 2: host sessions on one virtio-serial port (agent/channel.py); 3: ports; 4: OnlineCPUs;
+# 5: debug shells (ExecProcess without a container)
+PROTOCOL_VERSION = 5

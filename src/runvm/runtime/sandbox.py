@@ -245,8 +245,8 @@ class Sandbox:
         sandbox existed), then port forwarding."""
         assert self.agent is not None and self.vm is not None
         request = pb.CreateSandboxRequest(sandbox_id=self.id, hostname=options.hostname,
-                                          host_time_ns=time.time_ns(),
-                                          storages=storages)  # fmt: skip
+                                          host_time_ns=time.time_ns(), storages=storages,
+                                          debug_console=self.config.debug.console)  # fmt: skip
         await self.steps.run("create-sandbox", self.agent.create_sandbox(request))
         if self.network is not None and booted_before:
             await self.steps.run("network", self.network.sync(self.vm, self.agent))

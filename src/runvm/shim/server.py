@@ -30,6 +30,7 @@ from runvm import files, trace
 from runvm.metrics import SERVICE as METRICS_SERVICE
 from runvm.metrics import owner as metrics_owner
 from runvm.metrics.figures import PodFigures
+from runvm.runtime import debug
 from runvm.runtime.telemetry import pod_figures
 from runvm.shim import wire
 from runvm.shim.events import Publisher
@@ -164,6 +165,7 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
         return list(await asyncio.gather(*(pod_figures(p, "shim", budget) for p in pods)))
 
     server.register(METRICS_SERVICE, metrics_owner.handlers(figures))
+    server.register(debug.SERVICE, debug.handlers(config, lambda: [s.pod for s in services()]))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)

@@ -49,6 +49,7 @@ from runvm.network import netns
 from runvm.protocol import AGENT_SERVICE
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
+from runvm.runtime import debug
 from runvm.runtime.container import Container
 from runvm.runtime.lifecycle import require
 from runvm.runtime.pod import Pod
@@ -242,6 +243,7 @@ class Monitor:
             "UpdateContainer": self._update,
         })  # fmt: skip
         server.register(METRICS_SERVICE, metrics_owner.handlers(self._figures))
+        server.register(debug.SERVICE, debug.handlers(self.args.config, lambda: [self.pod]))
         listener = await server.serve_unix(str(self.state.monitor_socket()))
         self._save(Status.CREATED)
         return server, listener
