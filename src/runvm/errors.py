@@ -15,6 +15,7 @@ line that names the thing at fault and, where there is one, the fix::
      +-- ProtocolError          malformed or oversized data on a wire (ttrpc, agent)
      |    +-- FrameTooLarge     a frame whose length exceeds the limit
      +-- RpcError               a remote call returned a non-OK status (code, message)
+     |    +-- GuestError        ... the agent's, worded for the user (what was asked, why not)
      +-- AgentError             the guest agent is unreachable, too slow or incompatible
           +-- AgentTimeout      no answer within the deadline
           +-- VersionMismatch   the agent speaks another protocol version
@@ -63,10 +64,13 @@ class ProcessError(RunvmError):
         super().__init__(message)
 
     def __str__(self) -> str:
-        text = f"{self.args[0]} (exit {self.exitcode}): {' '.join(self.argv)}"
-        if self.log_tail:
-            text += "\n--- log tail ---\n" + self.log_tail
-        return text
+        """What failed, how it ended and its last words (the argv stays in ``argv``)."""
+        text = str(self.args[0])
+        if self.exitcode is not None:
+            text += (f" (exit status {self.exitcode})" if self.exitcode >= 0
+                     else f" (killed by signal {-self.exitcode})")  # fmt: skip
+        said = [line.strip() for line in self.log_tail.splitlines() if line.strip()]
+        return text + (": " + "; ".join(said[-3:]) if said else "")
 
 
 class LaunchError(ProcessError):
@@ -101,6 +105,14 @@ class RpcError(RunvmError):
         self.code = code
         self.message = message
         super().__init__(f"rpc error: code = {code} desc = {message}")
+
+
+class GuestError(RpcError):
+    """The agent refused a request: its status code, and a message that names what was
+    asked and gives the guest's reason (its ``str`` is that message alone)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class AgentError(RunvmError):

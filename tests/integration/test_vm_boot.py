@@ -160,7 +160,7 @@ def test_silent_agent_times_out_and_leaves_nothing(
     with pytest.raises(AgentTimeout) as err:
         run(lambda: Sandbox.start("silent1", with_timeout(runvm_config, 12), options))
     assert time.monotonic() - started < 30
-    assert "agent not ready" in str(err.value)
+    assert str(err.value).startswith("sandbox silent1: the agent did not answer within 12 s")
     assert "silent agent" in str(err.value)  # the guest console tail is part of the error
 
 
@@ -174,4 +174,7 @@ def test_crashing_agent_ends_the_vm(runvm_config: cfg.RunvmConfig, tmp_path: Pat
     assert not isinstance(err.value, AgentTimeout)
     # PID 1 exits -> kernel panic -> QEMU exits (-no-reboot): no waiting for the deadline.
     assert time.monotonic() - started < runvm_config.hypervisor.boot_timeout / 2
-    assert "VM exited" in str(err.value)
+    # PID 1's exit is a kernel panic, said with the kernel's reason and the agent's last words
+    assert str(err.value).startswith("sandbox crash1: the guest kernel panicked: Attempted to "
+                                     "kill init!"), err.value  # fmt: skip
+    assert "agent crashed on purpose" in str(err.value)

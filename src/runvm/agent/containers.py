@@ -261,7 +261,8 @@ class ContainerService:
         except crun.CrunError as exc:
             _release_root(bundle)
             shutil.rmtree(bundle, ignore_errors=True)
-            raise RpcError(Code.FAILED_PRECONDITION, f"create {cid}: {exc}") from exc
+            program = str((spec["process"].get("args") or [""])[0])
+            raise RpcError(Code.FAILED_PRECONDITION, crun.explain(str(exc), program)) from exc
         return proc
 
     async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
@@ -308,7 +309,8 @@ class ContainerService:
                                  bool(process.get("terminal")), req.stdin)  # fmt: skip
             await self._watch_pid(proc, pid_file)
         except crun.CrunError as exc:
-            raise RpcError(Code.FAILED_PRECONDITION, f"exec in {container.id}: {exc}") from exc
+            program = str((process.get("args") or [""])[0])
+            raise RpcError(Code.FAILED_PRECONDITION, crun.explain(str(exc), program)) from exc
         container.execs[eid] = proc
         return pb.ExecProcessResponse(pid=proc.pid)
 

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from collections.abc import Sequence
@@ -39,6 +40,25 @@ _executable = CRUN
 
 class CrunError(Exception):
     """crun exited non-zero; the message is crun's own error text."""
+
+
+_NOT_IN_PATH = re.compile(r"executable file `(.*)` not found in \$PATH: (.*)")
+_NOT_OPENED = re.compile(r"open executable: (.*)")
+_START = "unable to start container process: exec: "
+
+
+def explain(message: str, executable: str) -> str:
+    """crun's complaint about the program it was to run, worded as runc words it: clients
+    pick their exit codes from runc's words (Docker and Podman: 127 for a program not
+    found, 126 for one that cannot be executed). Other messages are returned as they are."""
+    if found := _NOT_IN_PATH.search(message):
+        path, why = found.groups()
+        if "/" not in path:
+            return f'{_START}"{path}": executable file not found in $PATH'
+        return f'{_START}"{path}": stat {path}: {why.lower()}'
+    if found := _NOT_OPENED.search(message):
+        return f'{_START}"{executable}": {found.group(1).lower()}'
+    return message
 
 
 def _log_message(log: Path) -> str:

@@ -158,7 +158,9 @@ class VM(Protocol):
     @property
     def returncode(self) -> int | None: ...  # None while the VM runs
 
-    def console_tail(self) -> str: ...
+    def console_tail(self) -> str: ...  # the guest console's last lines
+
+    def stderr_tail(self) -> str: ...  # what the hypervisor process itself printed last
 
     async def wait(self) -> int: ...
 

@@ -32,6 +32,7 @@ class FakeVM:
         self.detached = False
         self.size = (spec.vcpus, spec.memory_mib)
         self.keep_mib = 0  # memory the guest "cannot give back" on a shrink
+        self.console = "fake console\n"  # what its guest "printed"
         self._exited = asyncio.Event()
 
     @property
@@ -43,7 +44,10 @@ class FakeVM:
         return self.spec.accel
 
     def console_tail(self) -> str:
-        return "fake console\n"
+        return self.console
+
+    def stderr_tail(self) -> str:
+        return ""
 
     def exit(self, status: int = 0) -> None:
         """The VM ends by itself (its guest powered off, or QEMU died)."""

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from runvm import trace
-from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, RunvmError
+from runvm.errors import (
+    ConfigError,
+    ExistsError,
+    GuestError,
+    NotFoundError,
+    RpcError,
+    RunvmError,
+)
 from runvm.names import check_id
 from runvm.oci import load_spec, parse_process
 from runvm.protocol import agent_pb2 as pb
@@ -179,7 +186,11 @@ class Container:
                 storages=storages,
             )
             trace.mark("agent CreateContainer")
-            container.guest_pid = await agent.create_container(request)
+            try:
+                container.guest_pid = await agent.create_container(request)
+            except RpcError as exc:
+                raise GuestError(exc.code, f"container {container_id}: creating it in the "
+                                 f"guest failed: {exc.message}") from exc  # fmt: skip
             trace.mark("agent CreateContainer done")
             container.init = Process(agent, container_id, stdin=stdin)
             container.init.guest_pid = container.guest_pid

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runvm.config import RunvmConfig
-from runvm.errors import AgentError, AgentTimeout, RunvmError, VersionMismatch
+from runvm.errors import AgentError, AgentTimeout, LaunchError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
     VM,
@@ -38,10 +38,10 @@ from runvm.hypervisor.qemu.driver import (
 from runvm.ksm import server as ksm
 from runvm.metrics.recorder import CallRecorder
 from runvm.names import check_id, run_dir_name
-from runvm.process import Child, describe_exit
+from runvm.process import Child
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
-from runvm.runtime import footprint, hostcgroup, sizing, template
+from runvm.runtime import diagnose, footprint, hostcgroup, sizing, template
 from runvm.runtime import origin as origins
 from runvm.runtime.guestimage import GuestFiles
 from runvm.runtime.lifecycle import SandboxState
@@ -192,7 +192,7 @@ class Sandbox:
         spec = self._vm_spec(options, origin, channel, devices)
         booted = time.monotonic()
         ksm.kick()  # a throttler, if one runs, merges the new guest's pages hard now
-        self.vm = vm = await self.steps.run("qemu-start", origin.hypervisor.launch(spec))
+        self.vm = vm = await self.steps.run("qemu-start", self._launch(origin, spec))
         self.steps.add_undo("qemu", vm.stop)
         if self.network is not None:
             self.network.handed_over()  # the taps now live as long as QEMU
@@ -213,7 +213,7 @@ class Sandbox:
         spec = template.clone_spec(origin.tpl, self._vm_spec(options, origin, channel, devices))
         booted = time.monotonic()
         ksm.kick()
-        self.vm = vm = await self.steps.run("qemu-start", origin.hypervisor.launch(spec))
+        self.vm = vm = await self.steps.run("qemu-start", self._launch(origin, spec))
         self.steps.add_undo("qemu", vm.stop)
         await self.steps.run("restore", vm.load_state(origin.tpl.state))
         await self._greet(channel, booted, resume=True)
@@ -316,6 +316,16 @@ class Sandbox:
             memory_shared=options.pooled or any(isinstance(d, VirtioFsSpec) for d in devices),
         )  # fmt: skip
 
+    async def _launch(self, origin: Origin, spec: VMSpec) -> VM:
+        """QEMU for ``spec``; a failure names this sandbox and QEMU's complaint (its command
+        line goes to the log)."""
+        try:
+            return await origin.hypervisor.launch(spec)
+        except LaunchError as exc:
+            log.info("sandbox %s: QEMU failed to start: %s", self.id, " ".join(exc.argv))
+            raise LaunchError(f"sandbox {self.id}: {exc.args[0]}", exc.argv, exc.exitcode,
+                              exc.log_tail) from exc  # fmt: skip
+
     async def _greet(self, channel: AgentChannelSpec, booted: float, resume: bool = False) -> None:
         """The agent's handshake within the boot deadline, then its details (``resume``: a
         clone's, after it re-seeded its randomness and took a new identity)."""
@@ -394,7 +404,8 @@ class Sandbox:
         self.state = SandboxState.FAILED
         first = min(done, key=lambda f: list(watched).index(f))  # QEMU's exit explains the rest
         if watched[first] == "qemu":
-            self.failure = f"QEMU exited ({describe_exit(first.result())}): the VM is gone"
+            why = diagnose.vm_exit(first.result(), self.vm.stderr_tail(), self.vm.console_tail())
+            self.failure = f"{why}: the VM is gone"
         elif watched[first] == "virtiofsd":
             self.failure = f"virtiofsd exited (status {first.result()}); the VM was stopped"
         else:
@@ -440,10 +451,14 @@ class Sandbox:
         except VersionMismatch:
             raise
         except (AgentError, OSError) as exc:
-            tail = vm.console_tail()[-2000:]
-            console = f"\n--- guest console ---\n{tail}" if tail else ""
-            kind = AgentTimeout if isinstance(exc, (AgentTimeout, OSError)) else AgentError
-            raise kind(f"sandbox {self.id}: agent not ready: {exc}{console}") from exc
+            timed_out = isinstance(exc, (AgentTimeout, OSError))
+            why = diagnose.boot_failure(
+                exited=vm.returncode, timed_out=timed_out,
+                boot_timeout=self.config.hypervisor.boot_timeout, stderr=vm.stderr_tail(),
+                console=vm.console_tail(), detail=str(exc),
+            )  # fmt: skip
+            kind = AgentTimeout if timed_out and vm.returncode is None else AgentError
+            raise kind(f"sandbox {self.id}: {why}") from exc
 
     async def release(self) -> None:
         """Let go of a pooled sandbox's VM and leave it running for the sandbox it is handed

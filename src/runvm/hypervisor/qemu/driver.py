@@ -102,6 +102,9 @@ class QemuVM:
     def console_tail(self) -> str:
         return read_tail(self.console_path)
 
+    def stderr_tail(self) -> str:
+        return read_tail(self.spec.run_dir / "qemu.log")
+
     async def _copy_console(self) -> None:
         cap = self.spec.console_log_max_kib * 1024
         sink = ConsoleLog(self.console_path, cap)
@@ -418,7 +421,7 @@ class QemuHypervisor:
         log_path = spec.run_dir / "qemu.log"
         child = await Child.launch(
             ChildSpec(
-                name="qemu",
+                name="QEMU",
                 argv=argv,
                 log_path=log_path,
                 pass_fds=inherited_fds(spec),
