@@ -78,8 +78,14 @@ def apply_vm_sysctls(spec: dict[str, object]) -> None:
     sysctls = linux.get("sysctl") or {}
     for key in [k for k in sysctls if k.startswith("net.")]:
         if not SYSCTL_KEY.match(key):
-            raise ValueError(f"invalid key {key!r}")
-        Path("/proc/sys", *key.split(".")).write_text(str(sysctls.pop(key)))
+            raise ValueError(f"sysctl: invalid key {key!r}")
+        value = str(sysctls.pop(key))
+        try:
+            Path("/proc/sys", *key.split(".")).write_text(value)
+        except FileNotFoundError:
+            raise ValueError(f"sysctl {key}: the guest kernel has no such setting") from None
+        except OSError as exc:
+            raise ValueError(f"sysctl {key}={value}: {exc.strerror}") from None
 
 
 def _hold_root(bundle: Path, root: str) -> str:
@@ -223,8 +229,8 @@ class ContainerService:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
         try:
             apply_vm_sysctls(spec)
-        except (OSError, ValueError) as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, f"sysctl: {exc}") from exc
+        except ValueError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
         root = os.path.normpath(spec["root"]["path"])
         if not root.startswith((SHARED_ROOT, DISK_ROOT)):
             raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")

@@ -318,7 +318,11 @@ class Pod:
         """Run an added exec, ``attach`` its stdio, then watch it like every process of the
         pod (``on_exit`` at its end). Attaching comes first, so no early output is lost."""
         _, proc = self.proc(container_id, exec_id)
-        await proc.start_exec()
+        try:
+            await proc.start_exec()
+        except RunvmError:
+            proc.never_ran()
+            raise
         attach(proc)
         proc.watch(self._exited)
         return proc

@@ -167,6 +167,13 @@ class Process:
         await self.exited.wait()
         return self.exit_status
 
+    def never_ran(self) -> None:
+        """An exec whose start failed: stopped without having run (status
+        :data:`LOST_STATUS`), so whoever waits for it is answered."""
+        self.exit_status, self.exited_at_ns = LOST_STATUS, time.time_ns()
+        self.become(State.STOPPED)
+        self.exited.set()
+
     def stop_watching(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

@@ -167,7 +167,11 @@ class TaskService:
                 await container.start()
                 return spb.StartResponse(pid=self.vm_pid)
             proc = self._proc(req.id, req.exec_id)
-            await self.pod.start_exec(req.id, req.exec_id, lambda _: proc.attach())
+            try:
+                await self.pod.start_exec(req.id, req.exec_id, lambda _: proc.attach())
+            except BaseException:
+                await proc.release()  # the client waits for its FIFOs to end
+                raise
             self.events.publish(spb.TaskExecStarted(container_id=req.id, exec_id=req.exec_id,
                                                     pid=self.vm_pid))  # fmt: skip
         return spb.StartResponse(pid=self.vm_pid)
