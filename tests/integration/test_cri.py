@@ -208,6 +208,16 @@ def test_cri_pod_of_two_containers_in_one_vm(cri: Cri, state_root: Path) -> None
     check_port_forward(cri, pod, c1)
     check_growth_and_oom(cri, pod, sandbox, c1)
 
+    # A program the guest cannot run: kubelet (and kubectl's events) get the path and errno.
+    bad = container_config(api, "bad", "")
+    bad.command[:] = ["/nonexistent/prog"]
+    bad_id = client.create_container(pod, bad, sandbox)
+    with pytest.raises(grpc.RpcError) as cannot:
+        client.start_container(bad_id)
+    said = 'exec: "/nonexistent/prog": stat /nonexistent/prog: no such file or directory'
+    assert said in (cannot.value.details() or ""), cannot.value.details()
+    client.remove_container(bad_id)
+
     stats = client.container_stats(c1)
     assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
     client.update_container_resources(c1, api.LinuxContainerResources(

@@ -85,7 +85,24 @@ def test_podman_run_exec_stop_rm(podman: Any) -> None:
     assert r.returncode == 0, r.stderr
     r = podman("inspect", "--format", "{{.State.ExitCode}}", "bg")
     assert r.stdout.strip() == b"3"
+    assert podman("exec", "bg", "/nonexistent/prog").returncode != 0  # stopped: refused
     assert podman("rm", "-f", "bg").returncode == 0
+    failures(podman)
+
+
+MISSING = "/nonexistent/prog"
+
+
+def failures(client: Any, *run_args: str) -> None:
+    """What the client shows when the guest cannot run the program (runc's words, so the
+    client's own exit code for it: 127), or refuses the container (its message)."""
+    r = client("run", "--rm", *run_args, "--network", "none", IMAGE, MISSING)
+    said = f'exec: "{MISSING}": stat {MISSING}: no such file or directory'
+    assert r.returncode == 127 and said in r.stderr.decode(), (r.returncode, r.stderr)
+    r = client("run", "--rm", *run_args, "--network", "none", "--sysctl",
+               "net.ipv4.no_such_knob=1", IMAGE, "true")  # fmt: skip
+    said = "sysctl net.ipv4.no_such_knob: the guest kernel has no such setting"
+    assert r.returncode != 0 and said in r.stderr.decode(), (r.returncode, r.stderr)
 
 
 def interactive(client: Any, *run_args: str) -> None:
@@ -194,6 +211,7 @@ def test_docker_run_exec_stop(docker: Any) -> None:
     assert r.stdout.strip() == b"3"
     assert docker("rm", "-f", "bg").returncode == 0
     interactive(docker, "--runtime", "runvm")
+    failures(docker, "--runtime", "runvm")
 
 
 @pytest.fixture
