@@ -2,8 +2,9 @@
 
 Contract:
 - :meth:`Child.launch` starts ``argv`` with stdout and stderr appended to ``log_path``
-  (or discarded), optionally dying with its parent (``PR_SET_PDEATHSIG``), so that a
-  ``kill -9`` of the owner never leaves the child behind.
+  (or discarded; with ``stamped`` they pass through this process, which writes each line
+  with its time and caps the file: :mod:`runvm.logfile`), optionally dying with its parent
+  (``PR_SET_PDEATHSIG``), so that a ``kill -9`` of the owner never leaves the child behind.
 - :meth:`Child.wait_ready` polls a probe until it returns true; if the child exits first or
   the deadline passes it stops the child and raises :class:`LaunchError` carrying the argv,
   the exit code and the tail of the log.
@@ -71,6 +72,12 @@ class ChildSpec:
     user: int | None = None
     group: int | None = None
     extra_groups: Sequence[int] | None = None
+    # Its output goes through this process into log_path as stamped lines, capped at
+    # STAMPED_CAP (one older file kept); else the child writes the file itself.
+    stamped: bool = False
+
+
+STAMPED_CAP = 1 << 20
 
 
 @dataclass
@@ -80,10 +87,12 @@ class Child:
     spec: ChildSpec
     proc: asyncio.subprocess.Process
     _stopped: bool = field(default=False, init=False)
+    _copy: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
     async def launch(cls, spec: ChildSpec) -> Child:
-        log = files.open_append(spec.log_path) if spec.log_path else None
+        piped = spec.stamped and spec.log_path is not None
+        log = files.open_append(spec.log_path) if spec.log_path and not piped else None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
@@ -91,8 +100,10 @@ class Child:
                 stdin=spec.stdin_fd
                 if spec.stdin_fd is not None
                 else (asyncio.subprocess.DEVNULL if spec.stdin_devnull else None),
-                stdout=log if log else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT if log else asyncio.subprocess.DEVNULL,
+                stdout=(
+                    asyncio.subprocess.PIPE if piped else log if log else asyncio.subprocess.DEVNULL
+                ),
+                stderr=asyncio.subprocess.STDOUT if log or piped else asyncio.subprocess.DEVNULL,
                 pass_fds=tuple(spec.pass_fds),
                 env=dict(spec.env) if spec.env is not None else None,
                 cwd=spec.cwd,
@@ -110,7 +121,11 @@ class Child:
         finally:
             if log:
                 log.close()
-        return cls(spec, proc)
+        child = cls(spec, proc)
+        if piped:
+            assert spec.log_path is not None and proc.stdout is not None
+            child._copy = asyncio.ensure_future(_copy_stamped(proc.stdout, spec.log_path))
+        return child
 
     @property
     def pid(self) -> int:
@@ -121,7 +136,7 @@ class Child:
         return self.proc.returncode
 
     def log_tail(self) -> str:
-        return read_tail(self.spec.log_path)
+        return files.unstamp(read_tail(self.spec.log_path))
 
     def failure(self, message: str) -> LaunchError:
         return LaunchError(
@@ -139,6 +154,7 @@ class Child:
         deadline = loop.time() + timeout
         while True:
             if self.proc.returncode is not None:
+                await self._drained()
                 raise self.failure("exited before it was ready")
             result = probe()
             if not isinstance(result, bool):
@@ -152,7 +168,16 @@ class Child:
                 await asyncio.wait_for(self.proc.wait(), interval)
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        await self._drained()
+        return code
+
+    async def _drained(self, timeout: float = 2.0) -> None:
+        """Let the copy of a stamped child's output reach its end (its last words are read
+        from the file), unless something it left running still holds the pipe."""
+        if self._copy is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._copy), timeout)
 
     async def stop(self, grace: float = 3.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` s; always reaps. Returns the exit code."""
@@ -165,13 +190,23 @@ class Child:
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
-        return await self.proc.wait()
+        return await self.wait()
 
     async def __aenter__(self) -> Child:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _copy_stamped(stream: asyncio.StreamReader, path: Path) -> None:
+    """A child's output into ``path`` as stamped lines, until every writer closed it."""
+    sink = files.StampedLog(path, STAMPED_CAP)
+    try:
+        while chunk := await stream.read(65536):
+            sink.write(chunk)
+    finally:
+        sink.close()
 
 
 UNKNOWN_STATUS = 255  # a foreign process's exit status is its parent's to know

@@ -251,6 +251,7 @@ class ContainerService:
         except OSError as exc:
             await self.remove_container(pb.RemoveContainerRequest(container_id=cid))
             raise RpcError(Code.INVALID_ARGUMENT, f"create {cid}: {exc}") from exc
+        log.info("container %s created (pid %d)", cid, proc.pid)
         return pb.CreateContainerResponse(pid=proc.pid)
 
     async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
@@ -289,6 +290,7 @@ class ContainerService:
                            f"waits to be started ({exc.strerror})") from exc  # fmt: skip
         container.started = True
         await _until_executed(container.init.pid, before)
+        log.info("container %s started", container.id)
         return pb.StartContainerResponse(pid=container.init.pid)
 
     async def exec_process(self, req: pb.ExecProcessRequest) -> pb.ExecProcessResponse:
@@ -318,6 +320,7 @@ class ContainerService:
             program = str((process.get("args") or [""])[0])
             raise RpcError(Code.FAILED_PRECONDITION, crun.explain(str(exc), program)) from exc
         container.execs[eid] = proc
+        log.info("exec %s in container %s started (pid %d)", eid, container.id, proc.pid)
         return pb.ExecProcessResponse(pid=proc.pid)
 
     @staticmethod
@@ -451,6 +454,7 @@ class ContainerService:
         shutil.rmtree(container.bundle, ignore_errors=True)
         unmount_all(container.mounts)
         del self.containers[container.id]
+        log.info("container %s removed", container.id)
         return pb.Empty()
 
     async def _delete(self, container: Container) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 
 from runvm.agent.stdio import InputStream, OutputStream
+
+log = logging.getLogger("runvm.agent")
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Proc:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_exit(self, status: int) -> None:
+        log.info("pid %d%s exited (status %d)", self.pid,
+                 f" (exec {self.exec_id})" if self.exec_id else "", status)  # fmt: skip
         self.status = status
         self.exited_at_ns = time.time_ns()
         self.exited.set()

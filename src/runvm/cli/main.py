@@ -29,6 +29,7 @@ from runvm.cli import (
     info,
     kill,
     ksm,
+    logs,
     metrics,
     pause,
     ps,
@@ -41,7 +42,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
-         check, image, factory, cache, ksm, metrics, debug, demo)  # fmt: skip
+         check, image, factory, cache, ksm, metrics, debug, logs, demo)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

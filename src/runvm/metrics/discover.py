@@ -56,17 +56,42 @@ def locate(state_root: Path, name: str) -> Owner | None:
     sock = state_root / "sandboxes" / short / "monitor.sock"
     if sock.is_socket():
         return Owner(sock, "monitor", (short,))
+    found = _pod_record(state_root, name)
+    if found is None:
+        return None
+    path, record = found
+    return Owner(Path(str(record["socket"])), "shim", (path.stem,))
+
+
+def pod_record(state_root: Path, name: str) -> tuple[Path, Path] | None:
+    """The record of the containerd pod ``name`` names (its id or one of its containers')
+    and the pod's run directory; None if no shim here keeps one."""
+    found = _pod_record(state_root, name)
+    if found is None:
+        return None
+    path, record = found
+    run_dir = record.get("run_dir")
+    if not isinstance(run_dir, str) or not Path(run_dir).is_relative_to(state_root):
+        return None
+    return path, Path(run_dir)
+
+
+def _pod_record(state_root: Path, name: str) -> tuple[Path, dict[str, object]] | None:
+    from runvm.names import run_dir_name
+
+    short = run_dir_name(name)
     sockets_dir = (state_root / "s").resolve()
     for namespace in _entries(state_root / "k"):
         for entry in _entries(Path(namespace.path)):
             if not entry.name.endswith(".json"):
                 continue
             record = _read_record(Path(entry.path))
-            raw = record.get("socket") if record is not None else None
-            tasks = record.get("tasks") if record is not None else None
+            if record is None:
+                continue
+            raw, tasks = record.get("socket"), record.get("tasks")
             mine = entry.name == f"{short}.json" or (isinstance(tasks, list) and name in tasks)
             if mine and isinstance(raw, str) and Path(raw).parent.resolve() == sockets_dir:
-                return Owner(Path(raw), "shim", (entry.name.removesuffix(".json"),))
+                return Path(entry.path), record
     return None
 
 

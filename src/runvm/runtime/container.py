@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -44,6 +45,8 @@ from runvm.runtime.proc import Process
 from runvm.runtime.sandbox import Sandbox
 from runvm.storage import blockdev, mounts
 from runvm.storage.shared import PRIVATE_OPTIONS, ReadOnly
+
+log = logging.getLogger(__name__)
 
 MAX_RESOURCES = 1 << 20  # an update's LinuxResources document
 
@@ -244,6 +247,7 @@ class Container:
         trace.mark("agent StartContainer")
         await init.agent.start_container(self.id)
         trace.mark("agent StartContainer done")
+        log.info("container %s started", self.id)
         init.become(State.RUNNING)
         self.on_started()
         return await self._hooks("poststart", "running", warn_only=True)

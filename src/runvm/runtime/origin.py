@@ -3,6 +3,7 @@ and run directory that come before it. See :func:`choose` and :func:`refuse_bad_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from runvm.hypervisor.base import AgentChannelSpec, Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
 from runvm.process import ForeignProcess
 from runvm.protocol.client import AgentClient
-from runvm.runtime import firstuse, sizing, template
+from runvm.runtime import firstuse, sandboxlogs, sizing, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
 from runvm.runtime.steps import Steps
@@ -98,6 +99,7 @@ async def choose(
 ) -> Origin:
     """Ask the cache first, then the template, else boot cold; make or take over ``run_dir``."""
     files = options.guest_files or resolve_guest_files(config)
+    keep = frozenset(sandboxlogs.LOGS) if options.keep_logs else frozenset()
     hypervisor = parts.hypervisor(config)
     qemu = hypervisor.resolve_binary()
     accel = await steps.run("accelerator", parts.detect(config.hypervisor.accelerator, qemu,
@@ -110,11 +112,11 @@ async def choose(
         handed = await steps.run("cache-take", cache.take(config, run_dir, key))
         if handed is not None:  # the daemon moved the VM's directory here; its QEMU is ours
             process = ForeignProcess(handed.pid, handed.pidfd)
-            steps.add_undo("run-dir", lambda: _remove_dir(run_dir))
+            steps.add_undo("run-dir", lambda: _remove_dir(run_dir, keep))
             steps.add_undo("cached-qemu", process.stop)
             return Adopted(files, accel, hypervisor, handed, process)
     await steps.run("run-dir", _make_run_dir(run_dir, bool(config.hypervisor.user)),
-                    lambda: _remove_dir(run_dir))  # fmt: skip
+                    lambda: _remove_dir(run_dir, keep))  # fmt: skip
     if config.factory.enable and fresh:
         why = template.unsupported(config)
         if why:
@@ -141,5 +143,17 @@ async def _make_run_dir(path: Path, traversable: bool) -> None:
             directory.chmod(0o711)
 
 
-async def _remove_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+async def _remove_dir(path: Path, keep: frozenset[str] = frozenset()) -> None:
+    """Remove the run directory, or all of it but the files named in ``keep`` (its logs, for
+    an owner whose container outlives its VM)."""
+    if not keep:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for entry in path.iterdir():
+            if entry.name in keep and entry.is_file():
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -75,9 +75,12 @@ class Pod:
         *,
         shared: bool = False,
         place: bool = True,
+        keep_logs: bool = False,
         start_sandbox: StartSandbox = Sandbox.start,
     ) -> None:
+        """``keep_logs``: the VM's logs outlive it (SandboxOptions.keep_logs)."""
         self.id = pod_id
+        self.keep_logs = keep_logs
         self.start_sandbox = start_sandbox  # (tests boot a fake)
         self.config = config
         self.shared = shared
@@ -166,6 +169,8 @@ class Pod:
             self.containers[container_id] = container
             self._oom_watches[container_id] = asyncio.ensure_future(self._watch_oom(container))
             self.on_change()
+        log.info("pod %s: container %s created (guest pid %d)", self.id, container_id,
+                 container.guest_pid)  # fmt: skip
         return container
 
     async def _create(
@@ -226,7 +231,7 @@ class Pod:
         options = SandboxOptions(hostname=spec.get("hostname") or container_id[:63],
                                  network=wanted, needs_hotplug=needs_hotplug,
                                  netns_fd=self.netns_fd, memory_limit=limit,
-                                 size=size)  # fmt: skip
+                                 size=size, keep_logs=self.keep_logs)  # fmt: skip
         self.sandbox = sandbox = await self.start_sandbox(self.id, self.config, options)
         sandbox.on_network_change = lambda: self.on_change()  # records list the NICs
         self.first = container_id
@@ -293,7 +298,9 @@ class Pod:
             return
         if process.lost:
             log.error("%s: lost the process: %s", process.name, self.failure or process.lost)
-        elif not process.exec_id:  # an OOM kill that ended it comes first
+        else:
+            log.info("pod %s: %s exited (status %d)", self.id, process.name, process.exit_status)
+        if not process.lost and not process.exec_id:  # an OOM kill that ended it comes first
             with contextlib.suppress(RunvmError):
                 self._oom(container, (await container.stats()).oom_kills)
         await self.on_exit(container, process)
@@ -364,6 +371,7 @@ class Pod:
             else:
                 await self._fit(f"delete of container {container_id}")
             self.on_change()
+        log.info("pod %s: container %s deleted", self.id, container_id)
         return container, await container.poststop()
 
     async def _remove(self, container: Container) -> None:

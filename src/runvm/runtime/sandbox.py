@@ -88,6 +88,9 @@ class SandboxOptions:
     # The VM's size (runtime/sizing.py); None: the configured base. A VM of another size
     # than the base boots cold (templates and cached VMs have the base size).
     size: Size | None = None
+    # The run directory's logs stay when the VM stops (runtime/sandboxlogs.py): an owner
+    # whose container outlives its VM (the CLI's, until `runvm delete`) removes them itself.
+    keep_logs: bool = False
 
 
 class Sandbox:

@@ -71,20 +71,19 @@ class _FifoHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _setup_logging(args: ServeArgs) -> None:
-    fmt = logging.Formatter(f"runvm-shim[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    prefix = f"runvm-shim[{os.getpid()}] "
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.debug else logging.INFO)
     logging.raiseExceptions = False
     files.make_dirs(args.layout.pod_root)
-    handlers: list[logging.Handler] = [
-        files.RotatingLog(args.layout.log, maxBytes=LOG_MAX, backupCount=1)
-    ]
+    own = files.RotatingLog(args.layout.log, maxBytes=LOG_MAX, backupCount=1)
+    own.setFormatter(files.StampedFormatter(prefix))  # `runvm logs` interleaves it by time
+    root.addHandler(own)
     with contextlib.suppress(OSError):
         fd = os.open(args.bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        handlers.append(_FifoHandler(fd))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
+        fifo = _FifoHandler(fd)  # containerd stamps what it reads
+        fifo.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fifo)
 
 
 def _detach_stdio() -> None:

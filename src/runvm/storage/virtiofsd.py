@@ -34,6 +34,8 @@ async def start(socket_path: Path, source: Path, log_path: Path, cache: str = "a
         raise LaunchError(
             f"{VIRTIOFSD} not found: install the Debian package qemu-system-common", args, None
         )
-    child = await Child.launch(ChildSpec(name="virtiofsd", argv=args, log_path=log_path))
+    child = await Child.launch(
+        ChildSpec(name="virtiofsd", argv=args, log_path=log_path, stamped=True)
+    )
     await child.wait_ready(socket_path.exists, READY_TIMEOUT)
     return child

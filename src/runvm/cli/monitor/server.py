@@ -54,6 +54,7 @@ from runvm.runtime.container import Container
 from runvm.runtime.lifecycle import require
 from runvm.runtime.pod import Pod
 from runvm.runtime.proc import LOST_STATUS
+from runvm.runtime.sandbox import sandbox_run_dir
 from runvm.runtime.state import ContainerState, StateStore, Status
 from runvm.runtime.telemetry import pod_figures
 from runvm.spawn import ReadyPipe
@@ -103,7 +104,8 @@ class Monitor:
             annotations=dict(self.spec.get("annotations") or {}),
         )  # fmt: skip
         self.store.record_monitor(self.state, os.getpid())
-        self.pod = Pod(args.container_id, args.config, place=False)  # monitor_main placed us
+        # monitor_main placed us; the logs stay until `runvm delete`
+        self.pod = Pod(args.container_id, args.config, place=False, keep_logs=True)
         self.container: Container | None = None
         self.tty_fd: int | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -276,7 +278,22 @@ class Monitor:
             restore(self.tty_fd)
 
 
+def _log_to_sandbox(args: MonitorArgs) -> None:
+    """Records of INFO and up also go to the sandbox's ``monitor.log`` (once its run
+    directory exists); the command's own log keeps its level."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setLevel(max(handler.level, root.level))
+    run_dir = sandbox_run_dir(args.config, args.container_id)
+    sandbox_log = files.StampedHandler(run_dir / "monitor.log",
+                                       prefix=f"runvm-monitor[{os.getpid()}] ")  # fmt: skip
+    sandbox_log.setLevel(logging.INFO)
+    root.addHandler(sandbox_log)
+    root.setLevel(min(root.level, logging.INFO))
+
+
 def monitor_main(args: MonitorArgs, ready: ReadyPipe) -> int:
     """Body of the forked monitor (see runvm.spawn); returns the container's status."""
+    _log_to_sandbox(args)
     netns.apply(args.spec)
     return asyncio.run(Monitor(args, ready).run())

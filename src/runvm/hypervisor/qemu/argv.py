@@ -212,6 +212,7 @@ def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
         binary,
         "-name", f"runvm-{spec.name},debug-threads=on",
         "-no-user-config", "-nodefaults", "-display", "none", "-vga", "none",
+        "-msg", "timestamp=on",  # its stderr (qemu.log) in runvm's log line format
         "-machine", f"{spec.machine},memory-backend=mem",
         *_accel_args(spec),
         "-smp", smp_arg(spec),

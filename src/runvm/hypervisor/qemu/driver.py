@@ -48,30 +48,6 @@ QUIT_GRACE = 3.0
 KVM_DEVICE = "/dev/kvm"
 
 
-class ConsoleLog:
-    """Copies a console byte stream into a file, rotating at ``cap`` bytes."""
-
-    def __init__(self, path: Path, cap: int) -> None:
-        self.path = path
-        self.cap = cap
-        self._file = files.open_append(path)
-        self._size = self._file.tell()
-
-    def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.cap:
-            self._file.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._file = files.open_append(self.path)
-            self._size = 0
-            data = data[-self.cap :]
-        self._file.write(data)
-        self._file.flush()
-        self._size += len(data)
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class QemuVM:
     """A running QEMU process and its QMP connection."""
 
@@ -100,14 +76,14 @@ class QemuVM:
         return self.spec.run_dir / "console.log"
 
     def console_tail(self) -> str:
-        return read_tail(self.console_path)
+        return files.unstamp(read_tail(self.console_path))
 
     def stderr_tail(self) -> str:
-        return read_tail(self.spec.run_dir / "qemu.log")
+        return files.unstamp(read_tail(self.spec.run_dir / "qemu.log"))
 
     async def _copy_console(self) -> None:
         cap = self.spec.console_log_max_kib * 1024
-        sink = ConsoleLog(self.console_path, cap)
+        sink = files.StampedLog(self.console_path, cap)
         try:
             reader, writer = await asyncio.open_unix_connection(str(console_socket(self.spec)))
             try:
