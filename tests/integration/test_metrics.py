@@ -145,6 +145,11 @@ def test_prometheus_scrapes_two_pods(cli: Cli, prometheus: str, tmp_path: Path) 
             assert cpu["metric"]["container"] == cid
         [named] = query(prometheus, 'runvm_container_memory_usage_bytes{container_name="app"}')
         assert named["metric"]["sandbox"] == "met-a" and float(named["value"][1]) > 0
+        [free] = until(prometheus, 'runvm_guest_memory_available_bytes{sandbox="met-a"} > 0')
+        [total] = query(prometheus, 'runvm_guest_memory_total_bytes{sandbox="met-a"}')
+        assert float(free["value"][1]) < float(total["value"][1])
+        [io] = query(prometheus, 'runvm_container_io_write_bytes_total{container_name="app"}')
+        assert float(io["value"][1]) >= 0  # a share is no block device: present, not counted
 
         count = (
             'runvm_agent_request_duration_seconds_count{sandbox="met-a",method="StatsContainer"}'

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from runvm.agent.cgroups import stats
+from runvm.agent.cgroups import MAX_COUNT, MAX_DEVICES, io_totals, stats
 from runvm.cli.events import parse_interval, stats_data
 from runvm.cli.update import resources
 from runvm.errors import RunvmError
@@ -24,6 +24,18 @@ def test_cgroup_stats_from_files(tmp_path: Path) -> None:
     assert s.paused
     data = stats_data(s)
     assert data["cpu"]["usage"]["total"] == 1_500_000 and data["pids"]["current"] == 3
+
+
+def test_io_stat_summed_over_devices_with_limits(tmp_path: Path) -> None:
+    (tmp_path / "io.stat").write_text(
+        "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n"
+        "254:16 rbytes=100 wbytes=x rios=3 wios=-4 bogus\n"  # bad numbers are skipped
+        f"254:32 rbytes={1 << 63} wbytes=0 rios=0 wios=0\n")  # fmt: skip
+    s = stats(tmp_path)
+    assert (s.io_write_bytes, s.io_read_ops, s.io_write_ops) == (8192, 4, 2)
+    assert s.io_read_bytes == io_totals("")["rbytes"] + MAX_COUNT  # capped, not wrapped
+    lines = "".join(f"1:{i} rbytes=1\n" for i in range(MAX_DEVICES + 10))
+    assert io_totals(lines)["rbytes"] == MAX_DEVICES
 
 
 def test_missing_cgroup_gives_zeros(tmp_path: Path) -> None:

@@ -188,12 +188,12 @@ def test_budget_is_a_share_of_the_callers_deadline() -> None:
 
 # --- the Snapshot encoding --------------------------------------------------------------------
 def sample() -> PodFigures:
-    stats = ContainerStats(1, 2, 3, 4, 5, 6, 7, 8)
+    stats = ContainerStats(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
     rec = CallRecorder()
     rec.observe("StatsContainer", 0.002, "lost")
     return PodFigures(
         "sb1", "web", "prod", "ready", "cache", "/run/x", "inst", "",
-        (("qemu", 1234), ("shim", 99)), (("cache-adopt", 0.5),), 256 << 20,
+        (("qemu", 1234), ("shim", 99)), (("cache-adopt", 0.5),), 256 << 20, 200 << 20,
         (ContainerFigures("c1", "nginx", "running", stats),
          ContainerFigures("c2", "", "stopped", None)),
         rec.figures(),

@@ -36,9 +36,10 @@ INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
 RNDADDENTROPY, RNDRESEEDCRNG = 0x40085203, 0x5207  # <linux/random.h>
 
 
-def _meminfo_total() -> int:
+def _meminfo(key: str = "MemTotal") -> int:
+    """A /proc/meminfo figure, in bytes (0 if the kernel has none)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -79,7 +80,8 @@ class SandboxService:
     async def guest_details(self, _: pb.GuestDetailsRequest) -> pb.GuestDetailsResponse:
         return pb.GuestDetailsResponse(
             kernel_release=os.uname().release,
-            mem_total_bytes=_meminfo_total(),
+            mem_total_bytes=_meminfo(),
+            mem_available_bytes=_meminfo("MemAvailable"),
             cpus=os.cpu_count() or 1,
             instance_id=self.state.instance_id,
             boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
@@ -94,7 +96,7 @@ class SandboxService:
 
     async def online_cpus(self, request: pb.OnlineCPUsRequest) -> pb.GuestResources:
         count = await cpus.online(request.wanted, request.timeout_ms / 1000)
-        return pb.GuestResources(cpus_online=count, mem_total_bytes=_meminfo_total())
+        return pb.GuestResources(cpus_online=count, mem_total_bytes=_meminfo())
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Empty:
         if self.state.sandbox_id:

@@ -44,6 +44,9 @@ def _families() -> dict[str, Metric]:
                                      "the sandbox's host processes", labels=[*POD, "process"]),
         "runvm_guest_memory_total_bytes": g("runvm_guest_memory_total_bytes",
                                             "Memory the guest kernel has", labels=POD),
+        "runvm_guest_memory_available_bytes": g("runvm_guest_memory_available_bytes",
+                                                "Guest MemAvailable: what could be used "
+                                                "without swapping", labels=POD),
         "runvm_container_cpu_usage_seconds": c("runvm_container_cpu_usage_seconds",
                                                "Guest cgroup CPU time", labels=CONTAINER),
         "runvm_container_cpu_user_seconds": c("runvm_container_cpu_user_seconds",
@@ -63,6 +66,11 @@ def _families() -> dict[str, Metric]:
                                         "(absent: none)", labels=CONTAINER),
         "runvm_container_oom_kills": c("runvm_container_oom_kills", "OOM kills in the "
                                        "container's guest cgroup", labels=CONTAINER),
+        **{f"runvm_container_io_{what}": c(f"runvm_container_io_{what}", f"Guest cgroup "
+                                           f"io.stat {key} over its block devices",
+                                           labels=CONTAINER)
+           for what, key in (("read_bytes", "rbytes"), ("write_bytes", "wbytes"),
+                             ("reads", "rios"), ("writes", "wios"))},
         "runvm_agent_request_duration_seconds": HistogramMetricFamily(
             "runvm_agent_request_duration_seconds", "Agent requests of the sandbox's owner, by "
             "method (long polls such as WaitProcess last as long as they wait)",
@@ -123,6 +131,8 @@ def _add_view(f: _Out, view: View) -> None:
             f.add("runvm_process_pss_bytes", [*pod, role], float(pss))
     if p.guest_memory_total is not None:
         f.add("runvm_guest_memory_total_bytes", pod, float(p.guest_memory_total))
+    if p.guest_memory_available is not None:
+        f.add("runvm_guest_memory_available_bytes", pod, float(p.guest_memory_available))
     for c in p.containers:
         s, labels = c.stats, [*pod, c.id, c.name]
         if s is None:
@@ -134,6 +144,10 @@ def _add_view(f: _Out, view: View) -> None:
             ("runvm_container_memory_usage_bytes", s.memory_current),
             ("runvm_container_pids", s.pids_current),
             ("runvm_container_oom_kills", s.oom_kills),
+            ("runvm_container_io_read_bytes", s.io_read_bytes),
+            ("runvm_container_io_write_bytes", s.io_write_bytes),
+            ("runvm_container_io_reads", s.io_read_ops),
+            ("runvm_container_io_writes", s.io_write_ops),
         ):
             f.add(name, labels, float(value))
         if s.memory_max:

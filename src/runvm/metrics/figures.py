@@ -36,7 +36,8 @@ class MethodFigures:
 
 @dataclass(frozen=True)
 class ContainerStats:
-    """A container's cgroup v2 figures in the guest (0: no limit)."""
+    """A container's cgroup v2 figures in the guest (limits: 0 for none; I/O: its block
+    devices' io.stat, summed)."""
 
     cpu_usage_usec: int
     cpu_user_usec: int
@@ -46,6 +47,10 @@ class ContainerStats:
     pids_current: int
     pids_max: int
     oom_kills: int
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
+    io_read_ops: int = 0
+    io_write_ops: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,5 +74,6 @@ class PodFigures:
     processes: tuple[tuple[str, int], ...] = ()  # (role, host pid)
     boot_steps: tuple[tuple[str, float], ...] = ()  # (step, seconds), in boot order
     guest_memory_total: int | None = None  # None: the agent did not answer in time
+    guest_memory_available: int | None = None
     containers: tuple[ContainerFigures, ...] = ()
     agent_methods: tuple[MethodFigures, ...] = ()

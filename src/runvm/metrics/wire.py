@@ -52,6 +52,7 @@ def _pod_pb(p: PodFigures) -> mpb.PodFigures:
         boot_steps=[mpb.BootStep(name=n, seconds=s) for n, s in p.boot_steps],
         has_guest_memory=p.guest_memory_total is not None,
         guest_memory_total_bytes=p.guest_memory_total or 0,
+        guest_memory_available_bytes=p.guest_memory_available or 0,
         containers=[_container_pb(c) for c in p.containers],
         agent_methods=[mpb.AgentMethod(
             method=m.method, timeouts=m.timeouts, lost=m.lost, rpc_errors=m.rpc_errors,
@@ -70,7 +71,8 @@ def _container_pb(c: ContainerFigures) -> mpb.ContainerFigures:
         cpu_usage_usec=s.cpu_usage_usec, cpu_user_usec=s.cpu_user_usec,
         cpu_system_usec=s.cpu_system_usec, memory_current=s.memory_current,
         memory_max=s.memory_max, pids_current=s.pids_current, pids_max=s.pids_max,
-        oom_kills=s.oom_kills,
+        oom_kills=s.oom_kills, io_read_bytes=s.io_read_bytes, io_write_bytes=s.io_write_bytes,
+        io_read_ops=s.io_read_ops, io_write_ops=s.io_write_ops,
     )  # fmt: skip
 
 
@@ -134,6 +136,7 @@ def _pod(p: mpb.PodFigures) -> PodFigures:
         processes=tuple((_one_of(x.role, ROLES), x.pid) for x in p.processes if x.pid > 1),
         boot_steps=tuple(_step(s) for s in p.boot_steps),
         guest_memory_total=_memory(p),
+        guest_memory_available=_available(p),
         containers=tuple(_container(c) for c in p.containers),
         agent_methods=tuple(_method(m) for m in p.agent_methods),
     )
@@ -147,12 +150,19 @@ def _memory(p: mpb.PodFigures) -> int | None:
     return _count(p.guest_memory_total_bytes, "guest memory") if p.has_guest_memory else None
 
 
+def _available(p: mpb.PodFigures) -> int | None:
+    if not p.has_guest_memory:
+        return None
+    return _count(p.guest_memory_available_bytes, "guest memory available")
+
+
 def _container(c: mpb.ContainerFigures) -> ContainerFigures:
     stats = None
     if c.has_stats:
         stats = ContainerStats(*(_count(getattr(c, f), f) for f in (
             "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "memory_current",
-            "memory_max", "pids_current", "pids_max", "oom_kills")))  # fmt: skip
+            "memory_max", "pids_current", "pids_max", "oom_kills", "io_read_bytes",
+            "io_write_bytes", "io_read_ops", "io_write_ops")))  # fmt: skip
     cid = _text(c.id, "container id")
     if not cid:
         raise ProtocolError("metrics snapshot: a container without an id")

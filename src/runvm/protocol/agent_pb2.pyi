@@ -109,7 +109,7 @@ class GuestDetailsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GuestDetailsResponse(_message.Message):
-    __slots__ = ["agent_uptime_ms", "agent_version", "boot_id", "boottime_ms", "cpus", "init_boottime_ms", "instance_id", "kernel_release", "mem_total_bytes", "serving_boottime_ms", "storage_handlers", "supports_seccomp"]
+    __slots__ = ["agent_uptime_ms", "agent_version", "boot_id", "boottime_ms", "cpus", "init_boottime_ms", "instance_id", "kernel_release", "mem_available_bytes", "mem_total_bytes", "serving_boottime_ms", "storage_handlers", "supports_seccomp"]
     AGENT_UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class GuestDetailsResponse(_message.Message):
     INIT_BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    MEM_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVING_BOOTTIME_MS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_HANDLERS_FIELD_NUMBER: _ClassVar[int]
@@ -130,11 +131,12 @@ class GuestDetailsResponse(_message.Message):
     init_boottime_ms: int
     instance_id: str
     kernel_release: str
+    mem_available_bytes: int
     mem_total_bytes: int
     serving_boottime_ms: int
     storage_handlers: _containers.RepeatedScalarFieldContainer[str]
     supports_seccomp: bool
-    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ..., init_boottime_ms: _Optional[int] = ..., serving_boottime_ms: _Optional[int] = ..., boottime_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., instance_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: bool = ..., agent_uptime_ms: _Optional[int] = ..., init_boottime_ms: _Optional[int] = ..., serving_boottime_ms: _Optional[int] = ..., boottime_ms: _Optional[int] = ..., mem_available_bytes: _Optional[int] = ...) -> None: ...
 
 class GuestResources(_message.Message):
     __slots__ = ["cpus_online", "mem_total_bytes"]
@@ -314,10 +316,14 @@ class StatsContainerRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class StatsContainerResponse(_message.Message):
-    __slots__ = ["cpu_system_usec", "cpu_usage_usec", "cpu_user_usec", "memory_current", "memory_max", "memory_oom_kills", "paused", "pids_current", "pids_max"]
+    __slots__ = ["cpu_system_usec", "cpu_usage_usec", "cpu_user_usec", "io_read_bytes", "io_read_ops", "io_write_bytes", "io_write_ops", "memory_current", "memory_max", "memory_oom_kills", "paused", "pids_current", "pids_max"]
     CPU_SYSTEM_USEC_FIELD_NUMBER: _ClassVar[int]
     CPU_USAGE_USEC_FIELD_NUMBER: _ClassVar[int]
     CPU_USER_USEC_FIELD_NUMBER: _ClassVar[int]
+    IO_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IO_READ_OPS_FIELD_NUMBER: _ClassVar[int]
+    IO_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IO_WRITE_OPS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_CURRENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MAX_FIELD_NUMBER: _ClassVar[int]
     MEMORY_OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
@@ -327,13 +333,17 @@ class StatsContainerResponse(_message.Message):
     cpu_system_usec: int
     cpu_usage_usec: int
     cpu_user_usec: int
+    io_read_bytes: int
+    io_read_ops: int
+    io_write_bytes: int
+    io_write_ops: int
     memory_current: int
     memory_max: int
     memory_oom_kills: int
     paused: bool
     pids_current: int
     pids_max: int
-    def __init__(self, cpu_usage_usec: _Optional[int] = ..., cpu_user_usec: _Optional[int] = ..., cpu_system_usec: _Optional[int] = ..., memory_current: _Optional[int] = ..., memory_max: _Optional[int] = ..., pids_current: _Optional[int] = ..., pids_max: _Optional[int] = ..., paused: bool = ..., memory_oom_kills: _Optional[int] = ...) -> None: ...
+    def __init__(self, cpu_usage_usec: _Optional[int] = ..., cpu_user_usec: _Optional[int] = ..., cpu_system_usec: _Optional[int] = ..., memory_current: _Optional[int] = ..., memory_max: _Optional[int] = ..., pids_current: _Optional[int] = ..., pids_max: _Optional[int] = ..., paused: bool = ..., memory_oom_kills: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., io_read_ops: _Optional[int] = ..., io_write_ops: _Optional[int] = ...) -> None: ...
 
 class Storage(_message.Message):
     __slots__ = ["driver", "fstype", "mount_point", "options", "source"]

@@ -35,6 +35,7 @@ from runvm.errors import (
     RpcError,
     RunvmError,
 )
+from runvm.metrics.figures import ContainerStats
 from runvm.names import check_id
 from runvm.oci import load_spec, parse_process
 from runvm.protocol import agent_pb2 as pb
@@ -49,20 +50,6 @@ from runvm.storage.shared import PRIVATE_OPTIONS, ReadOnly
 log = logging.getLogger(__name__)
 
 MAX_RESOURCES = 1 << 20  # an update's LinuxResources document
-
-
-@dataclass(frozen=True)
-class Stats:
-    """A container's figures from its cgroup v2 files in the guest (0: no limit)."""
-
-    cpu_usage_usec: int
-    cpu_user_usec: int
-    cpu_system_usec: int
-    memory_current: int
-    memory_max: int
-    pids_current: int
-    pids_max: int
-    oom_kills: int
 
 
 @dataclass
@@ -293,12 +280,16 @@ class Container:
         parse_resources(self.id, resources_json)
         await self.process.agent.update_container(self.id, resources_json or b"{}")
 
-    async def stats(self) -> Stats:
+    async def stats(self) -> ContainerStats:
         s = await self.process.agent.stats_container(self.id)
-        return Stats(cpu_usage_usec=s.cpu_usage_usec, cpu_user_usec=s.cpu_user_usec,
-                     cpu_system_usec=s.cpu_system_usec, memory_current=s.memory_current,
-                     memory_max=s.memory_max, pids_current=s.pids_current,
-                     pids_max=s.pids_max, oom_kills=s.memory_oom_kills)  # fmt: skip
+        return ContainerStats(
+            cpu_usage_usec=s.cpu_usage_usec, cpu_user_usec=s.cpu_user_usec,
+            cpu_system_usec=s.cpu_system_usec, memory_current=s.memory_current,
+            memory_max=s.memory_max, pids_current=s.pids_current, pids_max=s.pids_max,
+            oom_kills=s.memory_oom_kills, io_read_bytes=s.io_read_bytes,
+            io_write_bytes=s.io_write_bytes, io_read_ops=s.io_read_ops,
+            io_write_ops=s.io_write_ops,
+        )  # fmt: skip
 
     async def pids(self) -> list[int]:
         """Guest PIDs of every process in the container."""

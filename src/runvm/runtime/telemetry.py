@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from runvm.errors import RunvmError
-from runvm.metrics.figures import ContainerFigures, ContainerStats, PodFigures
+from runvm.metrics.figures import ContainerFigures, PodFigures
 from runvm.runtime.container import Container
 from runvm.runtime.lifecycle import SandboxState, State
 from runvm.runtime.pod import Pod
@@ -87,10 +87,7 @@ async def pod_figures(pod: Pod, role: str, budget: float) -> PodFigures:
     details = answers.get("")
     figures = []
     for c in containers:
-        s = answers.get(c.id)
-        stats = None if s is None else ContainerStats(
-            s.cpu_usage_usec, s.cpu_user_usec, s.cpu_system_usec, s.memory_current,
-            s.memory_max, s.pids_current, s.pids_max, s.oom_kills)  # fmt: skip
+        stats = answers.get(c.id)
         name = _annotation(_annotations(c), CONTAINER_NAME)
         figures.append(ContainerFigures(c.id, name, c.state.value, stats))
     return PodFigures(
@@ -100,5 +97,6 @@ async def pod_figures(pod: Pod, role: str, budget: float) -> PodFigures:
         failure=sandbox.failure, processes=tuple(processes),
         boot_steps=tuple(sandbox.timings.items()),
         guest_memory_total=details.mem_total_bytes if details is not None else None,
+        guest_memory_available=details.mem_available_bytes if details is not None else None,
         containers=tuple(figures), agent_methods=sandbox.calls.figures(),
     )  # fmt: skip

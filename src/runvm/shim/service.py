@@ -267,6 +267,9 @@ class TaskService:
                             system_usec=s.cpu_system_usec),
             memory=spb.MemoryStat(usage=s.memory_current, usage_limit=s.memory_max),
             memory_events=spb.MemoryEvents(oom_kill=s.oom_kills),
+            # the guest's block devices mean nothing on the host: one entry, their sum
+            io=spb.IOStat(usage=[spb.IOEntry(rbytes=s.io_read_bytes, wbytes=s.io_write_bytes,
+                                             rios=s.io_read_ops, wios=s.io_write_ops)]),
         )  # fmt: skip
         stats = any_pb2.Any(type_url=METRICS_TYPE_URL, value=metrics.SerializeToString())
         return spb.StatsResponse(stats=stats)

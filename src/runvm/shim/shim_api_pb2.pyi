@@ -31,16 +31,18 @@ class CPUStat(_message.Message):
     def __init__(self, usage_usec: _Optional[int] = ..., user_usec: _Optional[int] = ..., system_usec: _Optional[int] = ..., nr_periods: _Optional[int] = ..., nr_throttled: _Optional[int] = ..., throttled_usec: _Optional[int] = ...) -> None: ...
 
 class CgroupsV2Metrics(_message.Message):
-    __slots__ = ["cpu", "memory", "memory_events", "pids"]
+    __slots__ = ["cpu", "io", "memory", "memory_events", "pids"]
     CPU_FIELD_NUMBER: _ClassVar[int]
+    IO_FIELD_NUMBER: _ClassVar[int]
     MEMORY_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     cpu: CPUStat
+    io: IOStat
     memory: MemoryStat
     memory_events: MemoryEvents
     pids: PidsStat
-    def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ..., memory_events: _Optional[_Union[MemoryEvents, _Mapping]] = ...) -> None: ...
+    def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ..., io: _Optional[_Union[IOStat, _Mapping]] = ..., memory_events: _Optional[_Union[MemoryEvents, _Mapping]] = ...) -> None: ...
 
 class CheckpointTaskRequest(_message.Message):
     __slots__ = ["id", "options", "path"]
@@ -161,6 +163,28 @@ class ForwardRequest(_message.Message):
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+
+class IOEntry(_message.Message):
+    __slots__ = ["major", "minor", "rbytes", "rios", "wbytes", "wios"]
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    RBYTES_FIELD_NUMBER: _ClassVar[int]
+    RIOS_FIELD_NUMBER: _ClassVar[int]
+    WBYTES_FIELD_NUMBER: _ClassVar[int]
+    WIOS_FIELD_NUMBER: _ClassVar[int]
+    major: int
+    minor: int
+    rbytes: int
+    rios: int
+    wbytes: int
+    wios: int
+    def __init__(self, major: _Optional[int] = ..., minor: _Optional[int] = ..., rbytes: _Optional[int] = ..., wbytes: _Optional[int] = ..., rios: _Optional[int] = ..., wios: _Optional[int] = ...) -> None: ...
+
+class IOStat(_message.Message):
+    __slots__ = ["usage"]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[IOEntry]
+    def __init__(self, usage: _Optional[_Iterable[_Union[IOEntry, _Mapping]]] = ...) -> None: ...
 
 class KillRequest(_message.Message):
     __slots__ = ["all", "exec_id", "id", "signal"]
