@@ -76,7 +76,7 @@ def test_ctr_failing_prestart_leaves_nothing(
     broken = hook(tmp_path / "unused", "prestart", "echo prestart-broke >&2; exit 9")
     spec = ctr_spec(tmp_path, "1.3.0", ["true"], hooks={"prestart": [broken]})
     r = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(spec), "h2")
-    assert r.returncode != 0 and b"prestart hook failed (exit 9)" in r.stderr, r.stderr
+    assert r.returncode != 0 and b"prestart hook failed (exit status 9)" in r.stderr, r.stderr
     containerd.ctr("container", "rm", "h2")
     assert containerd.ctr("task", "ls", "-q").stdout.strip() == b""
 
@@ -94,7 +94,7 @@ def test_cli_poststart_sees_the_user_program_and_failures_only_warn(
     (b / "config.json").write_text(json.dumps(spec))
     cli.create(b, "hk")
     r = cli("start", "hk")
-    assert "poststart hook failed (exit 3)" in r.stderr and "WARNING" in r.stderr, r.stderr
+    assert "poststart hook failed (exit status 3)" in r.stderr and "WARNING" in r.stderr, r.stderr
     assert cli.state("hk")["status"] == "running"
     cli("kill", "hk", "KILL")
     cli.wait_status("hk", "stopped", timeout=30)

@@ -320,7 +320,7 @@ def test_failing_create_runtime_hook_fails_create(cli: Cli, failure: str) -> Non
     code, err = cli.create(b, "c-hookfail", ok=False)
     assert code != 0
     if failure == "exit":
-        assert "createRuntime hook failed (exit 7)" in err and "hook-broke" in err
+        assert "createRuntime hook failed (exit status 7)" in err and "hook-broke" in err
     else:
         assert "createRuntime hook timed out after 2 s" in err
         assert time.monotonic() - started < 50 and not alive(int(hook_pid.read_text()))

@@ -51,6 +51,7 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             initrd_sha256="0" * 64,
             sizes={"kernel": 8, "initrd": 11, "initrd_uncompressed": 0},
             modules=(),
+            tools="",
         )
         manifest.write(info, out)
         return info

@@ -39,6 +39,7 @@ def _info(directory: Path) -> ImageInfo:
         initrd_sha256="c" * 64,
         sizes={"kernel": 1, "initrd": 2, "initrd_uncompressed": 3},
         modules=("/lib/modules/x/virtio.ko", "/lib/modules/x/virtio_net.ko"),
+        tools="/var/lib/runvm/images/x/tools",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def stats(cgroup: Path) -> pb.StatsContainerResponse:
         io_read_bytes=io["rbytes"], io_write_bytes=io["wbytes"],
         io_read_ops=io["rios"], io_write_ops=io["wios"],
     )  # fmt: skip
+
+
+def make(cgroup: Path, top: Path = Path("/sys/fs/cgroup")) -> None:
+    """Make ``cgroup`` (below ``top``) with every controller its parents have delegated to it
+    (as crun does for a container it creates)."""
+    parts = cgroup.relative_to(top).parts
+    for depth in range(len(parts)):
+        parent = top.joinpath(*parts[:depth])
+        for controller in _read(parent / "cgroup.controllers").split():
+            with contextlib.suppress(OSError):  # one that cannot be delegated stays off
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+        (parent / parts[depth]).mkdir(exist_ok=True)
 
 
 def oom_kills(cgroup: Path) -> int:

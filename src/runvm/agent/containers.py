@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runvm.agent import cgroups, crun, procattrs
+from runvm.agent import cgroups, checkpoint, crun, procattrs
 from runvm.agent import syscalls as sc
 from runvm.agent.debug import DebugShells
 from runvm.agent.proc import Proc
@@ -218,6 +218,20 @@ class ContainerService:
         self.reaper.watch(proc.pid, proc.on_exit)
 
     async def create_container(self, req: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+        cid, spec, mounted = await self._prepare(req)
+        try:
+            proc = await self._create(cid, spec, req.stdin)
+        except BaseException:
+            unmount_all(mounted)
+            raise
+        await self._admit(cid, spec, proc, mounted)
+        log.info("container %s created (pid %d)", cid, proc.pid)
+        return pb.CreateContainerResponse(pid=proc.pid)
+
+    async def _prepare(
+        self, req: pb.CreateContainerRequest | pb.RestoreContainerRequest
+    ) -> tuple[str, dict[str, Any], list[str]]:
+        """A new container's id and spec, checked, with its storages mounted."""
         cid = _check_id(req.container_id, "container id")
         if cid in self.containers:
             raise RpcError(Code.ALREADY_EXISTS, f"container {cid} already exists")
@@ -235,24 +249,25 @@ class ContainerService:
         if not root.startswith((SHARED_ROOT, DISK_ROOT)):
             raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a shared rootfs")
         mounted = await mount_all(list(req.storages))
-        try:
-            if not os.path.isdir(root):
-                raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a directory")
-            proc = await self._create(cid, spec, req.stdin)
-        except BaseException:
+        if not os.path.isdir(root):
             unmount_all(mounted)
-            raise
+            raise RpcError(Code.INVALID_ARGUMENT, f"root.path {root!r} is not a directory")
+        return cid, spec, mounted
+
+    async def _admit(self, cid: str, spec: dict[str, Any], proc: Proc, mounted: list[str],
+                     started: bool = False) -> None:  # fmt: skip
+        """Keep the container; then what crun 1.8 does not know (before the user program
+        runs, for a created one)."""
         poststart = bool((spec.get("hooks") or {}).get("poststart"))
-        self.containers[cid] = Container(cid, BUNDLES / cid, proc, mounts=mounted,
-                                         poststart=poststart)  # fmt: skip
-        try:  # what crun 1.8 does not know, before the init executes the user program
-            procattrs.apply_init_attrs(proc.pid, spec["process"])
+        self.containers[cid] = Container(cid, BUNDLES / cid, proc, started=started,
+                                         mounts=mounted, poststart=poststart)  # fmt: skip
+        try:
+            if not started:
+                procattrs.apply_init_attrs(proc.pid, spec["process"])
             procattrs.apply_cpu_burst(Path(CGROUP_ROOT) / cid, _resources(spec))
         except OSError as exc:
             await self.remove_container(pb.RemoveContainerRequest(container_id=cid))
             raise RpcError(Code.INVALID_ARGUMENT, f"create {cid}: {exc}") from exc
-        log.info("container %s created (pid %d)", cid, proc.pid)
-        return pb.CreateContainerResponse(pid=proc.pid)
 
     async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
         bundle = BUNDLES / cid
@@ -271,6 +286,71 @@ class ContainerService:
             program = str((spec["process"].get("args") or [""])[0])
             raise RpcError(Code.FAILED_PRECONDITION, crun.explain(str(exc), program)) from exc
         return proc
+
+    async def checkpoint_container(self, req: pb.CheckpointContainerRequest) -> pb.Empty:
+        """The container's processes into CRIU images (agent/checkpoint.py)."""
+        container = self._get(req.container_id)
+        if not container.started or container.init.exited.is_set():
+            raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} is not running")
+        if container.init.pty_master is not None:
+            raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} has a terminal:"
+                           " its checkpoint is not supported")  # fmt: skip
+        try:
+            await checkpoint.dump(self.reaper, container.id, container.init.pid,
+                                  container.bundle / "root" / "rootfs",
+                                  Path(CGROUP_ROOT, container.id), req.criu)  # fmt: skip
+        except (checkpoint.CriuError, OSError, ValueError) as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from exc
+        log.info("container %s checkpointed%s", container.id,
+                 " (left running)" if req.criu.leave_running else "")  # fmt: skip
+        return pb.Empty()
+
+    async def restore_container(
+        self, req: pb.RestoreContainerRequest
+    ) -> pb.CreateContainerResponse:
+        """A running container whose processes come from a checkpoint (agent/checkpoint.py)."""
+        cid, spec, mounted = await self._prepare(req)
+        bundle, proc = BUNDLES / cid, Proc(exec_id="")
+        cgroup = Path(CGROUP_ROOT, cid)
+        try:
+            if spec["process"].get("terminal"):
+                raise RpcError(Code.FAILED_PRECONDITION, f"container {cid} has a terminal: its "
+                               "restore is not supported")  # fmt: skip
+            bundle.mkdir(parents=True, exist_ok=False)
+            spec["root"]["path"] = root = _hold_root(bundle, spec["root"]["path"])
+            (bundle / "config.json").write_text(json.dumps(spec))
+            cgroups.make(cgroup)
+            proc.pid = await checkpoint.restore(self.reaper, cid, proc, Path(root), cgroup, spec,
+                                                req.stdin, req.criu)  # fmt: skip
+            self.reaper.watch(proc.pid, proc.on_exit)
+            checkpoint.write_crun_state(cid, proc.pid, bundle, root, f"/runvm/{cid}")
+        except BaseException as exc:
+            if proc.pid:
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            proc.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await cgroups.destroy(cgroup, DESTROY_WAIT)
+            crun.forget(cid)
+            _release_root(bundle)
+            shutil.rmtree(bundle, ignore_errors=True)
+            unmount_all(mounted)
+            if isinstance(exc, (checkpoint.CriuError, OSError)):
+                raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from exc
+            raise
+        await self._admit(cid, spec, proc, mounted, started=True)
+        resources = _resources(spec)
+        if resources:  # the new container's limits, on its cgroup
+            update = pb.UpdateContainerRequest(
+                container_id=cid, resources_json=json.dumps(resources).encode()
+            )
+            try:
+                await self.update_container(update)
+            except RpcError:
+                await self.remove_container(pb.RemoveContainerRequest(container_id=cid))
+                raise
+        log.info("container %s restored (pid %d)", cid, proc.pid)
+        return pb.CreateContainerResponse(pid=proc.pid)
 
     async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
         container = self._get(req.container_id)
@@ -489,4 +569,7 @@ class ContainerService:
             "UpdateContainer": unary(pb.UpdateContainerRequest, self.update_container),
             "StatsContainer": unary(pb.StatsContainerRequest, self.stats_container),
             "WaitOOM": unary(pb.WaitOOMRequest, self.wait_oom),
-        }
+            "CheckpointContainer": unary(pb.CheckpointContainerRequest,
+                                         self.checkpoint_container),
+            "RestoreContainer": unary(pb.RestoreContainerRequest, self.restore_container),
+        }  # fmt: skip

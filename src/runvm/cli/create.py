@@ -56,7 +56,7 @@ def spawn_monitor(args: argparse.Namespace, foreground_tty: bool = False) -> int
         container_id=args.container_id, bundle=bundle, root=st.root,
         config=common.load_config(args), spec=spec, rootfs=rootfs,
         console_socket=args.console_socket,
-        foreground_tty=foreground_tty,
+        foreground_tty=foreground_tty, restore=getattr(args, "restore", None),
     )  # fmt: skip
     with st.locked(args.container_id, create=True) as directory:
         try:

@@ -19,6 +19,7 @@ from runvm import __version__
 from runvm.cli import (
     cache,
     check,
+    checkpoint,
     create,
     debug,
     delete,
@@ -33,6 +34,7 @@ from runvm.cli import (
     metrics,
     pause,
     ps,
+    restore,
     run,
     start,
     state,
@@ -42,6 +44,7 @@ from runvm.cli import exec as exec_verb
 from runvm.errors import RunvmError
 
 VERBS = (create, start, state, kill, delete, run, exec_verb, ps, pause, update, events, info,
+         checkpoint, restore,
          check, image, factory, cache, ksm, metrics, debug, logs, demo)  # fmt: skip
 
 
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted: cgroups live in the guest, outside systemd's reach",
     )
     parser.add_argument("--rootless", default="false", help="only false/auto as root")
-    parser.add_argument("--criu", help="accepted; checkpoint/restore is not supported")
+    parser.add_argument("--criu", help="accepted: CRIU runs in the container's VM")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for verb in VERBS:
         verb.add_parser(sub)

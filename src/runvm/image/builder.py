@@ -24,7 +24,7 @@ from pathlib import Path
 
 import runvm
 from runvm.errors import ImageError
-from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune, rootimg
+from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune, rootimg, toolset
 from runvm.image.debs import DebPackage
 from runvm.image.elf import is_elf
 from runvm.image.manifest import MANIFEST, ImageInfo
@@ -79,7 +79,7 @@ def build(
         report(f"resolve packages ({spec.variant} kernel)")
         source = _kernel_source(cache, spec, report)
         others = debs.packages([*spec.python_packages, *spec.tool_packages,
-                                *spec.library_packages])  # fmt: skip
+                                *spec.library_packages, *spec.checkpoint_packages])  # fmt: skip
         agent = shipped_sources(Path(runvm.__file__).parent.parent, spec)
         digest = manifest.inputs_hash([*source.packages, *others], agent, spec, source.built)
         final = cache / digest
@@ -183,9 +183,15 @@ def _build(
     report("programs and shared libraries")
     for program in (spec.python, *spec.tools):
         libs.install(staging, root, program)
+    if (root / "bin/busybox").is_file():  # GNU tar (CRIU's, for the contents of a container's
+        (root / "bin/sh").symlink_to("busybox")  # tmpfs mounts) runs gzip through /bin/sh
     elf_files = [p.relative_to(root) for p in sorted(root.rglob("*")) if _is_elf_file(p)]
     for rel in libs.needed_closure(staging, root, elf_files):
         libs.install(staging, root, rel)
+    out = work / "out"
+    out.mkdir()
+    report("tools kept beside the image (CRIU)")
+    toolset.install(staging, root, out / "tools", spec.checkpoint_tools)
     image_json = {
         "format": FORMAT_VERSION,
         "sha256": final.name,
@@ -205,8 +211,6 @@ def _build(
     raw_size = cpio.write_newc(entries, buf)
     report(f"compress initramfs ({raw_size / 1e6:.1f} MB, zstd -{spec.zstd_level})")
     initrd = cpio.zstd(buf.getvalue(), spec.zstd_level)
-    out = work / "out"
-    out.mkdir()
     (out / "initrd.img").write_bytes(initrd)
     shutil.copyfile(kernel_file, out / "vmlinuz")
     sizes = {"kernel": (out / "vmlinuz").stat().st_size, "initrd": len(initrd),
@@ -233,6 +237,7 @@ def _build(
         initrd_sha256=debs.sha256_file(out / "initrd.img"),
         sizes=sizes,
         modules=tuple(modules),
+        tools=str(final / "tools"),
     )
     manifest.write(info, out)
     return info

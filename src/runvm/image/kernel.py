@@ -26,7 +26,7 @@ from pathlib import Path
 from runvm.errors import ImageError
 
 SOURCE_PACKAGE = "linux-source-6.1"
-FRAGMENTS = ("base", "virtio", "fs", "net", "hotplug", "security", "workloads")
+FRAGMENTS = ("base", "virtio", "fs", "net", "hotplug", "security", "workloads", "checkpoint")
 KCONFIG_DIR = Path(__file__).parent / "kconfig"
 _TINY = ("kernel/configs/tiny.config", "arch/x86/configs/tiny.config")
 _OUTPUTS = ("bzImage", "vmlinux", "config", "release")

@@ -37,6 +37,7 @@ class ImageInfo:
     initrd_sha256: str
     sizes: Mapping[str, int]  # kernel, initrd, initrd_uncompressed (bytes)
     modules: tuple[str, ...]  # kernel modules in load order, paths inside the guest
+    tools: str  # programs shared into a guest when needed (image/toolset.py): CRIU
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

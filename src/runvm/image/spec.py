@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 #: Kernel modules the guest loads; their ``depends=`` closure is added and ordered.
 KERNEL_MODULES = (
@@ -40,6 +40,38 @@ PYTHON_PACKAGES = (
 #: 2 MB) is the debug console's shell (runvm.agent.debug).
 TOOLS = ("usr/bin/crun", "bin/busybox")
 TOOL_PACKAGES = ("crun", "busybox-static")
+
+#: Programs kept beside the image and shared into a guest only when needed (image/toolset.py):
+#: CRIU dumps and restores a container's processes (runvm checkpoint / restore); it runs
+#: GNU tar and gzip for the contents of a container's tmpfs mounts. With the libraries they
+#: need that the image lacks (about 10 MB that no boot unpacks).
+CHECKPOINT_TOOLS = ("usr/sbin/criu", "bin/tar", "bin/gzip")
+CHECKPOINT_PACKAGES = (
+    "criu",
+    "tar",
+    "gzip",
+    "libacl1",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libprotobuf-c1",
+    "libnl-3-200",
+    "libnet1",
+    "libnftables1",
+    "libbsd0",
+    "libmd0",
+    "libgnutls30",
+    "libp11-kit0",
+    "libidn2-0",
+    "libunistring2",
+    "libtasn1-6",
+    "libnettle8",
+    "libhogweed6",
+    "libgmp10",
+    "libjansson4",
+    "libmnl0",
+    "libnftnl11",
+    "libxtables12",
+)
 
 #: Debian packages holding the shared libraries the kept ELF files need. A build that needs a
 #: library from none of these fails and names the package to add.
@@ -118,6 +150,8 @@ class ImageSpec:
     tool_packages: tuple[str, ...] = TOOL_PACKAGES
     tools: tuple[str, ...] = TOOLS
     library_packages: tuple[str, ...] = LIBRARY_PACKAGES
+    checkpoint_packages: tuple[str, ...] = CHECKPOINT_PACKAGES
+    checkpoint_tools: tuple[str, ...] = CHECKPOINT_TOOLS
     python: str = "usr/bin/python3.11"
     entry_module: str = ENTRY_MODULE
     shipped: tuple[str, ...] = SHIPPED_PACKAGES

@@ -28,6 +28,14 @@ class CheckRequest(_message.Message):
     service: str
     def __init__(self, service: _Optional[str] = ...) -> None: ...
 
+class CheckpointContainerRequest(_message.Message):
+    __slots__ = ["container_id", "criu"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    CRIU_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    criu: CriuOptions
+    def __init__(self, container_id: _Optional[str] = ..., criu: _Optional[_Union[CriuOptions, _Mapping]] = ...) -> None: ...
+
 class ClosePortRequest(_message.Message):
     __slots__ = ["stream_id", "write_only"]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +85,22 @@ class CreateSandboxRequest(_message.Message):
     sandbox_id: str
     storages: _containers.RepeatedCompositeFieldContainer[Storage]
     def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., host_time_ns: _Optional[int] = ..., debug_console: bool = ...) -> None: ...
+
+class CriuOptions(_message.Message):
+    __slots__ = ["file_locks", "images", "leave_running", "tcp_established", "tools", "work"]
+    FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    WORK_FIELD_NUMBER: _ClassVar[int]
+    file_locks: bool
+    images: str
+    leave_running: bool
+    tcp_established: bool
+    tools: str
+    work: str
+    def __init__(self, tools: _Optional[str] = ..., images: _Optional[str] = ..., work: _Optional[str] = ..., tcp_established: bool = ..., file_locks: bool = ..., leave_running: bool = ...) -> None: ...
 
 class DestroySandboxRequest(_message.Message):
     __slots__ = []
@@ -250,6 +274,20 @@ class RemoveContainerRequest(_message.Message):
     container_id: str
     timeout: int
     def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
+
+class RestoreContainerRequest(_message.Message):
+    __slots__ = ["container_id", "criu", "oci_spec_json", "stdin", "storages"]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    CRIU_FIELD_NUMBER: _ClassVar[int]
+    OCI_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STORAGES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    criu: CriuOptions
+    oci_spec_json: bytes
+    stdin: bool
+    storages: _containers.RepeatedCompositeFieldContainer[Storage]
+    def __init__(self, container_id: _Optional[str] = ..., oci_spec_json: _Optional[bytes] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., stdin: bool = ..., criu: _Optional[_Union[CriuOptions, _Mapping]] = ...) -> None: ...
 
 class ResumeCloneRequest(_message.Message):
     __slots__ = ["host_time_ns", "instance_id", "random_seed"]

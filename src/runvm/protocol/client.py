@@ -27,6 +27,7 @@ from runvm.ttrpc import Client
 M = TypeVar("M", bound=Message)
 
 DEFAULT_TIMEOUT = 60.0
+CRIU_TIMEOUT = 900.0  # a checkpoint or restore of a container's whole memory, emulated
 READ_CHUNK = 64 * 1024
 
 
@@ -155,6 +156,14 @@ class AgentClient:
     async def start_container(self, container_id: str) -> int:
         request = pb.StartContainerRequest(container_id=container_id)
         return (await self._agent("StartContainer", request, pb.StartContainerResponse)).pid
+
+    async def checkpoint_container(self, container_id: str, criu: pb.CriuOptions) -> None:
+        request = pb.CheckpointContainerRequest(container_id=container_id, criu=criu)
+        await self._agent("CheckpointContainer", request, pb.Empty, CRIU_TIMEOUT)
+
+    async def restore_container(self, request: pb.RestoreContainerRequest) -> int:
+        return (await self._agent("RestoreContainer", request, pb.CreateContainerResponse,
+                                  CRIU_TIMEOUT)).pid  # fmt: skip
 
     async def remove_container(self, container_id: str, timeout: int = 0) -> None:
         request = pb.RemoveContainerRequest(container_id=container_id, timeout=timeout)

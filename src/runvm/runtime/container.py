@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ from runvm.metrics.figures import ContainerStats
 from runvm.names import check_id
 from runvm.oci import load_spec, parse_process
 from runvm.protocol import agent_pb2 as pb
-from runvm.runtime import hooks
+from runvm.runtime import checkpoint, hooks
+from runvm.runtime.checkpoint import CheckpointOptions, RestoreOptions
 from runvm.runtime.guestspec import guest_spec, with_path
 from runvm.runtime.lifecycle import State, require
 from runvm.runtime.proc import Process
@@ -66,6 +67,10 @@ class Container:
     on_started: Callable[[], None] = lambda: None  # the front end's "running", before poststart
     init: Process | None = None  # set once the guest created the container
     execs: dict[str, Process] = field(default_factory=dict)
+    # A container created from a checkpoint: its start restores it (what the guest is told)
+    restore: RestoreOptions | None = None
+    _restore_request: pb.RestoreContainerRequest | None = None
+    _on_exit: Callable[[Process], Awaitable[None]] | None = None  # its watch, from its start
 
     @property
     def process(self) -> Process:
@@ -133,10 +138,12 @@ class Container:
         block: blockdev.BlockRootfs | None = None,
         host_pid: int = 0,
         hooks_log: Path | None = None,
+        restore: RestoreOptions | None = None,
     ) -> Container:
         """Share the rootfs (or hot-plug it: ``block``, or the bundle's block-device
         annotation), create the container (``join``: see ``guest_spec``) and run the create
-        hooks with ``host_pid`` in their state."""
+        hooks with ``host_pid`` in their state. With ``restore`` nothing is made in the guest
+        yet: :meth:`start` restores the checkpoint's processes."""
         spec, rootfs = cls.load(container_id, bundle)
         block = block or blockdev.from_annotations(spec.get("annotations") or {})
         shared = sandbox.shared
@@ -144,7 +151,7 @@ class Container:
         if shared is None or agent is None:
             raise ConfigError(f"sandbox {sandbox.id} has no shared filesystem for containers")
         container = cls(container_id, bundle.resolve(), spec, sandbox, host_pid=host_pid,
-                        hooks_log=hooks_log)  # fmt: skip
+                        hooks_log=hooks_log, restore=restore)  # fmt: skip
         try:
             storages: list[pb.Storage] = []
             disks: dict[int, str] = {}  # mount index -> where the guest mounts its disk
@@ -175,13 +182,18 @@ class Container:
                 stdin=stdin,
                 storages=storages,
             )
-            trace.mark("agent CreateContainer")
-            try:
-                container.guest_pid = await agent.create_container(request)
-            except RpcError as exc:
-                raise GuestError(exc.code, f"container {container_id}: creating it in the "
-                                 f"guest failed: {exc.message}") from exc  # fmt: skip
-            trace.mark("agent CreateContainer done")
+            if restore is not None:
+                container._restore_request = pb.RestoreContainerRequest(
+                    container_id=container_id, oci_spec_json=request.oci_spec_json,
+                    stdin=stdin, storages=storages)  # fmt: skip
+            else:
+                trace.mark("agent CreateContainer")
+                try:
+                    container.guest_pid = await agent.create_container(request)
+                except RpcError as exc:
+                    raise GuestError(exc.code, f"container {container_id}: creating it in the "
+                                     f"guest failed: {exc.message}") from exc  # fmt: skip
+                trace.mark("agent CreateContainer done")
             container.init = Process(agent, container_id, stdin=stdin)
             container.init.guest_pid = container.guest_pid
         except BaseException:
@@ -231,13 +243,68 @@ class Container:
             with contextlib.suppress(RunvmError):
                 await init.agent.signal_process(self.id, "", signal.SIGKILL, True)
             raise
-        trace.mark("agent StartContainer")
-        await init.agent.start_container(self.id)
-        trace.mark("agent StartContainer done")
-        log.info("container %s started", self.id)
+        if self.restore is not None:
+            await self._restore(init)
+        else:
+            trace.mark("agent StartContainer")
+            await init.agent.start_container(self.id)
+            trace.mark("agent StartContainer done")
+            log.info("container %s started", self.id)
         init.become(State.RUNNING)
+        if self._on_exit is not None and self.restore is not None:
+            init.watch(self._on_exit)
         self.on_started()
         return await self._hooks("poststart", "running", warn_only=True)
+
+    def follow(self, on_exit: Callable[[Process], Awaitable[None]]) -> None:
+        """Watch the init to its exit (:meth:`Process.watch`); a restored one from its start."""
+        if self.restore is None:
+            self.process.watch(on_exit)
+        else:
+            self._on_exit = on_exit
+
+    async def _restore(self, init: Process) -> None:
+        """The checkpoint's processes, restored in the guest as this container's."""
+        assert self.restore is not None and self._restore_request is not None
+        opts, request = self.restore, self._restore_request
+        shared, files = self.sandbox.shared, self.sandbox.files
+        made = checkpoint.made_by(files.image if files else None, f"restore of {self.id}")
+        assert shared is not None and files is not None and files.image is not None
+        async with checkpoint.shared_dirs(shared, self.id, Path(files.image.tools), opts.images,
+                                          opts.work, images_readonly=True) as criu:  # fmt: skip
+            criu.tcp_established, criu.file_locks = opts.tcp_established, opts.file_locks
+            request.criu.CopyFrom(criu)
+            try:
+                self.guest_pid = await init.agent.restore_container(request)
+            except RpcError as exc:
+                raise GuestError(exc.code, f"container {self.id}: restoring it in the guest "
+                                 f"failed: {exc.message}") from exc  # fmt: skip
+        init.guest_pid = self.guest_pid
+        log.info("container %s restored from %s (made by %s)", self.id, opts.images, made)
+
+    async def checkpoint(self, opts: CheckpointOptions) -> None:
+        """The container's processes into ``opts.images`` (made if missing), described by
+        the checkpoint's :data:`~runvm.runtime.checkpoint.META`; without ``leave_running``
+        they are gone afterwards (the init's exit is reported as any exit)."""
+        init = self.process
+        init.require("checkpoint")
+        shared, files = self.sandbox.shared, self.sandbox.files
+        made = checkpoint.made_by(files.image if files else None, f"checkpoint of {self.id}")
+        assert shared is not None and files is not None and files.image is not None
+        for directory in (opts.images, opts.work):
+            await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
+        (opts.images / checkpoint.META).unlink(missing_ok=True)  # not a checkpoint until done
+        async with checkpoint.shared_dirs(shared, self.id, Path(files.image.tools), opts.images,
+                                          opts.work, images_readonly=False) as criu:  # fmt: skip
+            criu.leave_running, criu.tcp_established = opts.leave_running, opts.tcp_established
+            criu.file_locks = opts.file_locks
+            try:
+                await init.agent.checkpoint_container(self.id, criu)
+            except RpcError as exc:
+                raise GuestError(exc.code, f"container {self.id}: checkpoint in the guest "
+                                 f"failed: {exc.message}") from exc  # fmt: skip
+        await asyncio.to_thread(checkpoint.write_meta, opts.images, self.id, made, self.terminal)
+        log.info("container %s checkpointed to %s", self.id, opts.images)
 
     # --- what a running container is asked --------------------------------------------------
     def add_exec(self, exec_id: str, process_json: bytes, stdin: bool) -> Process:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runvm.config import RunvmConfig
 from runvm.errors import ImageError
+
+if TYPE_CHECKING:
+    from runvm.image.manifest import ImageInfo
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,7 @@ class GuestFiles:
     kernel: Path
     initrd: Path
     root_image: Path | None = None  # boot from this on virtio-pmem with DAX (image.dax)
+    image: ImageInfo | None = None  # the built image they are from (None: explicit files)
 
     @property
     def root_image_bytes(self) -> int:
@@ -43,7 +48,8 @@ def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
                 raise ImageError(f"image.dax = true, but the {info.variant} guest image has no "
                                  "root image (the minimal variant has one)")  # fmt: skip
             root_image = Path(info.root_image)
-        files = GuestFiles(Path(info.kernel_pvh) if pvh else info.kernel, info.initrd, root_image)
+        files = GuestFiles(Path(info.kernel_pvh) if pvh else info.kernel, info.initrd, root_image,
+                           info)  # fmt: skip
     for path, what in ((files.kernel, "kernel"), (files.initrd, "initrd")):
         if not path.is_file():
             raise ImageError(f"guest {what} {path} does not exist: run `runvm image build`")

@@ -37,6 +37,7 @@ OPERATIONS: dict[str, frozenset[State]] = {
     "resume": frozenset({State.PAUSED}),
     "update": LIVE,
     "stats": LIVE | {State.STOPPED},
+    "checkpoint": frozenset({State.RUNNING, State.PAUSED}),
 }
 
 TRANSITIONS: frozenset[tuple[State, State]] = frozenset({

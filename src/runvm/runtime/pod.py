@@ -41,6 +41,7 @@ from runvm.errors import (
 )  # fmt: skip
 from runvm.network import netns
 from runvm.runtime import growth, sizing
+from runvm.runtime.checkpoint import RestoreOptions
 from runvm.runtime.container import Container, parse_resources
 from runvm.runtime.hostcgroup import HostCgroup
 from runvm.runtime.lifecycle import State, require
@@ -146,11 +147,13 @@ class Pod:
         rootfs_mounts: Iterable[tuple[str, str, list[str]]] = (),
         host_pid: int | None = None,
         hooks_log: Path | None = None,
+        restore: RestoreOptions | None = None,
     ) -> Container:
         """Create a container (see the module docstring); ``boots=False`` refuses to be the
         pod's first. ``rootfs_mounts`` (type, source, options) make the bundle's rootfs,
         unless they are one block device, which the VM gets as a disk. ``host_pid`` is the
-        container's PID in its state (default: the VM's)."""
+        container's PID in its state (default: the VM's). With ``restore``, its start
+        restores that checkpoint instead of starting the bundle's process."""
         async with self.lock:
             if container_id in self.containers:
                 raise ExistsError(f"container {container_id}: already exists")
@@ -158,7 +161,7 @@ class Pod:
             wanted = list(rootfs_mounts)
             try:
                 container = await self._create(container_id, bundle.resolve(), stdin, boots,
-                                               wanted, host_pid, hooks_log)  # fmt: skip
+                                               wanted, host_pid, hooks_log, restore)  # fmt: skip
             except BaseException:
                 self._unmount(container_id, bundle.resolve())
                 if not self.containers:
@@ -182,6 +185,7 @@ class Pod:
         rootfs_mounts: list[tuple[str, str, list[str]]],
         host_pid: int | None,
         hooks_log: Path | None,
+        restore: RestoreOptions | None,
     ) -> Container:
         block = blockdev.from_mounts(rootfs_mounts)
         for kind, source, options in rootfs_mounts if block is None else ():
@@ -205,8 +209,8 @@ class Pod:
         assert self.sandbox is not None
         container = await Container.create(self.sandbox, container_id, bundle, stdin, join, block,
                                            host_pid=self.vm_pid if host_pid is None else host_pid,
-                                           hooks_log=hooks_log)  # fmt: skip
-        container.process.watch(self._exited)
+                                           hooks_log=hooks_log, restore=restore)  # fmt: skip
+        container.follow(self._exited)
         self.wants[container_id], self.resources[container_id] = need, resources
         return container
 

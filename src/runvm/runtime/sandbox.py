@@ -108,6 +108,7 @@ class Sandbox:
         self.calls = CallRecorder()  # every agent request of this sandbox, timed
         self.agent: AgentClient | None = None
         self.accel: AccelReport | None = None
+        self.files: GuestFiles | None = None  # what the VM booted
         self.details: pb.GuestDetailsResponse | None = None
         self.shared: SharedDir | None = None
         self.virtiofsd: Child | None = None
@@ -155,6 +156,7 @@ class Sandbox:
             footprint.check_fits(config, origin.accel.accel, options.memory_limit,
                                  sandbox.size.memory_mib)  # fmt: skip
             sandbox.parts = parts
+            sandbox.files = origin.files
             sandbox.accel = origin.accel
             sandbox.templated = isinstance(origin, Cloned)
             sandbox.origin = ("clone" if isinstance(origin, Cloned) else

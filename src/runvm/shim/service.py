@@ -30,7 +30,9 @@ from runvm.errors import (
     RunvmError,
 )  # fmt: skip
 from runvm.oci import load_spec
+from runvm.runtime import checkpoint
 from runvm.runtime.container import Container
+from runvm.runtime.guestimage import resolve_guest_files
 from runvm.runtime.lifecycle import State
 from runvm.runtime.pod import Pod
 from runvm.runtime.proc import Process
@@ -120,10 +122,15 @@ class TaskService:
 
     # --- create / start / delete -----------------------------------------------------
     async def create(self, req: spb.CreateTaskRequest) -> spb.CreateTaskResponse:
-        if req.checkpoint:
-            raise RpcError(Code.UNIMPLEMENTED, "checkpoint/restore is not supported by runvm")
         bundle = Path(req.bundle)
         spec = load_spec(bundle.resolve())
+        restore = None
+        if req.checkpoint:  # restored at Start, as runc's shim does; checked now
+            images = Path(req.checkpoint)
+            made = checkpoint.made_by(resolve_guest_files(self.pod.config).image,
+                                      f"restore of {req.id}")  # fmt: skip
+            await asyncio.to_thread(checkpoint.check, images, made)
+            restore = checkpoint.RestoreOptions(images, bundle / "criu-work")
         kind = container_kind(spec.get("annotations") or {}, req.id)
         rules.check_namespaces(spec, req.id, kind)
         io = spb.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
@@ -134,7 +141,7 @@ class TaskService:
             container = await self.pod.create(
                 req.id, bundle, stdin=bool(req.stdin) or req.terminal, boots=kind != "container",
                 rootfs_mounts=[(m.type, m.source, list(m.options)) for m in req.rootfs],
-                hooks_log=bundle / "hooks.log",
+                hooks_log=bundle / "hooks.log", restore=restore,
             )  # fmt: skip
         except BaseException:
             host.close()
@@ -142,7 +149,8 @@ class TaskService:
         proc = self.procs[(req.id, "")] = Proc(io, container.process, host)
         proc.attach()
         self.events.publish(spb.TaskCreate(container_id=req.id, bundle=req.bundle,
-                                           rootfs=req.rootfs, io=io, pid=self.vm_pid))  # fmt: skip
+                                           rootfs=req.rootfs, io=io, pid=self.vm_pid,
+                                           checkpoint=req.checkpoint))  # fmt: skip
         return spb.CreateTaskResponse(pid=self.vm_pid)
 
     async def _exited(self, container: Container, process: Process) -> None:
@@ -275,7 +283,21 @@ class TaskService:
         return spb.StatsResponse(stats=stats)
 
     async def checkpoint(self, req: spb.CheckpointTaskRequest) -> empty_pb2.Empty:
-        raise RpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by runvm")
+        """Into ``path`` (containerd keeps what is there), or the runc options' image path;
+        the task keeps running unless the options say ``exit``."""
+        opts = spb.CheckpointOptions()
+        if req.options.value:
+            try:
+                opts.ParseFromString(req.options.value)
+            except DecodeError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, f"Checkpoint options: {exc}") from exc
+        container = self.pod.container(req.id)
+        images = Path(opts.image_path or req.path)
+        work = Path(opts.work_path) if opts.work_path else container.bundle / "criu-work"
+        await container.checkpoint(checkpoint.CheckpointOptions(
+            images, work, leave_running=not opts.exit, tcp_established=opts.open_tcp,
+            file_locks=opts.file_locks))  # fmt: skip
+        return empty_pb2.Empty()
 
     # --- the shim ---------------------------------------------------------------------
     async def connect(self, req: spb.ConnectRequest) -> spb.ConnectResponse:

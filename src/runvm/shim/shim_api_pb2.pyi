@@ -44,6 +44,28 @@ class CgroupsV2Metrics(_message.Message):
     pids: PidsStat
     def __init__(self, pids: _Optional[_Union[PidsStat, _Mapping]] = ..., cpu: _Optional[_Union[CPUStat, _Mapping]] = ..., memory: _Optional[_Union[MemoryStat, _Mapping]] = ..., io: _Optional[_Union[IOStat, _Mapping]] = ..., memory_events: _Optional[_Union[MemoryEvents, _Mapping]] = ...) -> None: ...
 
+class CheckpointOptions(_message.Message):
+    __slots__ = ["cgroups_mode", "empty_namespaces", "exit", "external_unix_sockets", "file_locks", "image_path", "open_tcp", "terminal", "work_path"]
+    CGROUPS_MODE_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_UNIX_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_TCP_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    WORK_PATH_FIELD_NUMBER: _ClassVar[int]
+    cgroups_mode: str
+    empty_namespaces: _containers.RepeatedScalarFieldContainer[str]
+    exit: bool
+    external_unix_sockets: bool
+    file_locks: bool
+    image_path: str
+    open_tcp: bool
+    terminal: bool
+    work_path: str
+    def __init__(self, exit: bool = ..., open_tcp: bool = ..., external_unix_sockets: bool = ..., terminal: bool = ..., file_locks: bool = ..., empty_namespaces: _Optional[_Iterable[str]] = ..., cgroups_mode: _Optional[str] = ..., image_path: _Optional[str] = ..., work_path: _Optional[str] = ...) -> None: ...
+
 class CheckpointTaskRequest(_message.Message):
     __slots__ = ["id", "options", "path"]
     ID_FIELD_NUMBER: _ClassVar[int]

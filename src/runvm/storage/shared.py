@@ -79,12 +79,13 @@ class SharedDir:
     def add_bind(
         self,
         container_id: str,
-        index: int,
+        index: int | str,
         source: Path,
         readonly: ReadOnly = ReadOnly.NO,
         private: bool = False,
     ) -> Path:
-        """Bind a file or directory at ``<cid>/mounts/<index>``; ``readonly`` makes the host
+        """Bind a file or directory at ``<cid>/mounts/<index>`` (a name for what is not one of
+        the container's mounts: a checkpoint's directories); ``readonly`` makes the host
         side of the share read-only (the top mount, or with its submounts), so a guest that
         remounts it read-write gains nothing. The share is a slave of the source's mounts
         (host mounts made under a shared source later reach the guest, as runc's binds
@@ -102,6 +103,15 @@ class SharedDir:
             propagation = mounts.MS_PRIVATE if private else mounts.MS_SLAVE
             mounts.bind_detached(str(source), leaf, mode, propagation)
         return self.path / container_id / "mounts" / str(index)
+
+    def remove_bind(self, container_id: str, index: int | str) -> None:
+        """Detach and remove what :meth:`add_bind` put at ``<cid>/mounts/<index>``."""
+        leaf = self.path / container_id / "mounts" / str(index)
+        for target in sorted(_mounts_under(leaf), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                mounts.umount(target)
+        with contextlib.suppress(OSError):
+            leaf.rmdir() if leaf.is_dir() and not leaf.is_symlink() else leaf.unlink()
 
     def remove_container(self, container_id: str) -> None:
         """Detach and remove everything shared for one container."""

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rmonitor.proto\x12\x10runvm.monitor.v1\"\x07\n\x05\x45mpty\"\x0e\n\x0cStartRequest\"!\n\rStartResponse\x12\x10\n\x08warnings\x18\x01 \x03(\t\"*\n\x0bKillRequest\x12\x0e\n\x06signal\x18\x01 \x01(\r\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x32\x93\x01\n\x07Monitor\x12H\n\x05Start\x12\x1e.runvm.monitor.v1.StartRequest\x1a\x1f.runvm.monitor.v1.StartResponse\x12>\n\x04Kill\x12\x1d.runvm.monitor.v1.KillRequest\x1a\x17.runvm.monitor.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rmonitor.proto\x12\x10runvm.monitor.v1\"\x07\n\x05\x45mpty\"\x0e\n\x0cStartRequest\"!\n\rStartResponse\x12\x10\n\x08warnings\x18\x01 \x03(\t\"*\n\x0bKillRequest\x12\x0e\n\x06signal\x18\x01 \x01(\r\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"~\n\x11\x43heckpointRequest\x12\x12\n\nimage_path\x18\x01 \x01(\t\x12\x11\n\twork_path\x18\x02 \x01(\t\x12\x15\n\rleave_running\x18\x03 \x01(\x08\x12\x17\n\x0ftcp_established\x18\x04 \x01(\x08\x12\x12\n\nfile_locks\x18\x05 \x01(\x08\x32\xdf\x01\n\x07Monitor\x12H\n\x05Start\x12\x1e.runvm.monitor.v1.StartRequest\x1a\x1f.runvm.monitor.v1.StartResponse\x12>\n\x04Kill\x12\x1d.runvm.monitor.v1.KillRequest\x1a\x17.runvm.monitor.v1.Empty\x12J\n\nCheckpoint\x12#.runvm.monitor.v1.CheckpointRequest\x1a\x17.runvm.monitor.v1.Emptyb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'monitor_pb2', globals())
@@ -28,6 +28,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _STARTRESPONSE._serialized_end=93
   _KILLREQUEST._serialized_start=95
   _KILLREQUEST._serialized_end=137
-  _MONITOR._serialized_start=140
-  _MONITOR._serialized_end=287
+  _CHECKPOINTREQUEST._serialized_start=139
+  _CHECKPOINTREQUEST._serialized_end=265
+  _MONITOR._serialized_start=268
+  _MONITOR._serialized_end=491
 # @@protoc_insertion_point(module_scope)

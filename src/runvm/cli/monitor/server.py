@@ -50,6 +50,7 @@ from runvm.protocol import AGENT_SERVICE
 from runvm.protocol import agent_pb2 as pb
 from runvm.protocol.client import AgentClient
 from runvm.runtime import debug
+from runvm.runtime.checkpoint import CheckpointOptions, RestoreOptions
 from runvm.runtime.container import Container
 from runvm.runtime.lifecycle import require
 from runvm.runtime.pod import Pod
@@ -90,6 +91,7 @@ class MonitorArgs:
     rootfs: Path
     console_socket: str | None = None
     foreground_tty: bool = False  # `run` in the foreground with a terminal: relay our own tty
+    restore: RestoreOptions | None = None  # `restore`: its start restores this checkpoint
 
 
 class Monitor:
@@ -144,6 +146,20 @@ class Monitor:
         except RunvmError as exc:
             raise RpcError(code_for(exc), str(exc)) from exc
         return mpb.StartResponse(warnings=warnings).SerializeToString()
+
+    async def _checkpoint(self, payload: bytes, ctx: CallContext) -> bytes:
+        assert self.container is not None
+        try:
+            r = mpb.CheckpointRequest.FromString(payload)
+        except DecodeError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"Checkpoint: {exc}") from exc
+        opts = CheckpointOptions(Path(r.image_path), Path(r.work_path), r.leave_running,
+                                 r.tcp_established, r.file_locks)  # fmt: skip
+        try:
+            await self.container.checkpoint(opts)
+        except RunvmError as exc:
+            raise RpcError(code_for(exc), str(exc)) from exc
+        return mpb.Empty().SerializeToString()
 
     async def _kill(self, payload: bytes, ctx: CallContext) -> bytes:
         request = mpb.KillRequest.FromString(payload)
@@ -223,7 +239,7 @@ class Monitor:
         stdin_open = terminal or not is_devnull(0)
         self.container = container = await self.pod.create(
             cid, self.args.bundle, stdin=stdin_open, host_pid=os.getpid(),
-            hooks_log=self.dir / "hooks.log",
+            hooks_log=self.dir / "hooks.log", restore=self.args.restore,
         )  # fmt: skip
         assert self.pod.sandbox is not None
         self.state.sandbox_dir = str(self.pod.sandbox.run_dir)
@@ -238,7 +254,8 @@ class Monitor:
         self.pod.on_change = self._record_leftovers
         self._record_leftovers()
         server = Server()
-        server.register(SERVICE, {"Start": self._start, "Kill": self._kill})
+        server.register(SERVICE, {"Start": self._start, "Kill": self._kill,
+                                  "Checkpoint": self._checkpoint})  # fmt: skip
         server.register(AGENT_SERVICE, {
             **{m: self._proxy(m, t) for m, t in PROXIED.items()},
             "PauseContainer": self._pause, "ResumeContainer": self._pause,
