@@ -11,11 +11,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write_config
 from test_lifecycle import RUNVM, Cli, bundle, poll
+from test_podman_docker import IMAGE, podman_client
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
@@ -178,3 +181,38 @@ def test_bad_checkpoints_and_requests_are_refused(tmp_path: Path,
     cli("kill", "cr3", "KILL")
     cli.wait_status("cr3", "stopped")
     cli("delete", "cr3")
+
+
+# --- through Podman -------------------------------------------------------------------------
+@pytest.fixture
+def podman(tmp_path: Path, cli_env: dict[str, str], runvm_binary: str) -> Iterator[Any]:
+    with podman_client(tmp_path, cli_env, runvm_binary, []) as call:
+        yield call
+
+
+def podman_count(podman: Any, name: str) -> int:
+    r = podman("exec", name, "cat", "/count")
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else 0
+
+
+def test_podman_checkpoint_export_and_import_under_another_name(
+    podman: Any, tmp_path: Path
+) -> None:
+    r = podman("run", "-d", "--name", "cnt", "--network", "none", IMAGE, "sh", "-c", COUNTER)
+    assert r.returncode == 0, r.stderr
+    poll(lambda: podman_count(podman, "cnt") > 5, 120, "the count in Podman's container")
+    archive = tmp_path / "cnt.tar.zst"
+    r = podman("container", "checkpoint", "--export", str(archive), "cnt")
+    assert r.returncode == 0, r.stderr
+    state = podman("inspect", "--format", "{{.State.Status}}", "cnt").stdout.strip()
+    assert state == b"exited", state
+    r = podman("cp", "cnt:/count", str(tmp_path / "count-at-checkpoint"))
+    assert r.returncode == 0, r.stderr
+    at = int((tmp_path / "count-at-checkpoint").read_text())
+    assert podman("rm", "cnt").returncode == 0
+    r = podman("container", "restore", "--import", str(archive), "--name", "cnt2")
+    assert r.returncode == 0, r.stderr
+    first = podman_count(podman, "cnt2")
+    assert first >= at, (first, at)  # from where it was, not from zero
+    poll(lambda: podman_count(podman, "cnt2") > at + 3, 120, "the restored count")
+    assert podman("rm", "-f", "cnt2").returncode == 0

@@ -185,6 +185,31 @@ def mount_map(record: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     return args
 
 
+def make_mountpoints(root: Path, spec: dict[str, Any]) -> None:
+    """Create the bind mounts' mount points the new rootfs lacks (a restore needs them; a
+    create has crun make them), as files or directories like their sources; never outside
+    ``root``, and none below another mount's tmpfs (restored with its contents)."""
+    mounts = [m for m in spec.get("mounts") or [] if isinstance(m, dict)][:MAX_MOUNTS]
+    tmpfs = [str(m.get("destination", "")).rstrip("/") + "/" for m in mounts
+             if m.get("type") == "tmpfs"]  # fmt: skip
+    top = os.path.realpath(root)
+    for m in mounts:
+        options = m.get("options") or []
+        if m.get("type") != "bind" and "bind" not in options and "rbind" not in options:
+            continue
+        dest = os.path.normpath("/" + str(m.get("destination", "")))
+        if dest == "/" or any(dest.startswith(t) for t in tmpfs):
+            continue
+        target = os.path.realpath(os.path.join(top, dest.lstrip("/")))
+        if not target.startswith(top + "/") or os.path.lexists(target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.isdir(str(m.get("source", ""))):
+            os.mkdir(target)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
 async def restore(reaper: Reaper, cid: str, proc: Proc, root: Path, cgroup: Path,
                   spec: dict[str, Any], stdin: bool, options: Any) -> int:  # fmt: skip
     """See the module docstring; returns the restored init's pid, ``proc`` gets its stdio."""
@@ -192,6 +217,7 @@ async def restore(reaper: Reaper, cid: str, proc: Proc, root: Path, cgroup: Path
     try:
         record = read_record(images)
         externals = mount_map(record, spec)
+        make_mountpoints(root, spec)
     except ValueError as exc:
         raise CriuError(f"restore of {cid}: the checkpoint cannot be used: {exc}") from exc
     in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
