@@ -20,6 +20,8 @@ from conftest import write_config
 from test_lifecycle import RUNVM, Cli, bundle, poll
 from test_podman_docker import IMAGE, podman_client
 
+from runvm.image.ociarchive import busybox_archive
+
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 # Counts in /count (rewritten by rename: never read half written), and holds /held open.
@@ -216,3 +218,39 @@ def test_podman_checkpoint_export_and_import_under_another_name(
     assert first >= at, (first, at)  # from where it was, not from zero
     poll(lambda: podman_count(podman, "cnt2") > at + 3, 120, "the restored count")
     assert podman("rm", "-f", "cnt2").returncode == 0
+
+
+# --- through containerd -------------------------------------------------------------------------
+RUNTIME = "io.containerd.runvm.v2"
+CTR_IMAGE = "localhost/runvm/busybox:latest"
+
+
+def ctr_count(containerd: Any, name: str) -> int:
+    r = containerd.ctr("task", "exec", "--exec-id", f"c{time.monotonic_ns()}", name, "cat",
+                       "/count")  # fmt: skip
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else 0
+
+
+def test_containerd_checkpoint_and_restore(containerd: Any, tmp_path: Path) -> None:
+    archive = busybox_archive(tmp_path / "busybox.tar", CTR_IMAGE)
+    assert containerd.ctr("image", "import", str(archive)).returncode == 0
+    r = containerd.ctr("run", "-d", "--runtime", RUNTIME, CTR_IMAGE, "cnt", "sh", "-c", COUNTER)
+    assert r.returncode == 0, r.stderr
+    poll(lambda: ctr_count(containerd, "cnt") > 5, 120, "the count in containerd's task")
+    before = ctr_count(containerd, "cnt")
+    # The task is paused for it, and goes on after (the checkpoint keeps it running).
+    r = containerd.ctr("containers", "checkpoint", "--task", "--rw", "cnt", "localhost/ckpt:1")
+    assert r.returncode == 0, r.stderr
+    assert ctr_count(containerd, "cnt") >= before
+    containerd.ctr("task", "kill", "-s", "KILL", "cnt")
+    poll(lambda: containerd.ctr("task", "delete", "cnt").returncode == 0, 30, "the task's end")
+    assert containerd.ctr("containers", "delete", "cnt").returncode == 0
+
+    r = containerd.ctr("containers", "restore", "--live", "--rw", "cnt2", "localhost/ckpt:1")
+    assert r.returncode == 0, r.stderr
+    first = ctr_count(containerd, "cnt2")
+    assert first >= before, (first, before)  # where it was, not from zero
+    poll(lambda: ctr_count(containerd, "cnt2") > first + 3, 120, "the restored count")
+    containerd.ctr("task", "kill", "-s", "KILL", "cnt2")
+    poll(lambda: containerd.ctr("task", "delete", "cnt2").returncode == 0, 30, "the task's end")
+    assert containerd.ctr("containers", "delete", "cnt2").returncode == 0

@@ -270,6 +270,7 @@ class Container:
         shared, files = self.sandbox.shared, self.sandbox.files
         made = checkpoint.made_by(files.image if files else None, f"restore of {self.id}")
         assert shared is not None and files is not None and files.image is not None
+        await asyncio.to_thread(opts.work.mkdir, mode=0o700, parents=True, exist_ok=True)
         async with checkpoint.shared_dirs(shared, self.id, Path(files.image.tools), opts.images,
                                           opts.work, images_readonly=True) as criu:  # fmt: skip
             criu.tcp_established, criu.file_locks = opts.tcp_established, opts.file_locks
