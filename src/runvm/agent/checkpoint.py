@@ -197,7 +197,7 @@ def make_mountpoints(root: Path, spec: dict[str, Any]) -> None:
         options = m.get("options") or []
         if m.get("type") != "bind" and "bind" not in options and "rbind" not in options:
             continue
-        dest = os.path.normpath("/" + str(m.get("destination", "")))
+        dest = os.path.normpath("/" + str(m.get("destination", "")).lstrip("/"))
         if dest == "/" or any(dest.startswith(t) for t in tmpfs):
             continue
         target = os.path.realpath(os.path.join(top, dest.lstrip("/")))
