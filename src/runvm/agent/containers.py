@@ -15,19 +15,17 @@ import os
 import re
 import shutil
 import signal
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runvm.agent import bundle as bundles
 from runvm.agent import cgroups, checkpoint, crun, procattrs
-from runvm.agent import syscalls as sc
 from runvm.agent.debug import DebugShells
 from runvm.agent.proc import Proc
 from runvm.agent.reaper import Reaper
 from runvm.agent.rpc import Handler, unary
-from runvm.agent.stdio import InputStream, OutputStream, set_winsize
+from runvm.agent.stdio import set_winsize
 from runvm.agent.storage import mount_all, unmount_all
 from runvm.errors import ConfigError, RpcError
 from runvm.oci import parse_process, parse_spec
@@ -37,7 +35,6 @@ from runvm.ttrpc import Code
 log = logging.getLogger(__name__)
 
 BUNDLES = Path("/run/runvm/bundles")
-CONSOLES = Path("/run/runvm/consoles")
 SHARED_ROOT = "/run/runvm/shared/"
 DISK_ROOT = "/run/runvm/disks/"  # block-device rootfs, mounted per container
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -46,7 +43,6 @@ MAX_EXECS = 1024
 MAX_LISTED = 65536
 CGROUP_ROOT = "/sys/fs/cgroup/runvm"  # the host sets cgroupsPath /runvm/<id>
 OOM_POLL = 0.25  # seconds between looks at memory.events (WaitOOM)
-EXEC_WAIT = 10.0  # seconds StartContainer waits for the init to execute the user program
 DESTROY_WAIT = 5.0  # seconds a removed container's processes get to die after cgroup.kill
 
 
@@ -61,128 +57,15 @@ class Container:
     poststart: bool = False  # crun runs poststart hooks of its own (the host strips them)
 
 
-SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
-
-
-def apply_vm_sysctls(spec: dict[str, object]) -> None:
-    """Apply ``net.*`` sysctls to the VM when the container shares the VM's network.
-
-    The VM is the pod's network sandbox, so the container has no network namespace of its own
-    and crun would refuse them; they belong to the VM's namespace. They leave the spec.
-    """
-    linux = spec.get("linux")
-    if not isinstance(linux, dict):
-        return
-    if any(ns.get("type") == "network" for ns in linux.get("namespaces") or []):
-        return
-    sysctls = linux.get("sysctl") or {}
-    for key in [k for k in sysctls if k.startswith("net.")]:
-        if not SYSCTL_KEY.match(key):
-            raise ValueError(f"sysctl: invalid key {key!r}")
-        value = str(sysctls.pop(key))
-        try:
-            Path("/proc/sys", *key.split(".")).write_text(value)
-        except FileNotFoundError:
-            raise ValueError(f"sysctl {key}: the guest kernel has no such setting") from None
-        except OSError as exc:
-            raise ValueError(f"sysctl {key}={value}: {exc.strerror}") from None
-
-
-def _hold_root(bundle: Path, root: str) -> str:
-    """Give crun the rootfs at ``<bundle>/root/rootfs``, a bind on a mount of its own.
-
-    crun makes the mount that holds the rootfs private before pivot_root; handed the share's
-    path, that would be the share itself, in which the container's bind sources live too,
-    and their propagation options (slave, shared) would be lost with it."""
-    holder = bundle / "root"
-    target = holder / "rootfs"
-    target.mkdir(parents=True)
-    sc.mount(str(holder), str(holder), "", sc.MS_BIND)
-    sc.mount(root, str(target), "", sc.MS_BIND | sc.MS_REC)
-    return str(target)
-
-
-def _release_root(bundle: Path) -> None:
-    for path in (bundle / "root" / "rootfs", bundle / "root"):
-        with contextlib.suppress(OSError):
-            sc.umount2(str(path), sc.MNT_DETACH)
-
-
 def _resources(spec: dict[str, Any]) -> dict[str, Any]:
     resources: dict[str, Any] = (spec.get("linux") or {}).get("resources") or {}
     return resources
-
-
-def _image_of(pid: int) -> tuple[int, int] | None:
-    """The executable file ``pid`` runs (device, inode), or None once it is gone or a zombie."""
-    try:
-        st = os.stat(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-async def _until_executed(pid: int, before: tuple[int, int] | None) -> None:
-    """Return once the container's init no longer runs crun's image: the user program was
-    executed (or the init already ended). ``crun start`` only releases the init, which then
-    executes the program on its own; the spec's poststart hooks, run when StartContainer
-    has answered, come after that."""
-    deadline = time.monotonic() + EXEC_WAIT
-    delay = 0.002
-    while before is not None and _image_of(pid) == before:
-        if time.monotonic() > deadline:
-            log.warning("init %d still runs crun's image %.0f s after start", pid, EXEC_WAIT)
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def _check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise RpcError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}")
     return value
-
-
-async def _spawn_with_io(
-    reaper: Reaper, proc: Proc, args: list[str], bundle: Path, terminal: bool, stdin: bool
-) -> None:
-    """Run a crun create/exec with fresh pipes (or a console socket) wired to ``proc``."""
-    log = bundle / "crun.log"
-    child_ends: list[int] = []
-    console: crun.ConsoleSocket | None = None
-    try:
-        if terminal:
-            # A short path of its own: ids (64 characters from CRI) would break the 108-byte
-            # limit of unix socket paths.
-            CONSOLES.mkdir(parents=True, exist_ok=True)
-            console = crun.ConsoleSocket(CONSOLES / f"{uuid.uuid4().hex[:16]}.sock")
-            master_task = asyncio.ensure_future(console.receive_master())
-            try:
-                await crun.run_crun(reaper, [*args[:1], "--console-socket", str(console.path),
-                                             *args[1:]], log)  # fmt: skip
-                master = await master_task
-            finally:
-                master_task.cancel()
-            proc.pty_master = master
-            proc.stdout = OutputStream(os.dup(master))
-            proc.stdin = InputStream(os.dup(master))
-        else:
-            in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            child_ends = [in_r, out_w, err_w]
-            proc.stdout, proc.stderr = OutputStream(out_r), OutputStream(err_r)
-            if in_w >= 0:
-                proc.stdin = InputStream(in_w)
-            await crun.run_crun(reaper, args, log, stdio=child_ends)
-    except BaseException:
-        proc.close()
-        raise
-    finally:
-        for fd in child_ends:
-            os.close(fd)
-        if console:
-            console.close()
 
 
 class ContainerService:
@@ -242,7 +125,7 @@ class ContainerService:
         except ConfigError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
         try:
-            apply_vm_sysctls(spec)
+            bundles.apply_vm_sysctls(spec)
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
         root = os.path.normpath(spec["root"]["path"])
@@ -272,16 +155,16 @@ class ContainerService:
     async def _create(self, cid: str, spec: dict[str, Any], stdin: bool) -> Proc:
         bundle = BUNDLES / cid
         bundle.mkdir(parents=True, exist_ok=False)
-        spec["root"]["path"] = _hold_root(bundle, spec["root"]["path"])
+        spec["root"]["path"] = bundles.hold_root(bundle, spec["root"]["path"])
         (bundle / "config.json").write_text(json.dumps(spec))
         proc = Proc(exec_id="")
         terminal = bool(spec.get("process", {}).get("terminal"))
         args = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid]
         try:
-            await _spawn_with_io(self.reaper, proc, args, bundle, terminal, stdin)
+            await bundles.spawn_with_io(self.reaper, proc, args, bundle, terminal, stdin)
             await self._watch_pid(proc, bundle / "init.pid")
         except crun.CrunError as exc:
-            _release_root(bundle)
+            bundles.release_root(bundle)
             shutil.rmtree(bundle, ignore_errors=True)
             program = str((spec["process"].get("args") or [""])[0])
             raise RpcError(Code.FAILED_PRECONDITION, crun.explain(str(exc), program)) from exc
@@ -317,7 +200,7 @@ class ContainerService:
                 raise RpcError(Code.FAILED_PRECONDITION, f"container {cid} has a terminal: its "
                                "restore is not supported")  # fmt: skip
             bundle.mkdir(parents=True, exist_ok=False)
-            spec["root"]["path"] = root = _hold_root(bundle, spec["root"]["path"])
+            spec["root"]["path"] = root = bundles.hold_root(bundle, spec["root"]["path"])
             (bundle / "config.json").write_text(json.dumps(spec))
             cgroups.make(cgroup)
             proc.pid = await checkpoint.restore(self.reaper, cid, proc, Path(root), cgroup, spec,
@@ -332,7 +215,7 @@ class ContainerService:
             with contextlib.suppress(OSError, TimeoutError):
                 await cgroups.destroy(cgroup, DESTROY_WAIT)
             crun.forget(cid)
-            _release_root(bundle)
+            bundles.release_root(bundle)
             shutil.rmtree(bundle, ignore_errors=True)
             unmount_all(mounted)
             if isinstance(exc, (checkpoint.CriuError, OSError)):
@@ -356,7 +239,7 @@ class ContainerService:
         container = self._get(req.container_id)
         if container.started:
             raise RpcError(Code.FAILED_PRECONDITION, f"container {container.id} already started")
-        before = _image_of(container.init.pid)
+        before = bundles.image_of(container.init.pid)
         try:
             if container.poststart:
                 await crun.run_crun(self.reaper, ["start", container.id],
@@ -369,7 +252,7 @@ class ContainerService:
             raise RpcError(Code.FAILED_PRECONDITION, f"start {container.id}: its init no longer "
                            f"waits to be started ({exc.strerror})") from exc  # fmt: skip
         container.started = True
-        await _until_executed(container.init.pid, before)
+        await bundles.until_executed(container.init.pid, before)
         log.info("container %s started", container.id)
         return pb.StartContainerResponse(pid=container.init.pid)
 
@@ -393,7 +276,7 @@ class ContainerService:
         args = ["exec", "--process", str(spec_file), "--detach", "--pid-file", str(pid_file),
                 container.id]  # fmt: skip
         try:
-            await _spawn_with_io(self.reaper, proc, args, container.bundle,
+            await bundles.spawn_with_io(self.reaper, proc, args, container.bundle,
                                  bool(process.get("terminal")), req.stdin)  # fmt: skip
             await self._watch_pid(proc, pid_file)
         except crun.CrunError as exc:
@@ -530,7 +413,7 @@ class ContainerService:
         await self._delete(container)
         for proc in (container.init, *container.execs.values()):
             proc.close()
-        _release_root(container.bundle)
+        bundles.release_root(container.bundle)
         shutil.rmtree(container.bundle, ignore_errors=True)
         unmount_all(container.mounts)
         del self.containers[container.id]
