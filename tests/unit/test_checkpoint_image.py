@@ -22,7 +22,7 @@ def made(tmp_path: Path) -> Path:
     images.mkdir()
     (images / "inventory.img").write_bytes(b"\x01" * 100)
     (images / "pages-1.img").write_bytes(b"\x02" * 5000)
-    checkpoint.write_meta(images, "c1", MADE, terminal=False)
+    checkpoint.write_meta(images, "c1", MADE, terminal=False, config={"machine": "pc"})
     return images
 
 

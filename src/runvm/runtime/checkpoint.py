@@ -84,13 +84,15 @@ def _inventory(images: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def write_meta(images: Path, container_id: str, made: Made, terminal: bool) -> None:
-    """Describe the finished checkpoint in ``images`` (its last file)."""
+def write_meta(images: Path, container_id: str, made: Made, terminal: bool,
+               config: dict[str, str]) -> None:  # fmt: skip
+    """Describe the finished checkpoint in ``images`` (its last file); ``config``: the
+    settings of the sandbox it was made in (for the reader: a restore needs none of them)."""
     meta = {
         "format": FORMAT, "runvm": __version__, "container": container_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel_release": made.kernel_release, "criu": made.criu, "arch": made.arch,
-        "terminal": terminal, "files": _inventory(images),
+        "terminal": terminal, "config": config, "files": _inventory(images),
     }  # fmt: skip
     files.write_atomic(images / META, json.dumps(meta, indent=1).encode())
 

@@ -304,7 +304,11 @@ class Container:
             except RpcError as exc:
                 raise GuestError(exc.code, f"container {self.id}: checkpoint in the guest "
                                  f"failed: {exc.message}") from exc  # fmt: skip
-        await asyncio.to_thread(checkpoint.write_meta, opts.images, self.id, made, self.terminal)
+        sandbox, config = self.sandbox, self.sandbox.config
+        settings = {"machine": sandbox.machine, "image": config.image.variant,
+                    "shared_fs": config.storage.shared_fs, "origin": sandbox.origin}  # fmt: skip
+        await asyncio.to_thread(checkpoint.write_meta, opts.images, self.id, made, self.terminal,
+                                settings)  # fmt: skip
         log.info("container %s checkpointed to %s", self.id, opts.images)
 
     # --- what a running container is asked --------------------------------------------------
