@@ -20,6 +20,7 @@ from runvm.errors import ConfigError
 DEFAULT_PATH = Path("/etc/runvm/config.toml")
 
 Accelerator = Literal["auto", "kvm", "tcg"]
+GuestArch = Literal["auto", "amd64", "arm64"]
 Machine = Literal["pc", "q35", "microvm"]
 Variant = Literal["minimal", "debian"]
 Boot = Literal["auto", "bzimage", "pvh"]
@@ -32,6 +33,10 @@ ShimScope = Literal["pod", "namespace"]
 
 @dataclass(frozen=True)
 class HypervisorConfig:
+    # The guests' architecture: auto (each pod's VM is that of its first container's program,
+    # the host's for a VM without one), or amd64 | arm64 (every VM; a container built for
+    # another architecture is refused). See docs/design.md, "Guest architectures".
+    arch: GuestArch = "auto"
     path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
     accelerator: Accelerator = (
         "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
