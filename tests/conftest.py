@@ -147,12 +147,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+def guest_arch() -> str:
+    """The architecture of the tests' guests (the matrix's hypervisor.arch; "" for auto: the
+    host's). Tests pass it to the busybox bundles and images they build."""
+    wanted = str(matrix_settings().get("hypervisor", {}).get("arch", "auto"))
+    return "" if wanted == "auto" else wanted
+
+
 def _image_ready() -> str | None:
     try:
-        from runvm import config
         from runvm.runtime.guestimage import resolve_guest_files
 
-        resolve_guest_files(config.load())
+        resolve_guest_files(cfg.parse(matrix_settings()))
     except Exception as exc:
         return f"no guest image ({exc}); run `runvm image build`"
     return None
@@ -160,10 +166,14 @@ def _image_ready() -> str | None:
 
 def vm_requirements() -> str | None:
     """Why VM tests cannot run here, or None."""
+    from runvm.hypervisor.qemu.driver import QemuHypervisor
+
     if os.geteuid() != 0:
         return "needs root"
-    if not shutil.which("qemu-system-x86_64"):
-        return "needs qemu-system-x86_64 (Debian qemu-system-x86)"
+    try:
+        QemuHypervisor.for_config(cfg.parse(matrix_settings())).resolve_binary()
+    except Exception as exc:
+        return f"needs QEMU: {exc}"
     return _image_ready()
 
 

@@ -37,10 +37,13 @@ class HypervisorConfig:
     # the host's for a VM without one), or amd64 | arm64 (every VM; a container built for
     # another architecture is refused). See docs/design.md, "Guest architectures".
     arch: GuestArch = "auto"
-    path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
+    # QEMU binary, looked up on PATH; {target} is QEMU's name of the guest's architecture
+    # (x86_64, aarch64).
+    path: str = "qemu-system-{target}"
     accelerator: Accelerator = (
         "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
     )
+    # The machine of x86_64 guests: pc | q35 | microvm. arm64 guests run on virt.
     machine: Machine = "pc"
     # The machine of a sandbox that hot-plugs devices (a block-device rootfs or volume) when
     # `machine` cannot (microvm); "" refuses such containers instead.
