@@ -143,3 +143,12 @@ def test_runvm_check_says_how_each_architecture_runs(
     text = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120).stdout
     assert (f"{OTHER.name}: tcg (KVM not for {OTHER.name} guests: an {OTHER.name} guest on an "
             f"{arches.host().name} host is emulated)") in text  # fmt: skip
+
+
+def test_demo_of_the_other_architecture(cli_env: dict[str, str], kernel_release: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "runvm.cli.main", "demo", "--arch", OTHER.name],
+                       env=cli_env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"kernel seen inside:  {kernel_release} {OTHER.uname}\n" in r.stdout
+    assert "guest agent:         0.1.0, instance " in r.stdout
+    assert f"accelerator:         tcg (KVM not for {OTHER.name} guests" in r.stdout
