@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config
+from conftest import add_config, runvm_cli
 from test_podman_docker import docker_client, podman_client
+from test_template import check_clone_grows, clone_argv, templates_in
+from test_template import first_use as first_use  # the fixture
 
 from runvm import arch as arches
 from runvm import image
@@ -152,3 +154,38 @@ def test_demo_of_the_other_architecture(cli_env: dict[str, str], kernel_release:
     assert f"kernel seen inside:  {kernel_release} {OTHER.uname}\n" in r.stdout
     assert "guest agent:         0.1.0, instance " in r.stdout
     assert f"accelerator:         tcg (KVM not for {OTHER.name} guests" in r.stdout
+
+
+def test_each_architecture_clones_its_own_template_made_on_first_use(
+    tmp_path: Path, cli_env: dict[str, str], first_use: Path, kernel_release: str
+) -> None:
+    """On the defaults (templates made on first use) a pod of each architecture clones a
+    template of its own; the clone of the other architecture runs, execs and grows (vCPUs
+    onlined, virtio-mem) as the host's does."""
+    from runvm.image.busybox import make_bundle
+
+    names = {arches.host().name: "h1", OTHER.name: "o1"}
+    for arch, name in names.items():
+        make_bundle(tmp_path / name, ["sleep", "600"], arch=arch)
+        create = [sys.executable, "-m", "runvm.cli.main", "--root", cli_env["RUNVM_TEST_ROOT"],
+                  "create", "--bundle", str(tmp_path / name), name]  # fmt: skip
+        with (tmp_path / f"{name}.log").open("wb") as log:  # the monitor keeps its stdio
+            r = subprocess.run(create, env=cli_env, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=log, timeout=300)  # fmt: skip
+        assert r.returncode == 0, (tmp_path / f"{name}.log").read_text()
+    try:
+        made = templates_in(first_use)
+        assert len(made) == 2, made
+        argv = {name: clone_argv(name) for name in names.values()}
+        for arch, name in names.items():
+            assert argv[name].startswith(f"/usr/bin/qemu-system-{arches.get(arch).uname} ")
+            assert "-incoming defer" in argv[name]
+        assert {a.split("mem-path=")[1].split("/memory")[0] for a in argv.values()} == {
+            str(first_use / m) for m in made}  # fmt: skip
+        runvm_cli(cli_env, "start", "o1")
+        assert runvm_cli(cli_env, "exec", "o1", "uname", "-mr").stdout.split() == [
+            kernel_release, OTHER.uname]  # fmt: skip
+        check_clone_grows(cli_env, "o1")
+    finally:
+        for name in names.values():
+            runvm_cli(cli_env, "delete", "--force", name, ok=False)
