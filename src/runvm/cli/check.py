@@ -20,7 +20,7 @@ from typing import Any
 
 from runvm import arch as arches
 from runvm import config as cfg
-from runvm.errors import RunvmError
+from runvm.errors import ImageError, RunvmError
 from runvm.hypervisor.accel import detect, kvm_device, report_json
 from runvm.hypervisor.qemu.machines import binary_name, target
 
@@ -68,11 +68,15 @@ def _guest(config: cfg.RunvmConfig, arch: str) -> tuple[dict[str, Any], list[str
     try:
         files = resolve_guest_files(for_arch(config, arches.get(arch)))
         guest["image"] = {"kernel": str(files.kernel), "initrd": str(files.initrd)}
-    except RunvmError as exc:
+    except ImageError as exc:
         files = None
         guest["image"] = {"error": str(exc)}
         flag = "" if arch == arches.host().name else f" --arch {arch}"
         missing.append(f"no guest image: run `runvm image build{flag}`")
+    except RunvmError as exc:  # the configuration rules it out (explicit guest files)
+        files = None
+        guest["image"] = {"error": str(exc)}
+        missing.append(str(exc))
     if qemu and files:
         accel = asyncio.run(detect(config.hypervisor.accelerator, qemu, files.kernel,
                                    Path(config.runtime.cache_dir), arch))  # fmt: skip

@@ -43,8 +43,8 @@ def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
             cache, config.image.variant, arches.resolve(config.hypervisor.arch).name
         )
         if config.image.boot == "pvh" and not info.kernel_pvh:
-            raise ImageError(f"image.boot = pvh, but the {info.variant} guest image has no "
-                             "PVH kernel (the minimal variant has one)")  # fmt: skip
+            raise ImageError(f"image.boot = pvh, but the {info.variant} {info.arch} guest image "
+                             "has no PVH kernel (the amd64 minimal variant has one)")  # fmt: skip
         pvh = config.image.boot != "bzimage" and info.kernel_pvh
         root_image = None
         if config.image.dax:
