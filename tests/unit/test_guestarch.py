@@ -39,8 +39,8 @@ def rootfs(tmp_path: Path, machine: int = ARM64) -> Path:
     (root / "usr/bin/loop").symlink_to("loop")
     (root / "usr/bin/script").write_text("#!/usr/bin/env sh\necho hi\n")
     (root / "usr/bin/text").write_text("not a program\n")
-    (root / "opt").mkdir()
-    (root / "opt/tool").write_bytes(elf(machine))
+    (root / "srv").mkdir()
+    (root / "srv/tool").write_bytes(elf(machine))
     return root
 
 
@@ -57,7 +57,7 @@ def spec(*args: str, env: tuple[str, ...] = (), arch: str = "") -> dict[str, Any
         (("/bin/sh",), (), (ARM64, "/bin/sh")),  # through the /bin link and an absolute one
         (("env",), ("PATH=/bin",), (ARM64, "/bin/env")),  # a relative link with ..
         (("script",), ("PATH=/usr/bin",), (ARM64, "/usr/bin/env")),  # #! to its interpreter
-        (("tool",), ("PATH=/usr/bin:/opt",), (ARM64, "/opt/tool")),
+        (("tool",), ("PATH=/usr/bin:/srv",), (ARM64, "/srv/tool")),
         (("loop",), ("PATH=/usr/bin",), None),  # a link to itself
         (("text",), ("PATH=/usr/bin",), None),  # neither ELF nor script
         (("missing",), (), None),
