@@ -177,3 +177,15 @@ def test_a_pods_vm_has_its_first_containers_architecture_and_no_other(tmp_path: 
         assert pod.arch == ""
 
     run(body)
+
+
+def test_a_fifo_or_a_device_is_never_opened_for_reading(tmp_path: Path) -> None:
+    """A rootfs can hold anything under a program's name; looking it up must not block."""
+    import os
+
+    root = tmp_path / "r"
+    (root / "bin").mkdir(parents=True)
+    os.mkfifo(root / "bin/fifo")
+    assert guestarch.program_machine(root, {"args": ["/bin/fifo"]}) is None
+    assert guestarch._head(root / "bin/fifo") is None
+    assert guestarch._head(Path("/dev/null")) is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,6 +77,22 @@ def _find(root: Path, program: str, env: list[str]) -> tuple[str, Path] | None:
     return None
 
 
+def _head(path: Path) -> bytes | None:
+    """The first bytes of the regular file ``path``, or None. The rootfs is the container's:
+    the file may have been swapped for a link (never followed) or a FIFO (never waited on)
+    since it was looked up."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 256) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _elf_machine(head: bytes) -> int | None:
     if len(head) < 20 or head[:4] != _ELF or head[5] not in (1, 2):
         return None
@@ -96,10 +113,8 @@ def program_machine(rootfs: Path, process: Mapping[str, Any]) -> tuple[int, str]
         if found is None:
             return None
         where, path = found
-        try:
-            with path.open("rb") as f:
-                head = f.read(256)
-        except OSError:
+        head = _head(path)
+        if head is None:
             return None
         machine = _elf_machine(head)
         if machine is not None:
