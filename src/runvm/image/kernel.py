@@ -239,7 +239,7 @@ def _configure(
 
 def _compile(tree: Path, t: Target, make: list[str], jobs: int, report: Progress) -> None:
     """``make bzImage`` (or ``Image``) at low priority, reporting progress every 30 s."""
-    report(f"compile {t.make_target} with {jobs} jobs at nice 10 (7-12 minutes on 2 cores)")
+    report(f"compile {t.make_target} with {jobs} jobs at nice 10 (6-12 minutes on 2 cores)")
     argv = ["nice", "-n", "10", "make", f"-j{jobs}", *make, t.make_target]
     start = last = time.monotonic()
     objects, tail = 0, list[str]()
