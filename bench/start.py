@@ -14,6 +14,10 @@ TCG translation cache instead of 32), interleaved: a cold start through the Pyth
 (sandbox up, container run to exit, teardown), QEMU start to agent ready, and QEMU's PSS
 with the sandbox up and the container created.
 
+With --arches, instead: each guest architecture (the host's and the other, emulated: arm64 on
+virt on an amd64 host) on the minimal kernel, interleaved: `runvm run` end to end (CLI), a cold
+start through the Python API, QEMU start to agent ready, QEMU's PSS with the container created.
+
 With --ctr, instead: `ctr run --rm` of busybox `true` through one private containerd with
 runc, runvm cold, runvm cloned from a template and runvm handed a VM by the cache daemon
 (bench/ctrstart.py), ratios to runc.
@@ -21,7 +25,8 @@ runc, runvm cold, runvm cloned from a template and runvm handed a VM by the cach
 With --ctr --phases, also each runvm configuration's start split into the shim's traced
 marks (bench/ctrstart.py).
 
-Usage (root, after scripts/install): python3 bench/start.py [--runs 7] [--matrix | --ctr [--phases]]
+Usage (root, after scripts/install):
+    python3 bench/start.py [--runs 7] [--matrix | --arches | --ctr [--phases]]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runvm import arch as arches
 from runvm import config as cfg
 from runvm import image
 from runvm.hypervisor.accel import detect
@@ -167,10 +173,50 @@ def matrix(runs: int, tmp: Path, bundle: Path) -> None:
         )
 
 
+def true_bundle(path: Path, arch: str = "") -> Path:
+    """A busybox bundle of ``arch`` running ``true`` without a terminal."""
+    make_bundle(path, ["true"], arch=arch)
+    spec = json.loads((path / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    (path / "config.json").write_text(json.dumps(spec))
+    return path
+
+
+def compare_arches(runs: int, tmp: Path) -> None:
+    """The host's architecture against the other one, interleaved ``runs`` times."""
+    names = [arches.host().name, *(a for a in arches.ARCHES if a != arches.host().name)]
+    tables: dict[str, dict[str, object]] = {
+        "runtime": {"state_root": str(tmp / "state"), "cache_dir": str(tmp / "c")},
+        "factory": {"enable": False},  # cold starts
+        "image": {"variant": "minimal"},
+    }
+    conf = tmp / "runvm.toml"
+    conf.write_text(f'[runtime]\nstate_root = "{tmp / "state"}"\ncache_dir = "{tmp / "c"}"\n'
+                    '[factory]\nenable = false\n[image]\nvariant = "minimal"\n')  # fmt: skip
+    env = {**os.environ, "RUNVM_CONFIG": str(conf)}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names:
+            bundle = true_bundle(tmp / f"bundle-{name}", name) if i == 0 else tmp / f"bundle-{name}"
+            run = [sys.executable, "-m", "runvm.cli.main", "run", "--bundle", str(bundle)]
+            wall = timed([*run, f"a{i}-{name}"], env)  # hypervisor.arch auto: the program's
+            config = cfg.parse({**tables, "hypervisor": {"arch": name}})
+            rows[name].append({"runvm run": wall, **asyncio.run(phases(config, bundle, f"p{i}"))})
+    print(f"{runs} interleaved cold starts each, medians; minimal kernel, TCG unless KVM says")
+    print(f"{'guest':18}{'runvm run s':>13}{'cold start s':>14}{'QEMU->agent s':>15}"
+          f"{'QEMU PSS MiB':>14}")  # fmt: skip
+    for name, results in rows.items():
+        med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        machine = "virt" if name == arches.ARM64 else "pc"
+        print(f"{name + ' ' + machine:18}{med['runvm run']:13.2f}{med['total']:14.2f}"
+              f"{med['QEMU start to agent ready']:15.2f}{med['QEMU PSS (MiB)']:14.0f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--matrix", action="store_true", help="kernels x machines x knobs")
+    parser.add_argument("--arches", action="store_true", help="the host's guests against arm64")
     parser.add_argument("--ctr", action="store_true", help="ctr run: runc, cold, templated, cached")
     parser.add_argument("--phases", action="store_true", help="with --ctr: each start's marks")
     parser.add_argument("--only", default="", help="with --ctr: e.g. default,templated")
@@ -198,11 +244,10 @@ def main() -> None:
         conf.write_text(f'[runtime]\nstate_root = "{tmp / "state"}"\ncache_dir = "{tmp / "c"}"\n'
                         "[factory]\nenable = false\n")  # fmt: skip
         env = {**os.environ, "RUNVM_CONFIG": str(conf)}
-        bundle = tmp / "bundle"
-        make_bundle(bundle, ["true"])
-        spec = json.loads((bundle / "config.json").read_text())
-        spec["process"]["terminal"] = False
-        (bundle / "config.json").write_text(json.dumps(spec))
+        if args.arches:
+            compare_arches(args.runs, tmp)
+            return
+        bundle = true_bundle(tmp / "bundle")
         if args.matrix:
             matrix(args.runs, tmp, bundle)
             return

@@ -147,12 +147,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+def guest_arch() -> str:
+    """The architecture of the tests' guests (the matrix's hypervisor.arch; "" for auto: the
+    host's). Tests pass it to the busybox bundles and images they build."""
+    wanted = str(matrix_settings().get("hypervisor", {}).get("arch", "auto"))
+    return "" if wanted == "auto" else wanted
+
+
 def _image_ready() -> str | None:
     try:
-        from runvm import config
         from runvm.runtime.guestimage import resolve_guest_files
 
-        resolve_guest_files(config.load())
+        resolve_guest_files(cfg.parse(matrix_settings()))
     except Exception as exc:
         return f"no guest image ({exc}); run `runvm image build`"
     return None
@@ -160,10 +166,14 @@ def _image_ready() -> str | None:
 
 def vm_requirements() -> str | None:
     """Why VM tests cannot run here, or None."""
+    from runvm.hypervisor.qemu.driver import QemuHypervisor
+
     if os.geteuid() != 0:
         return "needs root"
-    if not shutil.which("qemu-system-x86_64"):
-        return "needs qemu-system-x86_64 (Debian qemu-system-x86)"
+    try:
+        QemuHypervisor.for_config(cfg.parse(matrix_settings())).resolve_binary()
+    except Exception as exc:
+        return f"needs QEMU: {exc}"
     return _image_ready()
 
 
@@ -236,12 +246,19 @@ def cli_env(tmp_path: Path, state_root: Path, accel_cache: Path) -> dict[str, st
 
 
 def _procs() -> dict[int, str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True)
+    """pid -> whole command line of the processes a leak would be. From /proc, never from
+    ps: ps cuts lines at 80 columns without a terminal, and a cut line loses the state root
+    that tells another runvm's VM helpers (:func:`_foreign`) from this test's."""
     found = {}
-    for line in out.stdout.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if any(p in args for p in LEAK_PATTERNS) and int(pid) != os.getpid():
-            found[int(pid)] = args
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if any(p in args for p in LEAK_PATTERNS):
+            found[int(entry.name)] = args.strip()
     return found
 
 
@@ -254,9 +271,25 @@ def _machine_templates() -> set[str]:
     return {p.name for p in MACHINE_TEMPLATES.glob("*")} if MACHINE_TEMPLATES.is_dir() else set()
 
 
-def _foreign(args: str, state_root: Path) -> bool:
-    """A VM helper of another runvm (another state root): not this test's to judge or kill."""
-    return "/sandboxes/" in args and f"{state_root}/sandboxes/" not in args
+def _environ_config(pid: int) -> str | None:
+    """The RUNVM_CONFIG a process runs with, if it has one."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    found = [e[len(b"RUNVM_CONFIG=") :] for e in environ if e.startswith(b"RUNVM_CONFIG=")]
+    return found[0].decode(errors="replace") if found else None
+
+
+def _foreign(pid: int, args: str, state_root: Path, tmp_path: Path) -> bool:
+    """A process of another runvm (another state root, another test's or another user's
+    configuration): not this test's to judge or kill. Without such evidence it is this test's."""
+    if "/sandboxes/" in args:
+        return f"{state_root}/sandboxes/" not in args
+    if str(state_root) in args or str(tmp_path) in args:
+        return False
+    config = _environ_config(pid)
+    return config is not None and not config.startswith(str(tmp_path))
 
 
 @pytest.fixture
@@ -267,7 +300,8 @@ def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while True:
-        new = {p: a for p, a in _procs().items() if p not in before and not _foreign(a, state_root)}
+        new = {p: a for p, a in _procs().items()
+               if p not in before and not _foreign(p, a, state_root, tmp_path)}  # fmt: skip
         if not new or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -20,6 +20,7 @@ from runvm.errors import ConfigError
 DEFAULT_PATH = Path("/etc/runvm/config.toml")
 
 Accelerator = Literal["auto", "kvm", "tcg"]
+GuestArch = Literal["auto", "amd64", "arm64"]
 Machine = Literal["pc", "q35", "microvm"]
 Variant = Literal["minimal", "debian"]
 Boot = Literal["auto", "bzimage", "pvh"]
@@ -32,10 +33,17 @@ ShimScope = Literal["pod", "namespace"]
 
 @dataclass(frozen=True)
 class HypervisorConfig:
-    path: str = "qemu-system-x86_64"  # QEMU binary, looked up on PATH
+    # The guests' architecture: auto (each pod's VM is that of its first container's program,
+    # the host's for a VM without one), or amd64 | arm64 (every VM; a container built for
+    # another architecture is refused). See docs/design.md, "Guest architectures".
+    arch: GuestArch = "auto"
+    # QEMU binary, looked up on PATH; {target} is QEMU's name of the guest's architecture
+    # (x86_64, aarch64).
+    path: str = "qemu-system-{target}"
     accelerator: Accelerator = (
         "auto"  # auto (KVM if a guest really runs under it, else TCG) | kvm | tcg
     )
+    # The machine of x86_64 guests: pc | q35 | microvm. arm64 guests run on virt.
     machine: Machine = "pc"
     # The machine of a sandbox that hot-plugs devices (a block-device rootfs or volume) when
     # `machine` cannot (microvm); "" refuses such containers instead.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import loose_permissions
+from conftest import guest_arch, loose_permissions
 
 from runvm.cli.common import parse_signal
 from runvm.errors import RunvmError
@@ -105,7 +105,7 @@ def poll(predicate: Any, timeout: float, what: str) -> float:
 
 def bundle(tmp: Path, script: str, terminal: bool = False, **top: Any) -> Path:
     path = tmp / "bundle"
-    spec = make_bundle(path, ["sh", "-c", script], terminal=terminal)
+    spec = make_bundle(path, ["sh", "-c", script], arch=guest_arch(), terminal=terminal)
     spec.update(top)
     (path / "config.json").write_text(json.dumps(spec))
     return path

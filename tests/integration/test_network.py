@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config, cache_settings, in_netns
+from conftest import add_config, cache_settings, guest_arch, in_netns
 
 from runvm.image.busybox import make_bundle
 
@@ -104,7 +104,7 @@ def forward(ns: str, port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
 
 
 def pod_bundle(path: Path, netns: str, script: str) -> Path:
-    spec = make_bundle(path, ["sh", "-c", script])
+    spec = make_bundle(path, ["sh", "-c", script], arch=guest_arch())
     (path / "rootfs/srv.sh").write_text(SERVER)
     (path / "rootfs/srv.sh").chmod(0o755)
     for ns in spec["linux"]["namespaces"]:

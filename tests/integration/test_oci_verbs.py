@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import runvm_cli
+from conftest import guest_arch, runvm_cli
 
 from runvm.image.busybox import make_bundle
 
@@ -40,7 +40,7 @@ def test_pause_resume_update_events_ps_list(tmp_path: Path, cli_env: dict[str, s
         "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; "
         "sleep 0.2; done"
     )
-    make_bundle(b, ["sh", "-c", loop])
+    make_bundle(b, ["sh", "-c", loop], arch=guest_arch())
     spec = json.loads((b / "config.json").read_text())
     spec["root"]["readonly"] = False
     (b / "config.json").write_text(json.dumps(spec))

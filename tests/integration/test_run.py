@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config
+from conftest import add_config, guest_arch
 
+from runvm import arch as arches
 from runvm.image.busybox import make_bundle
 from runvm.runtime.container import Container
 from runvm.runtime.sandbox import Sandbox
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
 
 def bundle(tmp_path: Path, script: str, **process: Any) -> Path:
     path = tmp_path / "bundle"
-    make_bundle(path, ["sh", "-c", script], **process)
+    make_bundle(path, ["sh", "-c", script], arch=guest_arch(), **process)
     return path
 
 
@@ -54,6 +55,18 @@ def test_echo_exit_code_and_separate_streams(tmp_path: Path, cli_env: dict[str, 
     assert r.returncode == 42, r.stderr
     assert r.stdout == b"hello from the vm\n"
     assert r.stderr == b"to-stderr\n"
+
+
+@pytest.mark.smoke
+def test_the_guest_has_the_containers_architecture(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """The container's own ``uname -m`` is its architecture's (aarch64 for arm64 under the
+    smoke matrix's hypervisor.arch = arm64), in a guest kernel, not the host's."""
+    b = bundle(tmp_path, "uname -m; uname -r")
+    r = runvm(cli_env, "run", "--bundle", str(b), "c-arch")
+    assert r.returncode == 0, r.stderr
+    machine, release = r.stdout.decode().split()
+    assert machine == arches.get(guest_arch() or arches.host().name).uname
+    assert release != os.uname().release
 
 
 def test_one_mebibyte_through_cat(tmp_path: Path, cli_env: dict[str, str]) -> None:

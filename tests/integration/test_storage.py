@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config
+from conftest import add_config, guest_arch
 
 from runvm.image.busybox import make_bundle
 
@@ -65,7 +65,7 @@ def test_volumes_both_ways_and_readonly_on_the_host_side(
     config = tmp_path / "config.txt"
     config.write_text("v1\n")
     b = tmp_path / "bundle"
-    spec = make_bundle(b, ["sh", "-c", SCRIPT])
+    spec = make_bundle(b, ["sh", "-c", SCRIPT], arch=guest_arch())
     spec["mounts"] += [
         {"destination": "/ro", "type": "bind", "source": str(ro), "options": ["rbind", "ro"]},
         {"destination": "/rw", "type": "bind", "source": str(rw), "options": ["rbind", "rw"]},
@@ -171,7 +171,7 @@ def test_block_device_rootfs_boots_and_is_writable(
     virtio-blk, not shared: the container runs from it, its writes land in the disk."""
     b = tmp_path / "bundle"
     script = "grep ' / ' /proc/mounts; echo written > /new.txt && sync && cat /new.txt"
-    spec = make_bundle(b, ["sh", "-c", script])
+    spec = make_bundle(b, ["sh", "-c", script], arch=guest_arch())
     image = _ext4_image(tmp_path, b / "rootfs")
     loop = ""
     if kind == "loop-device":

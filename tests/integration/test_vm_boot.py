@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 from guestvariant import variant
 
+from runvm import arch as arches
 from runvm import config as cfg
 from runvm import image
 from runvm.errors import AgentError, AgentTimeout, VersionMismatch
@@ -40,7 +41,8 @@ def with_timeout(config: cfg.RunvmConfig, seconds: float) -> cfg.RunvmConfig:
 
 @pytest.mark.smoke
 def test_boot_agent_answers_and_poweroff(runvm_config: cfg.RunvmConfig) -> None:
-    info = image.current(variant=runvm_config.image.variant)
+    arch = arches.resolve(runvm_config.hypervisor.arch).name
+    info = image.current(variant=runvm_config.image.variant, arch=arch)
 
     async def scenario() -> dict[str, Any]:
         started = time.monotonic()

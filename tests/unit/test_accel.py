@@ -55,7 +55,7 @@ def test_probe_results_are_cached_per_guest_kernel(tmp_path: Path, monkeypatch: 
 
     probes: list[str] = []
 
-    async def probe(binary: str, kernel: Path, cache_dir: Path) -> tuple[bool, str]:
+    async def probe(binary: str, kernel: Path, cache_dir: Path, arch: str) -> tuple[bool, str]:
         probes.append(kernel.name)
         return False, "no KVM here"
 
@@ -71,3 +71,43 @@ def test_probe_results_are_cached_per_guest_kernel(tmp_path: Path, monkeypatch: 
             report = asyncio.run(accel.detect("auto", str(qemu), k, tmp_path / "cache"))
             assert report.accel is Accel.TCG
     assert probes == ["vmlinux", "vmlinuz"]
+
+
+def test_a_guest_of_another_architecture_is_emulated_without_a_probe(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import asyncio
+
+    import pytest
+
+    from runvm import arch as arches
+    from runvm.errors import HypervisorError
+    from runvm.hypervisor import accel
+
+    async def probe(*args: Any) -> tuple[bool, str]:
+        raise AssertionError("no probe: KVM cannot run another architecture's guest")
+
+    monkeypatch.setattr(arches, "host", lambda: arches.ARCHES["amd64"])
+    monkeypatch.setattr(accel, "kvm_device", lambda: (True, ""))
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(b"k")
+    report = asyncio.run(accel.detect("auto", "qemu-system-aarch64", kernel, tmp_path, "arm64"))
+    assert report.accel is Accel.TCG and report.kvm == "not for arm64 guests"
+    assert report.sentence() == (
+        "tcg (KVM not for arm64 guests: an arm64 guest on an amd64 host is emulated)"
+    )
+    with pytest.raises(HypervisorError, match="KVM cannot run arm64 guests on this amd64 host"):
+        asyncio.run(accel.detect("kvm", "qemu-system-aarch64", kernel, tmp_path, "arm64"))
+
+
+def test_the_kvm_probe_boots_each_architecture_on_its_machine(tmp_path: Path) -> None:
+    from runvm.hypervisor.accel import probe_argv
+
+    arm = probe_argv("qemu-system-aarch64", tmp_path / "Image", "arm64")
+    assert arm[arm.index("-machine") + 1] == "virt,gic-version=host"
+    assert arm[arm.index("-append") + 1].startswith("console=ttyAMA0 ")
+    amd = probe_argv("qemu-system-x86_64", tmp_path / "bzImage", "amd64")
+    assert amd[amd.index("-machine") + 1] == "pc"
+    assert amd[amd.index("-append") + 1].startswith("console=ttyS0 ")
+    assert all(a[a.index("-cpu") + 1] == "host" for a in (arm, amd))

@@ -14,13 +14,14 @@ import runvm
 SRC = Path(runvm.__file__).parent
 ROOT = "runvm"
 ANY = frozenset({
-    "errors", "config", "files", "names", "oci", "process", "spawn", "trace", "ttrpc",
+    "errors", "arch", "config", "files", "names", "oci", "process", "spawn", "trace", "ttrpc",
     "protocol", "hypervisor",
     "storage", "network", "ksm", "cache", "image", "agent", "runtime", "shim", "cli",
     "metrics",
 })  # fmt: skip
 RULES: dict[str, frozenset[str]] = {
     "errors": frozenset(),
+    "arch": frozenset({"errors"}),  # the guest architectures' names: pure data
     "config": frozenset({"errors"}),
     "files": frozenset({"errors"}),
     "names": frozenset({"errors"}),
@@ -30,13 +31,13 @@ RULES: dict[str, frozenset[str]] = {
     "trace": frozenset(),  # the benchmarks' start-up marks: imports nothing of runvm
     "ttrpc": frozenset({"errors"}),
     "protocol": frozenset({"errors", "ttrpc"}),
-    "hypervisor": frozenset({"errors", "config", "process", "files"}),
+    "hypervisor": frozenset({"errors", "arch", "config", "process", "files"}),
     # device specs come from hypervisor.base; mounts is the one mount(2) helper
     "storage": frozenset({"errors", "process", "files", "hypervisor"}),
     "network": frozenset({"errors", "protocol", "hypervisor", "storage"}),
     "ksm": frozenset({"errors", "config", "files", "process"}),
     "cache": frozenset({"errors", "config", "files", "names", "process", "hypervisor"}),
-    "image": frozenset({"errors", "config", "oci", "files"}),
+    "image": frozenset({"errors", "arch", "config", "oci", "files"}),
     "agent": frozenset({"errors", "protocol", "ttrpc", "oci"}),
     # the owner's Snapshot wire and the daemon behind `runvm metrics serve`; never the agent
     "metrics": frozenset({"errors", "config", "files", "names", "ttrpc"}),

@@ -18,6 +18,7 @@ from runvm import config as cfg
 from runvm.errors import ConfigError, ExistsError, NotFoundError, RpcError, StateError
 from runvm.hypervisor.base import Accel, VMSpec
 from runvm.hypervisor.fake import FakeVM
+from runvm.hypervisor.qemu.machines import machine_capabilities
 from runvm.oci.default import default_spec
 from runvm.protocol.client import AgentClient
 from runvm.protocol.fake import FakeAgent
@@ -71,7 +72,7 @@ class FakeSandbox:
         self.vm = FakeVM(spec)
         self.hotplug_blk = False
         self.machine = "pc"
-        self.resizable = True
+        self.growth = machine_capabilities("pc")
         self.failure = ""
         self.network = None
         self.details = None

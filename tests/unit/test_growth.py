@@ -15,6 +15,7 @@ from runvm import config as cfg
 from runvm.errors import ConfigError
 from runvm.hypervisor.fake import FakeVM
 from runvm.hypervisor.qemu import resize
+from runvm.hypervisor.qemu.machines import machine_capabilities
 from runvm.runtime.machine import room
 from runvm.runtime.pod import Pod
 from runvm.runtime.sizing import Size
@@ -135,8 +136,11 @@ def test_a_machine_without_hotplug_shares_its_vm_and_refuses_more_naming_the_fix
     async def body() -> None:
         pod = pod_with_caps(boots)
         await pod.create("pause", make_bundle(tmp_path / "p"), stdin=False)
-        boots.booted[0].resizable = False
-        with pytest.raises(ConfigError, match=r"machine pc cannot hot-plug.*hypervisor.machine"):
+        boots.booted[0].growth = machine_capabilities("microvm")
+        boots.booted[0].machine = "microvm"
+        with pytest.raises(
+            ConfigError, match=r"machine microvm cannot hot-plug memory.*hypervisor"
+        ):
             await pod.create("big", limited(tmp_path / "b", GIB), stdin=False)
         assert "big" not in pod.containers
         await pod.create("app", limited(tmp_path / "a", 96 << 20), stdin=False)
@@ -155,6 +159,18 @@ def test_room_is_up_to_the_caps_and_none_on_microvm() -> None:
     assert room(config, "pc", Size(1, 256)) == (4, 768)  # 744 rounded up to the 128 MiB block
     assert room(config, "q35", Size(6, 2000)) == (6, 0)
     assert room(config, "microvm", Size(1, 256)) == (0, 0)
+    assert room(config, "virt", Size(1, 256)) == (4, 768)  # vCPUs onlined, virtio-mem
+
+
+def test_an_arm64_guest_runs_on_virt_whatever_x86_machine_is_configured() -> None:
+    from runvm.runtime.machine import machine_for
+
+    for machine in ("pc", "q35", "microvm"):
+        tables = {"hypervisor": {"arch": "arm64", "machine": machine}}
+        assert machine_for(cfg.parse(tables), needs_hotplug=True) == "virt"
+        assert (
+            machine_for(cfg.parse({"hypervisor": {"arch": "amd64", "machine": machine}})) == machine
+        )
 
 
 class ScriptedQmp:

@@ -25,9 +25,9 @@ OTHERS = [DebPackage("python3.11-minimal", "3.11.2-6", "amd64", "b" * 64)]
 def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     built: list[str] = []
     monkeypatch.setattr(debs, "host_arch", lambda: "amd64")
-    monkeypatch.setattr(debs, "metapackage_target", lambda name: KERNEL.name)
-    monkeypatch.setattr(debs, "packages",
-                        lambda names: [KERNEL] if names == [KERNEL.name] else OTHERS)  # fmt: skip
+    monkeypatch.setattr(debs, "metapackage_target", lambda name, arch="": KERNEL.name)
+    monkeypatch.setattr(debs, "packages", lambda names, arch="": [KERNEL]
+                        if names == [KERNEL.name] else OTHERS)  # fmt: skip
 
     def fake_build(work: Path, final: Path, *args: Any) -> ImageInfo:
         built.append(final.name)
@@ -40,6 +40,7 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             kernel_pvh="",
             root_image="",
             initrd=final / "initrd.img",
+            arch=args[-2].arch,
             variant=args[-2].variant,
             kernel_release="6.1.0-56-cloud-amd64",
             kernel_package=KERNEL.name,
@@ -63,7 +64,7 @@ def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_build_then_reuse_then_force(tmp_path: Path, fake_apt: list[str]) -> None:
     steps: list[str] = []
     info = builder.build(tmp_path, progress=steps.append)
-    assert steps[0] == "resolve packages (debian kernel)" and steps[-1] == "done"
+    assert steps[0] == "resolve packages (debian kernel, amd64)" and steps[-1] == "done"
     assert info.kernel == tmp_path / info.sha256 / "vmlinuz"
     assert (tmp_path / "current").resolve() == tmp_path / info.sha256
     assert current(tmp_path) == info
@@ -119,14 +120,14 @@ def test_minimal_variant_uses_the_built_kernel_and_its_own_link(
 
     kdir = tmp_path / "kernels" / ("k" * 64)
     made = kernel.KernelBuild(kdir, "6.1.192", "6.1.192-2")
-    monkeypatch.setattr(kernel, "build", lambda cache, report: made)
+    monkeypatch.setattr(kernel, "build", lambda cache, report, arch: made)
     debian = builder.build(tmp_path)
     minimal = builder.build(tmp_path, spec=ImageSpec(variant="minimal"))
     assert minimal.sha256 != debian.sha256 and minimal.variant == "minimal"
     assert current(tmp_path, "debian") == debian and current(tmp_path, "minimal") == minimal
     assert current(tmp_path) == minimal  # "current" is the newest build
     # A different kernel build gives a different image.
-    monkeypatch.setattr(kernel, "build", lambda cache, report: dataclasses.replace(
+    monkeypatch.setattr(kernel, "build", lambda cache, report, arch: dataclasses.replace(
         made, directory=tmp_path / "kernels" / ("j" * 64)))  # fmt: skip
     assert builder.build(tmp_path, spec=ImageSpec(variant="minimal")).sha256 != minimal.sha256
     with pytest.raises(ImageError, match="unknown guest image variant"):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
+
+from runvm import arch as arches
+from runvm.errors import ImageError
 from runvm.image import kernel
 
 
@@ -20,10 +26,11 @@ def test_unmet_options_names_what_kconfig_dropped() -> None:
     assert kernel.unmet_options({"CONFIG_A": "y"}, final) == []
 
 
-def test_every_fragment_option_is_documented_and_built_in() -> None:
+@pytest.mark.parametrize("arch", list(arches.ARCHES))
+def test_every_fragment_option_is_documented_and_built_in(arch: str) -> None:
     """Each option sits under a comment saying why; nothing is a module (the image has none)."""
-    texts = kernel.fragments()
-    assert list(texts) == list(kernel.FRAGMENTS)
+    texts = kernel.fragments(arch)
+    assert list(texts) == [*kernel.COMMON_FRAGMENTS, kernel.target(arch).make_arch]
     for name, text in texts.items():
         lines = text.splitlines()
         assert lines[0].startswith(f"# {name}:"), f"{name}.config starts with its purpose"
@@ -43,10 +50,39 @@ def test_every_fragment_option_is_documented_and_built_in() -> None:
         "CONFIG_NET_9P_VIRTIO",
         "CONFIG_VIRTIO_BLK",
         "CONFIG_OVERLAY_FS",
-        "CONFIG_HOTPLUG_PCI_ACPI",
+        "CONFIG_HOTPLUG_PCI_PCIE",
         "CONFIG_SECCOMP_FILTER",
+        {"amd64": "CONFIG_HOTPLUG_PCI_ACPI", "arm64": "CONFIG_PCI_HOST_GENERIC"}[arch],
+        {"amd64": "CONFIG_SERIAL_8250_CONSOLE", "arm64": "CONFIG_SERIAL_AMBA_PL011_CONSOLE"}[arch],
     ):
         assert any(o.get(wanted) == "y" for o in options), wanted
+
+
+def test_the_architectures_fragments_name_no_option_of_the_other() -> None:
+    """What one architecture's fragment sets is its own: the common fragments hold the rest."""
+    amd64 = kernel.parse_config(kernel.fragments("amd64")["x86_64"])
+    arm64 = kernel.parse_config(kernel.fragments("arm64")["arm64"])
+    assert set(amd64) & set(arm64) == {"CONFIG_PARAVIRT"}  # each architecture's own
+    common = {k for n in kernel.COMMON_FRAGMENTS
+              for k in kernel.parse_config(kernel.fragments()[n])}  # fmt: skip
+    assert not common & (set(amd64) | set(arm64))
+
+
+def test_a_kernel_of_another_architecture_is_cross_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arches, "host", lambda: arches.ARCHES["amd64"])
+    assert kernel.make_args("amd64") == ["ARCH=x86_64"]
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert kernel.make_args("arm64") == ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ImageError, match="Debian package gcc-aarch64-linux-gnu"):
+        kernel.make_args("arm64")
+    monkeypatch.setattr(arches, "host", lambda: arches.ARCHES["arm64"])
+    with pytest.raises(ImageError, match="Debian package gcc-x86-64-linux-gnu"):
+        kernel.make_args("amd64")
+    assert kernel.KernelBuild.outputs("arm64") == ("Image", "config", "release")
+    assert kernel.KernelBuild.outputs("amd64") == ("bzImage", "vmlinux", "config", "release")
 
 
 def test_build_hash_changes_with_source_and_fragments() -> None:
@@ -58,3 +94,4 @@ def test_build_hash_changes_with_source_and_fragments() -> None:
     assert base != kernel.build_hash("6.1.192-2", changed)
     commented = {**texts, "net": texts["net"] + "# a new remark\n"}
     assert base == kernel.build_hash("6.1.192-2", commented)  # comments cost no rebuild
+    assert base != kernel.build_hash("6.1.192-2", texts, "arm64")

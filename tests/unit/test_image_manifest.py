@@ -28,6 +28,7 @@ def _info(directory: Path) -> ImageInfo:
         kernel_pvh="",
         root_image="",
         initrd=directory / "initrd.img",
+        arch="amd64",
         variant="debian",
         kernel_release="6.1.0-56-cloud-amd64",
         kernel_package=PKGS[0].name,
@@ -59,6 +60,7 @@ def test_inputs_hash_is_stable_and_order_free() -> None:
         lambda p, a, s: (p, {**a, "runvm/agent/extra.py": b""}, s),
         lambda p, a, s: (p, a, dataclasses.replace(s, kernel_modules=("virtio_pci",))),
         lambda p, a, s: (p, a, dataclasses.replace(s, zstd_level=3)),
+        lambda p, a, s: (p, a, dataclasses.replace(s, arch="arm64")),
     ],
 )
 def test_inputs_hash_changes_with_any_input(change: object) -> None:
@@ -112,6 +114,27 @@ def test_current_follows_symlink(tmp_path: Path) -> None:
     assert current(tmp_path) == info
 
 
+def test_each_variant_and_architecture_has_its_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runvm import arch as arches
+
+    monkeypatch.setattr(arches, "host", lambda: arches.ARCHES["amd64"])
+    info = _info(tmp_path / ("f" * 64))
+    info.kernel.parent.mkdir()
+    manifest.write(info, info.kernel.parent)
+    info.kernel.write_bytes(b"k")
+    info.initrd.write_bytes(b"i")
+    (tmp_path / "debian-arm64").symlink_to(info.kernel.parent.name)
+    assert current(tmp_path, "debian", "arm64") == info
+    with pytest.raises(ImageError, match=r"no debian guest image built for amd64; run "
+                       r"`runvm image build --kernel debian`$"):  # fmt: skip
+        current(tmp_path, "debian")
+    with pytest.raises(ImageError, match=r"for arm64; run `runvm image build --kernel minimal "
+                       r"--arch arm64`"):  # fmt: skip
+        current(tmp_path, "minimal", "arm64")
+
+
 def test_shipped_sources(tmp_path: Path) -> None:
     (tmp_path / "runvm/agent/__pycache__").mkdir(parents=True)
     (tmp_path / "runvm/__init__.py").write_text("")
@@ -158,6 +181,37 @@ def test_parse_apt_records() -> None:
     }
     pkg = DebPackage("zlib1g", second["Version"], "amd64", "1234")
     assert pkg.filename == "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb"
+    assert pkg.download_spec == "zlib1g:amd64=1:1.2.13.dfsg-1"
+    assert dataclasses.replace(pkg, architecture="all").download_spec == "zlib1g=1:1.2.13.dfsg-1"
+
+
+def test_packages_of_another_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked qualified (``name:arm64``); an ``all`` package has no such record and is found by
+    its bare name; one apt does not know for that architecture names the fix."""
+    records = {
+        "crun:arm64": "Package: crun\nVersion: 1.8.1-1\nArchitecture: arm64\nSHA256: 11\n",
+        "python3-pyroute2": "Package: python3-pyroute2\nVersion: 0.7.2-2\n"
+                            "Architecture: all\nSHA256: 22\n",
+        "crun": "Package: crun\nVersion: 1.8.1-1\nArchitecture: amd64\nSHA256: 33\n",
+    }  # fmt: skip
+    asked: list[list[str]] = []
+
+    def apt(argv: list[str], cwd: Path | None = None, hint: str = "") -> str:
+        if argv == ["dpkg", "--print-architecture"]:
+            return "amd64\n"
+        asked.append(argv[3:])
+        return "\n".join(records.get(name, "") for name in argv[3:])
+
+    monkeypatch.setattr(debs, "_run", apt)
+    got = debs.packages(["crun", "python3-pyroute2"], "arm64")
+    assert asked == [["crun:arm64", "python3-pyroute2:arm64"], ["python3-pyroute2"]]
+    assert [(p.name, p.architecture, p.sha256) for p in got] == [
+        ("crun", "arm64", "11"), ("python3-pyroute2", "all", "22")]  # fmt: skip
+    with pytest.raises(ImageError, match=r"busybox is not in the apt lists for arm64; run "
+                       r"`dpkg --add-architecture arm64 && apt-get update`"):  # fmt: skip
+        debs.packages(["busybox"], "arm64")
+    with pytest.raises(ImageError, match="crun is not in the apt lists for riscv64"):
+        debs.packages(["crun"], "riscv64")  # the amd64 record is not taken for another
 
 
 def test_cached_deb_must_match_sha(tmp_path: Path) -> None:

@@ -163,3 +163,55 @@ def test_free_page_reporting_balloon(machine: str) -> None:
 def test_private_guest_ram_without_vhost_user() -> None:
     argv = build_argv(spec(Accel.TCG, memory_shared=False, devices=()))
     assert "memory-backend-memfd,id=mem,size=512M,share=off" in argv
+
+
+@pytest.mark.parametrize("accel", [Accel.KVM, Accel.TCG])
+def test_arm64_virt_matches_golden(accel: Accel) -> None:
+    """An arm64 guest on virt: the host's GIC under KVM and an emulated GICv3 otherwise, the
+    PL011 console, PCIe root ports to hot-plug into, every vCPU there from boot (virt cannot
+    hot-plug one) with the guest bringing up its base, virtio-mem room."""
+    from runvm.hypervisor.base import NetSpec
+
+    devices = (
+        AgentChannelSpec(kind="virtio-serial", socket_path=Path("/run/sb1/agent.sock")),
+        VirtioFsSpec(tag="runvm-shared", socket_path=Path("/run/sb1/virtiofsd.sock")),
+        NetSpec(id="net0", mac="02:00:00:00:00:01", fds=(5,)),
+    )
+    vm = spec(accel, arch="arm64", machine="virt", devices=devices, vcpus=1, max_vcpus=4,
+              hotplug_memory_mib=1024, free_page_reporting=True)  # fmt: skip
+    argv = build_argv(vm, "/usr/bin/qemu-system-aarch64")
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / f"qemu-virt-{accel.value}.argv"
+    if os.environ.get("RUNVM_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
+    gic = "host" if accel is Accel.KVM else "3"
+    assert argv[argv.index("-machine") + 1] == f"virt,gic-version={gic},memory-backend=mem"
+    assert argv[argv.index("-smp") + 1] == "4,maxcpus=4"
+    cmdline = kernel_cmdline(vm).split()
+    assert cmdline[0] == "console=ttyAMA0" and "maxcpus=1" in cmdline
+    assert not {"reboot=t", "tsc=reliable"} & set(cmdline)  # x86's own
+
+
+def test_the_qemu_binary_follows_the_guests_architecture() -> None:
+    from runvm import config as cfg
+    from runvm.hypervisor.qemu.driver import QemuHypervisor
+
+    arm = QemuHypervisor.for_config(cfg.parse({"hypervisor": {"arch": "arm64"}}))
+    assert (arm.binary, arm.arch) == ("qemu-system-aarch64", "arm64")
+    amd = QemuHypervisor.for_config(cfg.parse({"hypervisor": {"arch": "amd64"}}))
+    assert (amd.binary, amd.arch) == ("qemu-system-x86_64", "amd64")
+    fixed = cfg.parse({"hypervisor": {"arch": "arm64", "path": "/opt/qemu/bin/qemu-{target}"}})
+    assert QemuHypervisor.for_config(fixed).binary == "/opt/qemu/bin/qemu-aarch64"
+
+
+def test_an_arm64_spec_is_refused_by_the_qemu_of_amd64_guests(tmp_path: Path) -> None:
+    import asyncio
+
+    from runvm.errors import HypervisorError
+    from runvm.hypervisor.qemu.driver import QemuHypervisor
+
+    vm = spec(Accel.TCG, arch="arm64", machine="virt", run_dir=tmp_path)
+    with pytest.raises(HypervisorError, match="an arm64 VM cannot start with the QEMU of amd64"):
+        asyncio.run(QemuHypervisor("qemu-system-x86_64", "amd64").launch(vm))
+    assert not list(tmp_path.iterdir())

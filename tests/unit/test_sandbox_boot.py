@@ -44,7 +44,9 @@ class Fakes:
         files = GuestFiles(tmp / "vmlinuz", tmp / "initrd.img")
         self.options = SandboxOptions(share_fs=False, hostname="h", guest_files=files)
 
-        async def detect(wanted: str, binary: str, kernel: Path, cache: Path) -> AccelReport:
+        async def detect(
+            wanted: str, binary: str, kernel: Path, cache: Path, arch: str
+        ) -> AccelReport:
             return AccelReport(Accel.TCG, "absent", "no KVM here")
 
         async def connect(

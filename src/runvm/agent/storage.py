@@ -2,13 +2,17 @@
 
 Every mount point must lie under ``/run/runvm/``; an unknown driver is refused. A ``blk``
 storage names a hot-plugged virtio-blk disk by its serial: the agent waits for the disk to
-appear (the hot-plug is asynchronous) and mounts it. Removal unmounts in reverse order.
+appear (the hot-plug is asynchronous) and mounts it. A hot-plugged virtio-fs share's tag is
+unknown until the guest has probed its device (PCIe native hot-plug on q35 and virt finishes
+after QEMU's ``device_add`` answered): its mount is retried until then. Removal unmounts in
+reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from runvm.ttrpc import Code
 STORAGE_HANDLERS = ("virtio-fs", "9p", "tmpfs", "local", "blk")
 BLOCK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
 SYS_BLOCK = Path("/sys/block")
-DISK_WAIT = 15.0  # seconds for a hot-plugged disk to show up
+DISK_WAIT = 15.0  # seconds for a hot-plugged disk (or share) to show up
 _FLAGS = {"ro": sc.MS_RDONLY, "nosuid": sc.MS_NOSUID, "nodev": sc.MS_NODEV,
           "noexec": sc.MS_NOEXEC}  # fmt: skip
 _IGNORED = ("rw", "loop", "defaults")
@@ -78,13 +82,28 @@ async def mount_storage(storage: pb.Storage) -> str:
         source, fstype = storage.source, "tmpfs"
         flags, options = sc.MS_NOSUID | sc.MS_NODEV, ",".join(storage.options)
     try:
-        sc.mount(source, target, fstype, flags, options)
+        await _mount(source, target, fstype, flags, options)
         # A peer group of its own: a container's bind of it can then be its slave or peer
         # (the propagation options of bind mounts), as binds of host mounts are under runc.
         sc.mount("", target, "", sc.MS_SHARED)
     except OSError as exc:
         raise RpcError(Code.INTERNAL, f"mount {source} on {target}: {exc}") from exc
     return target
+
+
+async def _mount(source: str, target: str, fstype: str, flags: int, options: str) -> None:
+    """mount(2); a virtio-fs tag the guest does not know yet (EINVAL) is retried for as long
+    as a hot-plugged disk is waited for."""
+    deadline = asyncio.get_running_loop().time() + DISK_WAIT
+    while True:
+        try:
+            sc.mount(source, target, fstype, flags, options)
+            return
+        except OSError as exc:
+            late = asyncio.get_running_loop().time() > deadline
+            if fstype != "virtiofs" or exc.errno != errno.EINVAL or late:
+                raise
+        await asyncio.sleep(0.05)
 
 
 async def mount_all(storages: list[pb.Storage]) -> list[str]:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 
 libc = ctypes.CDLL(None, use_errno=True)
 
-SYS_FINIT_MODULE = 313  # x86_64
-SYS_PIVOT_ROOT = 155
+SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -54,7 +54,8 @@ def umount2(target: str, flags: int = 0) -> None:
 def finit_module(path: str, params: str = "") -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(libc.syscall(SYS_FINIT_MODULE, fd, params.encode(), 0), f"finit_module {path}")
+        number = SYS_FINIT_MODULE[platform.machine()]
+        _check(libc.syscall(number, fd, params.encode(), 0), f"finit_module {path}")
     finally:
         os.close(fd)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from runvm import config as cfg
 from runvm.errors import ConfigError
+from runvm.runtime.machine import machine_for
 
 
 def add_parser(sub: Any) -> None:
@@ -26,7 +27,7 @@ def check(conf: cfg.RunvmConfig) -> None:
     hv = conf.hypervisor
     if hv.user:
         raise ConfigError("cache: QEMU as hypervisor.user is not supported for cached VMs")
-    if hv.machine == "microvm":
+    if machine_for(conf) == "microvm":
         raise ConfigError("cache: a handed-over VM gets its share and NICs hot-plugged; "
                           'microvm cannot: set hypervisor.machine = "pc" or "q35"')  # fmt: skip
 

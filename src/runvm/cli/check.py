@@ -1,8 +1,10 @@
 """`runvm check`: can this host run runvm, and with what?
 
 Reports the accelerator (KVM usable / present but unusable / absent -> TCG), QEMU and
-virtiofsd versions, vhost-vsock, KSM and the guest image. Exits 0 when runvm can run,
-1 with one sentence per missing piece saying what to install or run otherwise.
+virtiofsd versions, vhost-vsock, KSM and the guest image; then, for each guest architecture
+(amd64, arm64), whether this host runs it and how (KVM or TCG) or what it lacks. Exits 0
+when guests of the configured architecture (``hypervisor.arch``, ``auto``: the host's) can
+run, 1 with one sentence per missing piece saying what to install or run otherwise.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runvm import arch as arches
 from runvm import config as cfg
-from runvm.errors import RunvmError
+from runvm.errors import ImageError, RunvmError
 from runvm.hypervisor.accel import detect, kvm_device, report_json
+from runvm.hypervisor.qemu.machines import binary_name, target
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
@@ -50,14 +54,52 @@ def _ksm() -> dict[str, Any]:
     }
 
 
+def _guest(config: cfg.RunvmConfig, arch: str) -> tuple[dict[str, Any], list[str]]:
+    """What a guest of ``arch`` runs with here, and what it lacks (sentences with the fix)."""
+    from runvm.runtime.guestarch import for_arch
+    from runvm.runtime.guestimage import resolve_guest_files
+
+    missing: list[str] = []
+    guest: dict[str, Any] = {}
+    qemu = shutil.which(binary_name(config.hypervisor.path, arch))
+    guest["qemu"] = {"path": qemu, "version": _version([qemu, "--version"]) if qemu else None}
+    if not qemu:
+        missing.append(f"QEMU is missing: install the Debian package {target(arch).package}")
+    try:
+        files = resolve_guest_files(for_arch(config, arches.get(arch)))
+        guest["image"] = {"kernel": str(files.kernel), "initrd": str(files.initrd)}
+    except ImageError as exc:
+        files = None
+        guest["image"] = {"error": str(exc)}
+        flag = "" if arch == arches.host().name else f" --arch {arch}"
+        missing.append(f"no guest image: run `runvm image build{flag}`")
+    except RunvmError as exc:  # the configuration rules it out (explicit guest files)
+        files = None
+        guest["image"] = {"error": str(exc)}
+        missing.append(str(exc))
+    if qemu and files:
+        accel = asyncio.run(detect(config.hypervisor.accelerator, qemu, files.kernel,
+                                   Path(config.runtime.cache_dir), arch))  # fmt: skip
+        guest["accelerator"] = report_json(accel)
+    else:
+        guest["accelerator"] = {"accel": None, "reason": "needs QEMU and a guest image to probe"}
+    guest["ok"] = not missing
+    guest["missing"] = missing
+    return guest, missing
+
+
 def gather(config: cfg.RunvmConfig) -> tuple[dict[str, Any], list[str]]:
-    """The report and the list of problems that stop runvm from running."""
+    """The report and the list of problems that stop runvm from running. Guests of the
+    configured architecture (``auto``: the host's) must be able to run; the report says for
+    each other architecture whether and how its guests run."""
     problems: list[str] = []
     report: dict[str, Any] = {}
-    qemu = shutil.which(config.hypervisor.path)
-    report["qemu"] = {"path": qemu, "version": _version([qemu, "--version"]) if qemu else None}
-    if not qemu:
-        problems.append("QEMU is missing: install the Debian package qemu-system-x86")
+    default = arches.resolve(config.hypervisor.arch).name
+    guests = {arch: _guest(config, arch) for arch in arches.ARCHES}
+    report["arch"] = default
+    report["guests"] = {arch: guest for arch, (guest, _) in guests.items()}
+    mine, problems = guests[default]
+    report.update(qemu=mine["qemu"], image=mine["image"], accelerator=mine["accelerator"])
     fsd = VIRTIOFSD if os.access(VIRTIOFSD, os.X_OK) else None
     report["virtiofsd"] = {"path": fsd, "version": _version([fsd, "--version"]) if fsd else None}
     if not fsd:
@@ -67,27 +109,16 @@ def gather(config: cfg.RunvmConfig) -> tuple[dict[str, Any], list[str]]:
     report["ksm"] = _ksm()
     dev_ok, dev_reason = kvm_device()
     report["kvm_device"] = {"usable": dev_ok, "reason": dev_reason}
-    try:
-        from runvm.runtime.guestimage import resolve_guest_files
-
-        files = resolve_guest_files(config)
-        report["image"] = {"kernel": str(files.kernel), "initrd": str(files.initrd)}
-    except RunvmError as exc:
-        files = None
-        report["image"] = {"error": str(exc)}
-        problems.append("no guest image: run `runvm image build`")
-    if qemu and files:
-        accel = asyncio.run(
-            detect(
-                config.hypervisor.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir)
-            )
-        )
-        report["accelerator"] = report_json(accel)
-    else:
-        report["accelerator"] = {"accel": None, "reason": "needs QEMU and a guest image to probe"}
     report["ok"] = not problems
     report["problems"] = problems
     return report, problems
+
+
+def _guest_line(arch: str, guest: dict[str, Any]) -> str:
+    if guest["missing"]:
+        return f"{arch}: cannot run here: " + "; ".join(guest["missing"])
+    acc = guest["accelerator"]
+    return f"{arch}: {acc.get('accel')} (KVM {acc.get('kvm', '?')}: {acc.get('reason')})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ksm:          {'run=' + str(ksm['run']) if ksm['available'] else 'not available'}")
         image = report["image"]
         print(f"guest image:  {image.get('error') or image['kernel'] + ', ' + image['initrd']}")
+        for i, (arch, guest) in enumerate(report["guests"].items()):
+            print(f"{'' if i else 'guests:':14}{_guest_line(arch, guest)}")
         for problem in problems:
             print(f"runvm cannot run: {problem}")
     return 1 if problems else 0

@@ -1,7 +1,8 @@
 """`runvm demo`: run a busybox container in its own VM and show the proof.
 
-The bundle is built from Debian's busybox-static (nothing is pulled). The container prints
-what it sees (kernel, hostname, PID, processes); runvm adds what the agent reports.
+The bundle is built from Debian's busybox-static of the chosen architecture (nothing is
+pulled). The container prints what it sees (kernel, machine, hostname, PID, processes);
+runvm adds what the agent reports.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from runvm import arch as arches
 from runvm import config as cfg
 from runvm.image.busybox import make_bundle
+from runvm.runtime import guestarch
 from runvm.runtime.container import Container
 from runvm.runtime.iorelay import pump_output
 from runvm.runtime.sandbox import Sandbox, SandboxOptions
 
 SCRIPT = (
     "echo 'hello from a busybox container in its own VM'; "
-    'echo "  kernel seen inside:  $(uname -r)"; '
+    'echo "  kernel seen inside:  $(uname -r) $(uname -m)"; '
     'echo "  hostname:            $(hostname)"; '
     'echo "  my pid:              $$"; '
     'echo "  processes visible:  " /proc/[0-9]*'
@@ -31,6 +34,9 @@ SCRIPT = (
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run a busybox container in a VM and show the proof")
+    p.add_argument("--arch", choices=tuple(arches.ARCHES),
+                   help="the container's architecture, and so its VM's (default: the "
+                   "config's hypervisor.arch, auto: the host's)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -63,6 +69,7 @@ async def _demo(config: cfg.RunvmConfig, bundle: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     config = cfg.load(args.config)
+    arch = arches.get(args.arch) if args.arch else arches.resolve(config.hypervisor.arch)
     with tempfile.TemporaryDirectory(prefix="runvm-demo-") as tmp:
-        make_bundle(Path(tmp), ["sh", "-c", SCRIPT])
-        return asyncio.run(_demo(config, Path(tmp)))
+        make_bundle(Path(tmp), ["sh", "-c", SCRIPT], arch=arch.name)
+        return asyncio.run(_demo(guestarch.for_arch(config, arch), Path(tmp)))

@@ -5,6 +5,8 @@ ioctls, yet an ordinary guest kernel never gets past its decompressor. So the pr
 guest kernel itself under KVM with no root filesystem: a working KVM reaches the kernel's
 "no root" panic, which with ``panic=-1 -no-reboot`` ends QEMU within a few seconds. The
 verdict is cached per (QEMU binary, host kernel, guest kernel) in ``<cache_dir>/accel.json``.
+KVM runs guests of the host's architecture only: a guest of another one is emulated (TCG)
+without a probe.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runvm import arch as arches
 from runvm.errors import ConfigError, HypervisorError
 from runvm.hypervisor.base import Accel
+from runvm.hypervisor.qemu.machines import machine_arg, target
 from runvm.process import Child, ChildSpec
 
 KVM_GET_API_VERSION = 0xAE00
@@ -30,7 +34,8 @@ PROBE_TIMEOUT = 8.0
 
 @dataclass(frozen=True)
 class AccelReport:
-    """The accelerator chosen and why. ``kvm`` is usable | unusable | absent."""
+    """The accelerator chosen and why. ``kvm`` is usable | present but unusable | absent |
+    not probed | not for <arch> guests."""
 
     accel: Accel
     kvm: str
@@ -80,16 +85,35 @@ def decide(wanted: str, device: tuple[bool, str], probe: tuple[bool, str] | None
     return AccelReport(Accel.TCG, "present but unusable", why)
 
 
-async def probe_kvm(binary: str, kernel: Path, work_dir: Path) -> tuple[bool, str]:
+def foreign(wanted: str, arch: str) -> AccelReport:
+    """The choice for a guest of ``arch``, another architecture than the host's: TCG."""
+    host = arches.host().name
+    if wanted == "kvm":
+        raise HypervisorError(f"KVM requested, but KVM cannot run {arch} guests on this {host} "
+                              'host: set hypervisor.accelerator = "auto" or "tcg"')  # fmt: skip
+    return AccelReport(Accel.TCG, f"not for {arch} guests",
+                       f"an {arch} guest on an {host} host is emulated")  # fmt: skip
+
+
+def probe_argv(binary: str, kernel: Path, arch: str) -> list[str]:
+    """QEMU booting ``kernel`` of ``arch`` under KVM on its first machine, no root fs."""
+    guest = target(arch)
+    return [
+        binary, "-no-user-config", "-nodefaults", "-display", "none",
+        "-machine", machine_arg(guest.machines[0], Accel.KVM, memory_backend=False),
+        "-accel", "kvm", "-cpu", "host", "-m", "128",
+        "-kernel", str(kernel), "-append", f"console={guest.console} panic=-1 quiet",
+        "-serial", "stdio", "-no-reboot",
+    ]  # fmt: skip
+
+
+async def probe_kvm(
+    binary: str, kernel: Path, work_dir: Path, arch: str = arches.AMD64
+) -> tuple[bool, str]:
     """Boot ``kernel`` under KVM without a root fs; usable iff QEMU ends by itself in time."""
     log = work_dir / "kvm-probe.log"
     log.unlink(missing_ok=True)
-    argv = [
-        binary, "-no-user-config", "-nodefaults", "-display", "none",
-        "-accel", "kvm", "-cpu", "host", "-m", "128",
-        "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 quiet",
-        "-serial", "stdio", "-no-reboot",
-    ]  # fmt: skip
+    argv = probe_argv(binary, kernel, arch)
     child = await Child.launch(ChildSpec(name="kvm-probe", argv=argv, log_path=log))
     try:
         code = await asyncio.wait_for(child.wait(), PROBE_TIMEOUT)
@@ -116,10 +140,16 @@ def _cache_key(binary: str, kernel: Path) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-async def detect(wanted: str, binary: str, kernel: Path, cache_dir: Path) -> AccelReport:
-    """Choose the accelerator (see module docstring), using and filling the cache."""
+async def detect(
+    wanted: str, binary: str, kernel: Path, cache_dir: Path, arch: str = ""
+) -> AccelReport:
+    """Choose the accelerator for a guest of ``arch`` (default: the host's) running
+    ``kernel`` (see module docstring), using and filling the cache."""
+    arch = arch or arches.host().name
     if wanted == "tcg":
         return decide(wanted, (True, ""), None)
+    if arch != arches.host().name:
+        return foreign(wanted, arch)
     device = kvm_device()
     if not device[0]:
         return decide(wanted, device, None)
@@ -136,7 +166,7 @@ async def detect(wanted: str, binary: str, kernel: Path, cache_dir: Path) -> Acc
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     cache_dir.mkdir(parents=True, exist_ok=True)
-    probe = await probe_kvm(resolved, kernel, cache_dir)
+    probe = await probe_kvm(resolved, kernel, cache_dir, arch)
     # One entry per (QEMU, host kernel, guest kernel): sandboxes of different image variants
     # must not evict each other's result (each probe costs seconds). The newest few are kept.
     entries = {k: v for k, v in entries.items() if k != key}

@@ -31,6 +31,12 @@ class Capabilities:
     hotplug_net: bool = False
     hotplug_blk: bool = False
     templating: bool = False
+    # The VM gains vCPUs while it runs: hot-plugged as devices (``hotplug_vcpus``), or
+    # present from boot and brought online by the guest when needed.
+    grow_vcpus: bool = False
+    hotplug_vcpus: bool = False
+    grow_memory: bool = False  # virtio-mem
+    pmem: bool = False  # virtio-pmem (DAX boots from the read-only root image)
 
 
 @dataclass(frozen=True)
@@ -99,10 +105,11 @@ class VMSpec:
     kernel: Path
     initrd: Path
     accel: Accel
+    arch: str = "amd64"  # the guest's architecture (runvm.arch): its QEMU, machine and console
     vcpus: int = 1
     memory_mib: int = 256
-    # Room to grow while running (pc/q35): vCPUs up to ``max_vcpus`` (``-smp maxcpus``), and a
-    # virtio-mem device of ``hotplug_memory_mib`` that starts empty. 0: no room.
+    # Room to grow while running (pc, q35, virt): vCPUs up to ``max_vcpus`` (``-smp maxcpus``),
+    # and a virtio-mem device of ``hotplug_memory_mib`` that starts empty. 0: no room.
     max_vcpus: int = 0
     hotplug_memory_mib: int = 0
     machine: str = "pc"

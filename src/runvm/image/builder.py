@@ -5,8 +5,11 @@ Layout of the cache directory::
     debs/<package>_<version>_<arch>.deb    downloads, reused while the version is current
     kernels/<sha256>/                       minimal kernels (see runvm.image.kernel)
     <sha256 of the inputs>/                 vmlinuz, [vmlinux,] initrd.img, manifest.json
-    debian, minimal -> <sha256>             the newest build of each variant
+    minimal-amd64 -> <sha256>               the newest build of each variant and architecture
+    debian-amd64, minimal-arm64, ...
     current -> <sha256>                     the newest build
+
+``vmlinuz`` is the kernel QEMU boots: a bzImage (amd64), an uncompressed Image (arm64).
 """
 
 from __future__ import annotations
@@ -23,8 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import runvm
+from runvm import arch as arches
 from runvm.errors import ImageError
-from runvm.image import cpio, debs, kernel, kmod, libs, manifest, pyprune, rootimg, toolset
+from runvm.image import (
+    cpio,
+    debs,
+    emulate,
+    kernel,
+    kmod,
+    libs,
+    manifest,
+    pyprune,
+    rootimg,
+    toolset,
+)
 from runvm.image.debs import DebPackage
 from runvm.image.elf import is_elf
 from runvm.image.manifest import MANIFEST, ImageInfo
@@ -45,13 +60,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RUNVM_IMAGE_DIR") or DEFAULT_CACHE_DIR)
 
 
-def current(cache_dir: Path | None = None, variant: str = "") -> ImageInfo:
-    """The newest built image (of ``variant`` if given); ImageError if there is none."""
-    link = (cache_dir or default_cache_dir()) / (variant or "current")
+def link_name(variant: str, arch: str) -> str:
+    """The cache's link to the newest image of ``variant`` for ``arch``."""
+    return f"{variant}-{arch}"
+
+
+def current(cache_dir: Path | None = None, variant: str = "", arch: str = "") -> ImageInfo:
+    """The newest built image (of ``variant`` for ``arch``, default the host's, if a variant
+    is given); ImageError naming the command that builds it if there is none."""
+    arch = arch or arches.host().name
+    link = (cache_dir or default_cache_dir()) / (link_name(variant, arch) if variant else "current")
     if not (link / MANIFEST).is_file():
         if variant:
-            raise ImageError(f"no {variant} guest image built; run "
-                             f"`runvm image build --kernel {variant}`")  # fmt: skip
+            flag = "" if arch == arches.host().name else f" --arch {arch}"
+            raise ImageError(f"no {variant} guest image built for {arch}; run "
+                             f"`runvm image build --kernel {variant}{flag}`")  # fmt: skip
         raise ImageError(_NO_IMAGE)
     info = manifest.load(link.resolve())
     if not (info.kernel.is_file() and info.initrd.is_file()):
@@ -68,18 +91,22 @@ def build(
 ) -> ImageInfo:
     """Build the guest image unless one from the same inputs exists.
 
-    Points the links ``<variant>`` and ``current`` at it.
+    Points the links ``<variant>-<arch>`` and ``current`` at it.
     """
     if spec.variant not in VARIANTS:
         raise ImageError(f"unknown guest image variant {spec.variant!r}: one of {VARIANTS}")
+    if spec.arch not in arches.ARCHES:
+        raise ImageError(f"unknown guest architecture {spec.arch!r}: one of "
+                         f"{', '.join(arches.ARCHES)}")  # fmt: skip
     cache = (cache_dir or default_cache_dir()).resolve()
     report: Progress = progress or (lambda _step: None)
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache):
-        report(f"resolve packages ({spec.variant} kernel)")
+        report(f"resolve packages ({spec.variant} kernel, {spec.arch})")
         source = _kernel_source(cache, spec, report)
         others = debs.packages([*spec.python_packages, *spec.tool_packages,
-                                *spec.library_packages, *spec.checkpoint_packages])  # fmt: skip
+                                *spec.library_packages, *spec.checkpoint_packages],
+                               spec.arch)  # fmt: skip
         agent = shipped_sources(Path(runvm.__file__).parent.parent, spec)
         digest = manifest.inputs_hash([*source.packages, *others], agent, spec, source.built)
         final = cache / digest
@@ -92,7 +119,7 @@ def build(
                 (work / "out").rename(final)
         else:
             report(f"up to date: {final}")
-        for name in (spec.variant, "current"):
+        for name in (link_name(spec.variant, spec.arch), "current"):
             link = cache / f".{name}.tmp"
             link.unlink(missing_ok=True)
             link.symlink_to(digest)
@@ -112,9 +139,9 @@ class _KernelSource:
 
 def _kernel_source(cache: Path, spec: ImageSpec, report: Progress) -> _KernelSource:
     if spec.variant == "minimal":
-        return _KernelSource((), kernel.build(cache, report))
-    name = debs.metapackage_target(spec.kernel_metapackage.format(arch=debs.host_arch()))
-    return _KernelSource(tuple(debs.packages([name])), None)
+        return _KernelSource((), kernel.build(cache, report, arch=spec.arch))
+    name = debs.metapackage_target(spec.kernel_metapackage.format(arch=spec.arch), spec.arch)
+    return _KernelSource(tuple(debs.packages([name], spec.arch)), None)
 
 
 @contextmanager
@@ -168,7 +195,7 @@ def _build(
         debs.extract(files[pkg.name], staging)
     if source.built is not None:
         release, modules = source.built.release, []
-        kernel_file, pvh_file = source.built.bzimage, source.built.vmlinux
+        kernel_file, pvh_file = source.built.image, source.built.vmlinux
         kernel_name, kernel_version = kernel.SOURCE_PACKAGE, source.built.source_version
         kernel_sha256 = source.built.directory.name
     else:
@@ -195,6 +222,7 @@ def _build(
     image_json = {
         "format": FORMAT_VERSION,
         "sha256": final.name,
+        "arch": spec.arch,
         "variant": spec.variant,
         "kernel_release": release,
         "kernel_package": kernel_name,
@@ -226,6 +254,7 @@ def _build(
         kernel_pvh=str(final / "vmlinux") if pvh_file is not None else "",
         initrd=final / "initrd.img",
         root_image=str(final / "root.img") if source.built is not None else "",
+        arch=spec.arch,
         variant=spec.variant,
         kernel_release=release,
         kernel_package=kernel_name,
@@ -262,6 +291,7 @@ def _install_python(
     """
     report("python import closure")
     python = staging / spec.python
+    runner = emulate.runner(spec.arch, staging)
     agent_dir = root / AGENT_DIR
     for rel, data in agent.items():
         (agent_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -276,12 +306,12 @@ def _install_python(
         names.remove(spec.entry_module)
         names.insert(0, spec.entry_module)
     closure = pyprune.closure(
-        python, [*names, *spec.stdlib_modules], [agent_dir], spec.excluded_modules
+        python, [*names, *spec.stdlib_modules], [agent_dir], spec.excluded_modules, runner
     )
     pyprune.keep(closure, staging, root, agent_dir)
     report("compile bytecode")
-    compiled = pyprune.compile_tree(python, root)
-    version = pyprune.python_version(python)
+    compiled = pyprune.compile_tree(python, root, runner)
+    version = pyprune.python_version(python, runner)
     report(f"kept {len(closure)} Python files ({compiled} compiled), Python {version}")
     return version
 

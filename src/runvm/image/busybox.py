@@ -2,8 +2,9 @@
 
 Contract: :func:`make_bundle` writes ``<dir>/rootfs`` (the static busybox, its applet links,
 /etc/passwd and /etc/group with root and nobody, /tmp) and ``<dir>/config.json`` (the
-default spec running ``args``). Nothing is downloaded: the busybox binary is the one the
-busybox-static package installed.
+default spec running ``args``). For the host's architecture the busybox binary is the one
+the busybox-static package installed; for another (``arch``), the one in Debian's
+busybox-static of that architecture, fetched with apt into the image cache's ``debs/``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from runvm import arch as arches
 from runvm.errors import ImageError
+from runvm.image import debs, emulate
 from runvm.oci.default import default_spec
 
 BUSYBOX = Path("/bin/busybox")
+PACKAGE = "busybox-static"
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
@@ -32,15 +37,34 @@ def _static_busybox() -> Path:
     return BUSYBOX
 
 
-def make_rootfs(rootfs: Path) -> None:
-    busybox = _static_busybox()
+def _foreign_busybox(arch: str, into: Path) -> Path:
+    """``bin/busybox`` of Debian's busybox-static for ``arch``, unpacked under ``into``."""
+    from runvm.image.builder import default_cache_dir
+
+    (pkg,) = debs.packages([PACKAGE], arch)
+    deb = debs.download([pkg], default_cache_dir() / "debs")[PACKAGE]
+    debs.extract(deb, into)
+    return into / "bin/busybox"
+
+
+def make_rootfs(rootfs: Path, arch: str = "") -> None:
+    """The busybox tree at ``rootfs``, for ``arch`` (default: the host's)."""
+    arch = arch or arches.host().name
+    if arch == arches.host().name:
+        _fill(rootfs, _static_busybox(), [])
+        return
+    with tempfile.TemporaryDirectory(prefix="runvm-busybox-") as tmp:
+        _fill(rootfs, _foreign_busybox(arch, Path(tmp)), emulate.runner(arch))
+
+
+def _fill(rootfs: Path, busybox: Path, runner: list[str]) -> None:
     for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys",
                 "dev"):  # fmt: skip
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
     (rootfs / "tmp").chmod(0o1777)
     shutil.copy2(busybox, rootfs / "bin/busybox")
     listing = subprocess.run(
-        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+        [*runner, str(busybox), "--list-full"], capture_output=True, text=True, check=True
     ).stdout.split()
     for applet in listing:
         link = rootfs / applet
@@ -51,9 +75,12 @@ def make_rootfs(rootfs: Path) -> None:
     (rootfs / "etc/group").write_text(GROUP)
 
 
-def make_bundle(path: Path, args: list[str] | None = None, **process: Any) -> dict[str, Any]:
-    """Create a busybox bundle at ``path``; ``process`` overrides fields of process."""
-    make_rootfs(path / "rootfs")
+def make_bundle(
+    path: Path, args: list[str] | None = None, arch: str = "", **process: Any
+) -> dict[str, Any]:
+    """Create a busybox bundle of ``arch`` (default: the host's) at ``path``; ``process``
+    overrides fields of process."""
+    make_rootfs(path / "rootfs", arch)
     spec = default_spec(args or ["sh"])
     spec["process"].update(process)
     (path / "config.json").write_text(json.dumps(spec, indent=2))

@@ -2,6 +2,8 @@
 
 Debian's archive serves only current versions, so nothing is pinned: the candidate version
 of each package is resolved at build time and its index SHA256 is part of the image hash.
+Packages of another architecture than the host's come from the same lists once dpkg knows
+it (``dpkg --add-architecture arm64 && apt-get update``, as scripts/install does).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ class DebPackage:
     def filename(self) -> str:
         """The name ``apt-get download`` gives the file (an epoch's ':' as '%3a')."""
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.architecture}.deb"
+
+    @property
+    def download_spec(self) -> str:
+        """``name:arch=version`` (``name=version`` for an ``all`` package) for apt-get."""
+        qualified = self.name if self.architecture == "all" else f"{self.name}:{self.architecture}"
+        return f"{qualified}={self.version}"
 
 
 def _run(argv: Sequence[str], cwd: Path | None = None, hint: str = "") -> str:
@@ -63,20 +71,34 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
-def show(names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """The apt records of the candidate versions of ``names`` (one apt-cache run)."""
-    hint = "run `apt-get update` and retry"
+def _records(names: Sequence[str], hint: str) -> dict[str, dict[str, str]]:
     out = _run(["apt-cache", "show", "--no-all-versions", *names], hint=hint)
-    records = {fields.get("Package", ""): fields for fields in parse_stanzas(out)}
+    return {fields.get("Package", ""): fields for fields in parse_stanzas(out)}
+
+
+def show(names: Sequence[str], arch: str = "") -> dict[str, dict[str, str]]:
+    """The apt records of the candidate versions of ``names``: of architecture ``arch`` (or
+    ``all``) if given, else the host's. An ``all`` package has no ``name:arch`` record, so
+    those not found qualified are looked up by their bare name."""
+    hint = "run `apt-get update` and retry"
+    if arch and arch != host_arch():
+        hint = f"run `dpkg --add-architecture {arch} && apt-get update` and retry"
+    records = _records([f"{n}:{arch}" for n in names] if arch else names, hint)
+    unqualified = [n for n in names if n not in records] if arch else []
+    if unqualified:
+        found = _records(unqualified, hint)
+        records.update({n: f for n, f in found.items() if f.get("Architecture") == "all"})
     for name in names:
         if "Version" not in records.get(name, {}):
-            raise ImageError(f"package {name} is not in the apt lists; {hint}")
+            where = f" for {arch}" if arch else ""
+            raise ImageError(f"package {name} is not in the apt lists{where}; {hint}")
     return records
 
 
-def packages(names: Sequence[str]) -> list[DebPackage]:
-    """The candidate versions of ``names``, in order."""
-    records = show(names)
+def packages(names: Sequence[str], arch: str = "") -> list[DebPackage]:
+    """The candidate versions of ``names`` (of ``arch`` or ``all``; default the host's), in
+    order."""
+    records = show(names, arch)
     result: list[DebPackage] = []
     for name in names:
         fields = records[name]
@@ -86,9 +108,9 @@ def packages(names: Sequence[str]) -> list[DebPackage]:
     return result
 
 
-def metapackage_target(name: str) -> str:
+def metapackage_target(name: str, arch: str = "") -> str:
     """The package a metapackage such as ``linux-image-cloud-amd64`` depends on."""
-    depends = show([name])[name].get("Depends", "")
+    depends = show([name], arch)[name].get("Depends", "")
     first = depends.split(",")[0].split("|")[0].split("(")[0].strip()
     if not first:
         raise ImageError(f"metapackage {name} depends on nothing")
@@ -122,7 +144,7 @@ def download(pkgs: Sequence[DebPackage], debs_dir: Path) -> dict[str, Path]:
     if not missing:
         return paths
     with tempfile.TemporaryDirectory(dir=debs_dir, prefix=".download-") as tmp:
-        specs = [f"{pkg.name}={pkg.version}" for pkg in missing]
+        specs = [pkg.download_spec for pkg in missing]
         _run(["apt-get", "download", "-q", *specs], cwd=Path(tmp))
         for pkg in missing:
             got = Path(tmp, pkg.filename)

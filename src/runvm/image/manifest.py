@@ -22,10 +22,11 @@ MANIFEST = "manifest.json"
 class ImageInfo:
     """A built guest image; mirrors its ``manifest.json``."""
 
-    kernel: Path  # bzImage: boots on every machine type
+    kernel: Path  # bzImage (boots on every x86 machine type), or arm64's Image
     kernel_pvh: str  # uncompressed vmlinux with a PVH entry ("" if the image has none)
     initrd: Path
     root_image: str  # the same tree as a read-only ext4 image for DAX boots ("" if none)
+    arch: str  # amd64 | arm64: the guest's architecture
     variant: str  # debian | minimal (see ImageSpec.variant)
     kernel_release: str
     kernel_package: str  # the Debian package the kernel was taken or built from

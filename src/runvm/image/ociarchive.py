@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runvm import arch as arches
 from runvm.image.busybox import make_rootfs
 from runvm.oci.default import DEFAULT_PATH
 
@@ -53,19 +54,22 @@ def busybox_archive(
     ref: str = "localhost/runvm/busybox:latest",
     cmd: tuple[str, ...] = ("sh",),
     extra: Callable[[Path], None] | None = None,
+    arch: str = "",
 ) -> Path:
     """Write the archive to ``out``; returns ``out``. ``cmd`` is the image's default
     command (a pod's pause image: something that waits forever); ``extra(rootfs)`` adds to
-    the busybox tree before it is packed."""
+    the busybox tree before it is packed; ``arch`` is the image's platform (default: the
+    host's)."""
+    arch = arch or arches.host().name
     with tempfile.TemporaryDirectory(prefix="runvm-img-") as tmp:
-        make_rootfs(Path(tmp))
+        make_rootfs(Path(tmp), arch)
         if extra is not None:
             extra(Path(tmp))
         layer_tar = _tar_tree(Path(tmp))
     layer = gzip.compress(layer_tar, mtime=0)
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
     config = json.dumps({
-        "architecture": "amd64", "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": {"Env": [DEFAULT_PATH], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }, sort_keys=True).encode()  # fmt: skip
@@ -78,7 +82,8 @@ def busybox_archive(
     index = json.dumps({
         "schemaVersion": 2,
         "manifests": [_descriptor(MEDIA_MANIFEST, manifest, annotations={
-            "org.opencontainers.image.ref.name": tag, "io.containerd.image.name": ref})],
+            "org.opencontainers.image.ref.name": tag, "io.containerd.image.name": ref},
+            platform={"architecture": arch, "os": "linux"})],
     }).encode()  # fmt: skip
     with tarfile.open(out, "w") as tar:
         for name, data in (

@@ -1,7 +1,8 @@
 """The guest's Python: the import closure of the agent, compiled to sourceless bytecode.
 
-The staged interpreter is Debian's python3.11 binary, which runs on the host as well, so it
-imports the agent and the extra modules here, exactly as the guest would (``-I -S``, pure-
+The staged interpreter is Debian's python3.11 binary, which runs on the host as well (a
+foreign architecture's under user-mode QEMU: ``runner``, see :mod:`runvm.image.emulate`), so
+it imports the agent and the extra modules here, exactly as the guest would (``-I -S``, pure-
 Python protobuf), and reports ``sys.modules``. Only those files are kept.
 """
 
@@ -55,12 +56,14 @@ for rel in sys.stdin.read().splitlines():
 """
 
 
-def _run_python(python: Path, args: Sequence[str], what: str, stdin: str = "") -> str:
+def _run_python(
+    python: Path, args: Sequence[str], what: str, stdin: str = "", runner: Sequence[str] = ()
+) -> str:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
     }
-    argv = [str(python), "-I", "-S", "-B", *args]
+    argv = [*runner, str(python), "-I", "-S", "-B", *args]
     try:
         proc = subprocess.run(
             argv, input=stdin, env=env, capture_output=True, text=True, check=False
@@ -87,13 +90,18 @@ def modules_under(tree: Path, rel: str) -> list[str]:
 
 
 def closure(
-    python: Path, modules: Sequence[str], paths: Sequence[Path], excluded: Sequence[str] = ()
+    python: Path,
+    modules: Sequence[str],
+    paths: Sequence[Path],
+    excluded: Sequence[str] = (),
+    runner: Sequence[str] = (),
 ) -> list[Path]:
     """The files of every module that importing ``modules`` loads, sorted."""
     out = _run_python(
         python,
         ["-c", _CLOSURE_SCRIPT, "\n".join(map(str, paths)), ",".join(excluded), *modules],
         "importing the guest's Python modules",
+        runner=runner,
     )
     return [Path(line) for line in out.splitlines() if line]
 
@@ -122,15 +130,15 @@ def keep(files: Iterable[Path], staging: Path, root: Path, owned: Path) -> None:
             path.unlink()
 
 
-def compile_tree(python: Path, root: Path) -> int:
+def compile_tree(python: Path, root: Path, runner: Sequence[str] = ()) -> int:
     """Replace every ``.py`` under ``root`` by sourceless bytecode; return how many."""
     sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py"))
-    _run_python(
-        python, ["-c", _COMPILE_SCRIPT, str(root)], "compiling bytecode", "\n".join(sources)
-    )
+    _run_python(python, ["-c", _COMPILE_SCRIPT, str(root)], "compiling bytecode",
+                "\n".join(sources), runner)  # fmt: skip
     return len(sources)
 
 
-def python_version(python: Path) -> str:
-    out = _run_python(python, ["-c", "import sys; print(sys.version.split()[0])"], "python -V")
+def python_version(python: Path, runner: Sequence[str] = ()) -> str:
+    out = _run_python(python, ["-c", "import sys; print(sys.version.split()[0])"], "python -V",
+                      runner=runner)  # fmt: skip
     return out.strip()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 5
+from runvm import arch as arches
+
+FORMAT_VERSION = 6
 
 #: Kernel modules the guest loads; their ``depends=`` closure is added and ordered.
 KERNEL_MODULES = (
@@ -141,6 +143,8 @@ EXCLUDED_MODULES = ("ssl", "_ssl", "_hashlib", "_bz2", "_lzma")
 class ImageSpec:
     """Everything the builder is told; :data:`DEFAULT_SPEC` is the production image."""
 
+    #: The guest's architecture (``amd64``, ``arm64``): its kernel and Debian packages.
+    arch: str = arches.AMD64
     #: ``debian``: Debian's cloud kernel package, its modules loaded by /init; ``minimal``: a
     #: kernel built here from linux-source with runvm's fragments, everything built in.
     variant: str = "debian"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runvm import arch as arches
 from runvm.config import RunvmConfig
 from runvm.errors import ImageError
 
@@ -27,7 +28,8 @@ class GuestFiles:
 
 def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
     """The config's ``image.kernel``/``image.initrd`` if set, else the built image of the
-    configured variant (its PVH vmlinux unless ``image.boot`` says otherwise)."""
+    configured variant for the guests' architecture (``hypervisor.arch``; its PVH vmlinux
+    unless ``image.boot`` says otherwise)."""
     if config.image.kernel or config.image.initrd:
         if config.image.dax:
             raise ImageError("image.dax boots the built image's root image: it cannot be "
@@ -37,10 +39,12 @@ def resolve_guest_files(config: RunvmConfig) -> GuestFiles:
         from runvm import image  # the builder is only needed when no explicit files are set
 
         cache = Path(config.image.dir) if config.image.dir else None
-        info = image.current(cache, config.image.variant)
+        info = image.current(
+            cache, config.image.variant, arches.resolve(config.hypervisor.arch).name
+        )
         if config.image.boot == "pvh" and not info.kernel_pvh:
-            raise ImageError(f"image.boot = pvh, but the {info.variant} guest image has no "
-                             "PVH kernel (the minimal variant has one)")  # fmt: skip
+            raise ImageError(f"image.boot = pvh, but the {info.variant} {info.arch} guest image "
+                             "has no PVH kernel (the amd64 minimal variant has one)")  # fmt: skip
         pvh = config.image.boot != "bzimage" and info.kernel_pvh
         root_image = None
         if config.image.dax:

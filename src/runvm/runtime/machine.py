@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from runvm.config import Machine, RunvmConfig
+from runvm import arch as arches
+from runvm.config import RunvmConfig
 from runvm.errors import ConfigError
-from runvm.hypervisor.qemu.driver import machine_capabilities
+from runvm.hypervisor.qemu.machines import machine_capabilities, target
 from runvm.runtime import sizing
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,14 @@ def channel_kind(wanted: str) -> str:
     return wanted
 
 
-def machine_for(config: RunvmConfig, needs_hotplug: bool) -> Machine:
+def machine_for(config: RunvmConfig, needs_hotplug: bool = False) -> str:
     """The configured machine, or ``hypervisor.hotplug_machine`` for a sandbox that will
-    hot-plug devices (a block-device rootfs) when the configured one cannot (microvm)."""
-    machine = config.hypervisor.machine
+    hot-plug devices (a block-device rootfs) when the configured one cannot (microvm). Both
+    name x86_64 machines: an arm64 guest's is virt."""
+    machines = target(arches.resolve(config.hypervisor.arch).name).machines
+    machine: str = config.hypervisor.machine
+    if machine not in machines:
+        return machines[0]
     if not needs_hotplug or machine_capabilities(machine).hotplug_blk:
         return machine
     fallback = config.hypervisor.hotplug_machine
@@ -41,12 +46,13 @@ ROOM_ALIGN_MIB = 128  # the guest's memory block
 
 def room(config: RunvmConfig, machine: str, size: sizing.Size) -> tuple[int, int]:
     """(max_vcpus, hot-pluggable MiB) a VM of ``size`` gets on ``machine``: up to the caps
-    (sizing.caps) where the machine can hot-plug (pc, q35), nothing on microvm."""
-    if not machine_capabilities(machine).hotplug_net:
-        return 0, 0
+    (sizing.caps) where the machine can grow vCPUs or memory (pc, q35, virt), none on
+    microvm."""
+    can = machine_capabilities(machine)
     cap = sizing.caps(config)
     memory = -(-max(cap.memory_mib - size.memory_mib, 0) // ROOM_ALIGN_MIB) * ROOM_ALIGN_MIB
-    return max(cap.vcpus, size.vcpus), memory
+    vcpus = max(cap.vcpus, size.vcpus) if can.grow_vcpus else 0
+    return vcpus, memory if can.grow_memory else 0
 
 
 def guest_cid(sandbox_id: str) -> int:

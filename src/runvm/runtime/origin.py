@@ -11,17 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from runvm import arch as arches
 from runvm.cache import client as cache
 from runvm.config import RunvmConfig
 from runvm.errors import ConfigError
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, Hypervisor
 from runvm.hypervisor.qemu.driver import QemuHypervisor, unprivileged_user
+from runvm.hypervisor.qemu.machines import machine_capabilities
 from runvm.process import ForeignProcess
 from runvm.protocol.client import AgentClient
 from runvm.runtime import firstuse, sandboxlogs, sizing, template
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
+from runvm.runtime.machine import machine_for
 from runvm.runtime.steps import Steps
 
 if TYPE_CHECKING:
@@ -39,11 +42,14 @@ def refuse_bad_combinations(config: RunvmConfig, options: SandboxOptions) -> Non
             'cloud kernel has none: set image.variant = "minimal"'
         )
     hv_cfg = config.hypervisor
-    if config.image.dax and hv_cfg.machine == "microvm":
-        raise ConfigError(
-            "image.dax boots from a virtio-pmem PCI device and the microvm machine has "
-            'no PCI bus: set hypervisor.machine = "pc" or "q35"'
-        )
+    machine = machine_for(config)
+    if config.image.dax and not machine_capabilities(machine).pmem:
+        if machine == "microvm":
+            why, fix = "has no PCI bus", 'set hypervisor.machine = "pc" or "q35"'
+        else:
+            why, fix = "has no virtio-pmem device in QEMU 7.2", "set image.dax = false"
+        raise ConfigError(f"image.dax boots from a virtio-pmem PCI device and the {machine} "
+                          f"machine {why}: {fix}")  # fmt: skip
     if hv_cfg.user:
         unprivileged_user(hv_cfg.user)
         if config.storage.shared_fs == "9p":
@@ -79,7 +85,7 @@ class Adopted(Origin):
 
 
 def qemu(config: RunvmConfig) -> Hypervisor:
-    return QemuHypervisor(config.hypervisor.path)
+    return QemuHypervisor.for_config(config)
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Parts:
     link. Unit tests of the core give fakes (``hypervisor/fake.py``, ``protocol/fake.py``)."""
 
     hypervisor: Callable[[RunvmConfig], Hypervisor] = qemu
-    detect: Callable[[str, str, Path, Path], Awaitable[AccelReport]] = detect
+    detect: Callable[[str, str, Path, Path, str], Awaitable[AccelReport]] = detect
     connect: Callable[
         [AgentChannelSpec, float, float, Callable[[], Awaitable[int]]], Awaitable[AgentClient]
     ] = connect_agent
@@ -102,8 +108,9 @@ async def choose(
     keep = frozenset(sandboxlogs.LOGS) if options.keep_logs else frozenset()
     hypervisor = parts.hypervisor(config)
     qemu = hypervisor.resolve_binary()
-    accel = await steps.run("accelerator", parts.detect(config.hypervisor.accelerator, qemu,
-                            files.kernel, Path(config.runtime.cache_dir)))  # fmt: skip
+    accel = await steps.run("accelerator", parts.detect(
+        config.hypervisor.accelerator, qemu, files.kernel, Path(config.runtime.cache_dir),
+        arches.resolve(config.hypervisor.arch).name))  # fmt: skip
     plain = options.share_fs and not (options.extra_devices or options.extra_kernel_params)
     sized = options.size is not None and options.size != sizing.base(config)
     fresh = plain and not options.pooled and not sized  # templates and cached VMs: the base

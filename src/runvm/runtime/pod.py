@@ -1,7 +1,9 @@
 """A pod: one VM and the containers in it. The one API both front ends call.
 
 Contract of :class:`Pod`:
-- :meth:`create` of the first container boots the VM. Unless the caller placed this process
+- :meth:`create` of the first container boots the VM, of that container's architecture
+  (runtime/guestarch.py); a later container of another architecture is refused. Unless the
+  caller placed this process
   already (``place=False``: the CLI monitor), that first create enters the network
   namespace its config.json names, or keeps it as a descriptor when the process serves
   several pods (``shared``), and makes the host cgroup its ``cgroupsPath`` names. Later
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runvm import config as cfg
+from runvm.arch import Arch
 from runvm.errors import (
     AgentError,
     ConfigError,
@@ -40,7 +43,7 @@ from runvm.errors import (
     StateError,
 )  # fmt: skip
 from runvm.network import netns
-from runvm.runtime import growth, sizing
+from runvm.runtime import growth, guestarch, sizing
 from runvm.runtime.checkpoint import RestoreOptions
 from runvm.runtime.container import Container, parse_resources
 from runvm.runtime.hostcgroup import HostCgroup
@@ -88,6 +91,7 @@ class Pod:
         self.place = place
         self.sandbox: Sandbox | None = None
         self.first = ""  # the container whose create booted the VM
+        self.arch = ""  # the VM's architecture (runvm.arch), once it booted
         self.containers: dict[str, Container] = {}
         self.cgroup: HostCgroup | None = None
         self.netns_fd: int | None = None  # shared: the pod's network namespace
@@ -191,16 +195,23 @@ class Pod:
         for kind, source, options in rootfs_mounts if block is None else ():
             mounts.mount_spec(kind, source, str(bundle / "rootfs"), options)
             self._mounted.add(container_id)
-        spec, _ = Container.load(container_id, bundle)
+        spec, rootfs = Container.load(container_id, bundle)
         resources = dict((spec.get("linux") or {}).get("resources") or {})
         need = sizing.needs(resources)
+        readable = (
+            block is None and blockdev.from_annotations(spec.get("annotations") or {}) is None
+        )
+        arch = guestarch.container_arch(self.config, container_id, spec,
+                                        rootfs if readable else None)  # fmt: skip
         join: dict[str, str] = {}
         if self.sandbox is None:
             if not boots:
                 raise StateError(f"create container {container_id} in pod {self.id}",
                                  "without a VM", ["its sandbox created first"])  # fmt: skip
-            await self._boot(container_id, spec, block is not None or blockdev.needs_disks(spec))
+            needs_hotplug = block is not None or blockdev.needs_disks(spec)
+            await self._boot(container_id, spec, needs_hotplug, arch)
         else:
+            guestarch.pod_mismatch(container_id, arch, self.id, self.arch)
             what = f"container {container_id}"
             target = sizing.check(self.config, self._target(need), need, what)
             await growth.resize(self.sandbox, target, f"create {what}", need)
@@ -214,8 +225,11 @@ class Pod:
         self.wants[container_id], self.resources[container_id] = need, resources
         return container
 
-    async def _boot(self, container_id: str, spec: Mapping[str, Any], needs_hotplug: bool) -> None:
-        """The pod's first container: network namespace, host cgroup, then the VM."""
+    async def _boot(
+        self, container_id: str, spec: Mapping[str, Any], needs_hotplug: bool, arch: Arch
+    ) -> None:
+        """The pod's first container: network namespace, host cgroup, then a VM of ``arch``."""
+        config = guestarch.for_arch(self.config, arch)
         wanted, self.netns_path = netns.network_namespace(spec)
         if self.place and self.shared:
             self.netns_fd = netns.open_namespace(spec)
@@ -236,9 +250,9 @@ class Pod:
                                  network=wanted, needs_hotplug=needs_hotplug,
                                  netns_fd=self.netns_fd, memory_limit=limit,
                                  size=size, keep_logs=self.keep_logs)  # fmt: skip
-        self.sandbox = sandbox = await self.start_sandbox(self.id, self.config, options)
+        self.sandbox = sandbox = await self.start_sandbox(self.id, config, options)
         sandbox.on_network_change = lambda: self.on_change()  # records list the NICs
-        self.first = container_id
+        self.first, self.arch = container_id, arch.name
         if self.shared and self.cgroup is not None:  # moved in once started
             for child in (sandbox.vm, sandbox.virtiofsd):
                 if child is not None:
@@ -248,7 +262,8 @@ class Pod:
                         log.warning("host cgroup: pid %d not moved: %s", child.pid, exc)
         steps = " ".join(f"{k}={v:.3f}" for k, v in sandbox.timings.items())
         accel = sandbox.accel.accel.value if sandbox.accel else "?"
-        log.info("pod %s: VM up (pid %d, %s; %s)", self.id, self.vm_pid, accel, steps)
+        log.info("pod %s: %s VM up (pid %d, %s; %s)", self.id, arch.name, self.vm_pid, accel,
+                 steps)  # fmt: skip
 
     # --- resources ---------------------------------------------------------------------------
     def _target(self, extra: Size = sizing.NOTHING, without: str = "") -> Size:
@@ -400,7 +415,7 @@ class Pod:
 
     def _detach(self) -> Sandbox | None:
         """The pod has no VM from now on; the one it had is returned, to be released."""
-        sandbox, self.sandbox, self.first = self.sandbox, None, ""
+        sandbox, self.sandbox, self.first, self.arch = self.sandbox, None, "", ""
         return sandbox
 
     async def _release(self, sandbox: Sandbox | None) -> None:

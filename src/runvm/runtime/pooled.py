@@ -31,9 +31,11 @@ class PooledBoot:
 
     async def key(self) -> dict[str, Any]:
         files = resolve_guest_files(self.config)
-        qemu = QemuHypervisor(self.config.hypervisor.path).resolve_binary()
+        hypervisor = QemuHypervisor.for_config(self.config)
+        qemu = hypervisor.resolve_binary()
         cache_dir = Path(self.config.runtime.cache_dir)
-        accel = await detect(self.config.hypervisor.accelerator, qemu, files.kernel, cache_dir)
+        accel = await detect(self.config.hypervisor.accelerator, qemu, files.kernel, cache_dir,
+                             hypervisor.arch)  # fmt: skip
         return cache_key(self.config, files, accel.accel.value, qemu)
 
     async def boot(self, vm_id: str) -> Sandbox:

@@ -19,22 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from runvm import arch as arches
 from runvm.config import RunvmConfig
 from runvm.errors import AgentError, AgentTimeout, LaunchError, RunvmError, VersionMismatch
 from runvm.hypervisor.accel import AccelReport, host_tsc_khz
 from runvm.hypervisor.base import (
     VM,
     AgentChannelSpec,
+    Capabilities,
     DeviceSpec,
     NinePSpec,
     VirtioFsSpec,
     VMSpec,
     socket_dir,
 )
-from runvm.hypervisor.qemu.driver import (
-    machine_capabilities,
-    unprivileged_user,
-)
+from runvm.hypervisor.qemu.driver import unprivileged_user
+from runvm.hypervisor.qemu.machines import machine_capabilities
 from runvm.ksm import server as ksm
 from runvm.metrics.recorder import CallRecorder
 from runvm.names import check_id, run_dir_name
@@ -102,7 +102,8 @@ class Sandbox:
         self.run_dir = run_dir
         self.steps = steps
         self.vm: VM | None = None
-        self.machine = config.hypervisor.machine
+        self.machine = machine_for(config)
+        self.arch = arches.resolve(config.hypervisor.arch).name
         self.templated = False  # cloned from the factory's template
         self.origin = "cold"  # cold | clone | cache: the recipe it was started by
         self.calls = CallRecorder()  # every agent request of this sandbox, timed
@@ -128,9 +129,9 @@ class Sandbox:
         return machine_capabilities(self.machine).hotplug_blk
 
     @property
-    def resizable(self) -> bool:
-        """vCPUs and memory can be hot-plugged (runtime/growth.py)."""
-        return machine_capabilities(self.machine).hotplug_net
+    def growth(self) -> Capabilities:
+        """What the machine can add while it runs: vCPUs, memory (runtime/growth.py)."""
+        return machine_capabilities(self.machine)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -305,7 +306,8 @@ class Sandbox:
         max_vcpus, hotplug_mib = room(self.config, self.machine, self.size)
         return VMSpec(
             name=self.id, run_dir=self.run_dir, kernel=files.kernel, initrd=files.initrd,
-            accel=origin.accel.accel, vcpus=self.size.vcpus, memory_mib=self.size.memory_mib,
+            accel=origin.accel.accel, arch=self.arch, vcpus=self.size.vcpus,
+            memory_mib=self.size.memory_mib,
             machine=self.machine, kernel_params=tuple(params),
             max_vcpus=max_vcpus, hotplug_memory_mib=hotplug_mib, devices=(channel, *devices),
             tcg_tb_size_mib=hv_cfg.tcg_tb_size_mib,

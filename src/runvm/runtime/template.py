@@ -31,17 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from runvm import __version__
+from runvm import arch as arches
 from runvm import files as own_files
 from runvm.config import RunvmConfig
 from runvm.errors import ConfigError, RunvmError
 from runvm.hypervisor.accel import AccelReport, detect
 from runvm.hypervisor.base import AgentChannelSpec, NinePSpec, VMSpec
-from runvm.hypervisor.qemu.driver import QemuHypervisor, machine_capabilities
+from runvm.hypervisor.qemu.driver import QemuHypervisor
+from runvm.hypervisor.qemu.machines import machine_capabilities
 from runvm.protocol import PROTOCOL_VERSION
 from runvm.runtime import sizing
 from runvm.runtime.agentlink import connect_agent
 from runvm.runtime.guestimage import GuestFiles, resolve_guest_files
-from runvm.runtime.machine import room
+from runvm.runtime.machine import machine_for, room
 from runvm.storage import mounts
 from runvm.storage.shared import TAG
 
@@ -75,7 +77,9 @@ def _file_id(path: Path) -> list[object]:
 def template_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) -> dict[str, Any]:
     """Everything a clone inherits from its template and must therefore match."""
     hv = config.hypervisor
+    machine = machine_for(config)
     return {
+        "arch": arches.resolve(hv.arch).name,
         "runvm": __version__,
         "protocol": PROTOCOL_VERSION,
         "qemu": _file_id(Path(qemu)),
@@ -83,10 +87,10 @@ def template_key(config: RunvmConfig, files: GuestFiles, accel: str, qemu: str) 
         "initrd": _file_id(files.initrd),
         "root_image": _file_id(files.root_image) if files.root_image else None,
         "kernel_params": [*PARAMS, *hv.kernel_params.split()],
-        "machine": hv.machine,
+        "machine": machine,
         "vcpus": hv.vcpus,
         "memory_mib": hv.memory_mib,
-        "room": list(room(config, hv.machine, sizing.base(config))),
+        "room": list(room(config, machine, sizing.base(config))),
         "tcg_tb_size_mib": hv.tcg_tb_size_mib,
         "accel": accel,
     }
@@ -104,7 +108,7 @@ def factory_dir(config: RunvmConfig) -> Path:
 
 
 def qemu_binary(config: RunvmConfig) -> str:
-    return QemuHypervisor(config.hypervisor.path).resolve_binary()
+    return QemuHypervisor.for_config(config).resolve_binary()
 
 
 def load(config: RunvmConfig) -> Template | None:
@@ -147,9 +151,10 @@ def clone_spec(tpl: Template, spec: VMSpec) -> VMSpec:
 def unsupported(config: RunvmConfig) -> str:
     """Why sandboxes of ``config`` cannot be clones ("" if they can)."""
     hv = config.hypervisor
-    if not machine_capabilities(hv.machine).hotplug_net:
+    machine = machine_for(config)
+    if not machine_capabilities(machine).hotplug_net:
         return (f"templates need device hot-plug (NICs go into each clone); machine "
-                f"{hv.machine} has none: use pc or q35")  # fmt: skip
+                f"{machine} has none: use pc or q35")  # fmt: skip
     if config.image.variant == "debian" and not config.image.kernel:
         return ("templates need a guest kernel with 9p (clones cannot use virtio-fs);"
                 ' Debian\'s cloud kernel has none: set image.variant = "minimal"')  # fmt: skip
@@ -165,10 +170,10 @@ async def create(config: RunvmConfig) -> Template:
     if why:
         raise ConfigError(why)
     files = resolve_guest_files(config)
-    hypervisor = QemuHypervisor(config.hypervisor.path)
+    hypervisor = QemuHypervisor.for_config(config)
     qemu = hypervisor.resolve_binary()
     accel = await detect(config.hypervisor.accelerator, qemu, files.kernel,
-                         Path(config.runtime.cache_dir))  # fmt: skip
+                         Path(config.runtime.cache_dir), hypervisor.arch)  # fmt: skip
     directory = factory_dir(config)
     destroy(config)
     directory.mkdir(parents=True, exist_ok=True)
@@ -187,7 +192,7 @@ async def make(
 ) -> Template:
     """Boot a template VM of ``config`` with its files in ``directory`` (an existing, empty
     directory on a tmpfs), save it paused and write its ``template.json`` last."""
-    hypervisor = QemuHypervisor(config.hypervisor.path)
+    hypervisor = QemuHypervisor.for_config(config)
     qemu = hypervisor.resolve_binary()
     # Its sockets live under the state root: a unix socket path has at most 108 bytes.
     state_root = Path(config.runtime.state_root)
@@ -215,10 +220,12 @@ async def _boot_and_save(
     empty = directory / "share"
     empty.mkdir(mode=0o700)
     channel = AgentChannelSpec(kind=CHANNEL, socket_path=run_dir / "agent.sock")
-    max_vcpus, hotplug_mib = room(config, hv.machine, sizing.base(config))
+    machine = machine_for(config)
+    max_vcpus, hotplug_mib = room(config, machine, sizing.base(config))
     spec = VMSpec(
         name="template", run_dir=run_dir, kernel=files.kernel, initrd=files.initrd,
-        accel=accel.accel, vcpus=hv.vcpus, memory_mib=hv.memory_mib, machine=hv.machine,
+        accel=accel.accel, arch=hypervisor.arch, vcpus=hv.vcpus, memory_mib=hv.memory_mib,
+        machine=machine,
         max_vcpus=max_vcpus, hotplug_memory_mib=hotplug_mib,
         kernel_params=(*PARAMS, *hv.kernel_params.split()),
         devices=(channel, NinePSpec(tag=TAG, path=empty)), tcg_tb_size_mib=hv.tcg_tb_size_mib,

@@ -95,7 +95,8 @@ def mount_spec(kind: str, source: str, target: str, options: list[str]) -> None:
 
 
 # The new mount API (Linux 5.12+): a detached copy gets its flags before anyone sees it.
-_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64
+# The same numbers on every architecture (system calls added since 5.1 share one table).
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 _AT_FDCWD = -100
 _OPEN_TREE_CLONE, _AT_RECURSIVE, _AT_EMPTY_PATH = 0x1, 0x8000, 0x1000
 _MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40

@@ -1,7 +1,8 @@
 """The QEMU command line as a pure function of a :class:`VMSpec` (golden-tested).
 
 Guest RAM is a memfd, shared when vhost-user devices (virtio-fs) must map it too. The kernel
-command line makes a guest panic or reboot end QEMU (``panic=-1`` with ``-no-reboot``).
+command line makes a guest panic or reboot end QEMU (``panic=-1`` with ``-no-reboot``). The
+guest's architecture picks the machine's details and the console (:mod:`.machines`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ from runvm.hypervisor.base import (
     VirtioFsSpec,
     VMSpec,
 )
+from runvm.hypervisor.qemu.machines import machine_arg, machine_capabilities, target
 
-BASE_KERNEL_PARAMS = (
-    "console=ttyS0",
-    "panic=-1",
-    "quiet",
-    "random.trust_cpu=on",
-    "reboot=t",
-    "tsc=reliable",
-)
+BASE_KERNEL_PARAMS = ("panic=-1", "quiet", "random.trust_cpu=on")
 
 
 HOTPLUG_PORTS = 4
@@ -47,7 +42,9 @@ own default is its pageblock (4 MiB here), which leaves most freed memory unrepo
 
 
 def kernel_cmdline(spec: VMSpec) -> str:
-    params = [*BASE_KERNEL_PARAMS, *spec.kernel_params]
+    arch = target(spec.arch)
+    params = [f"console={arch.console}", *BASE_KERNEL_PARAMS, *arch.kernel_params,
+              *spec.kernel_params]  # fmt: skip
     if spec.root_image is not None:
         params += DAX_ROOT_PARAMS
     if spec.free_page_reporting:
@@ -73,8 +70,9 @@ def transport(machine: str) -> str:
 
 
 def hotplug_ports(machine: str) -> int:
-    """Empty PCIe root ports created at start on q35 (its root bus cannot hot-plug)."""
-    return HOTPLUG_PORTS if machine == "q35" else 0
+    """Empty PCIe root ports created at start on q35 and virt (their root bus cannot
+    hot-plug)."""
+    return HOTPLUG_PORTS if machine in ("q35", "virt") else 0
 
 
 def _device_args(spec: VMSpec) -> list[str]:
@@ -146,12 +144,14 @@ VIRTIO_MEM = "vmem0"
 
 
 def all_vcpus_present(spec: VMSpec) -> bool:
-    """Under TCG every vCPU a VM may grow to is there from the start and the guest brings up
-    only ``vcpus`` of them (``maxcpus=``); the agent onlines more later. QEMU 7.2 aborts
-    (``tcg_region_initial_alloc__locked: assertion failed``) when a vCPU is hot-plugged while
-    the running ones hold every region of the translation cache, and corrupts its heap when
-    one is plugged again after an unplug. Under KVM vCPUs are hot-plugged."""
-    return spec.accel is Accel.TCG and spec.max_vcpus > spec.vcpus
+    """Under TCG, and on a machine without vCPU hot-plug (virt), every vCPU a VM may grow to
+    is there from the start and the guest brings up only ``vcpus`` of them (``maxcpus=``);
+    the agent onlines more later. QEMU 7.2 aborts (``tcg_region_initial_alloc__locked:
+    assertion failed``) when a vCPU is hot-plugged while the running ones hold every region of
+    the translation cache, and corrupts its heap when one is plugged again after an unplug.
+    Under KVM on pc and q35 vCPUs are hot-plugged."""
+    plugged = spec.accel is Accel.KVM and machine_capabilities(spec.machine).hotplug_vcpus
+    return not plugged and spec.max_vcpus > spec.vcpus
 
 
 def smp_arg(spec: VMSpec) -> str:
@@ -207,13 +207,14 @@ all arrive as file descriptors."""
 
 
 def build_argv(spec: VMSpec, binary: str = "qemu-system-x86_64") -> list[str]:
-    """The complete argv that starts ``spec``; no side effects."""
+    """The complete argv that starts ``spec`` with QEMU ``binary`` (of ``spec.arch``); no
+    side effects."""
     return [
         binary,
         "-name", f"runvm-{spec.name},debug-threads=on",
         "-no-user-config", "-nodefaults", "-display", "none", "-vga", "none",
         "-msg", "timestamp=on",  # its stderr (qemu.log) in runvm's log line format
-        "-machine", f"{spec.machine},memory-backend=mem",
+        "-machine", machine_arg(spec.machine, spec.accel),
         *_accel_args(spec),
         "-smp", smp_arg(spec),
         "-m", _memory_arg(spec),

@@ -23,9 +23,11 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
+from runvm import arch as arches
 from runvm import files
+from runvm.config import RunvmConfig
 from runvm.errors import ConfigError, HypervisorError, LaunchError
-from runvm.hypervisor.base import Accel, Capabilities, DiskSpec, NetSpec, VirtioFsSpec, VMSpec
+from runvm.hypervisor.base import Accel, DiskSpec, NetSpec, VirtioFsSpec, VMSpec
 from runvm.hypervisor.qemu import resize
 from runvm.hypervisor.qemu.argv import (
     all_vcpus_present,
@@ -34,6 +36,7 @@ from runvm.hypervisor.qemu.argv import (
     hotplug_ports,
     qmp_socket,
 )
+from runvm.hypervisor.qemu.machines import binary_name, machine_capabilities, target
 from runvm.process import Child, ChildSpec, ForeignProcess, read_tail
 
 log = logging.getLogger(__name__)
@@ -107,7 +110,8 @@ class QemuVM:
             raise HypervisorError(f"QMP {command} failed: {exc}") from exc
 
     def _slot(self, device_id: str) -> dict[str, object]:
-        """Where ``device_add`` puts a new device: a free root port on q35, the root bus on pc.
+        """Where ``device_add`` puts a new device: a free root port on q35 and virt, the root bus
+        on pc.
         HypervisorError if the machine cannot hot-plug or every port is taken."""
         machine = self.spec.machine
         if not machine_capabilities(machine).hotplug_net:
@@ -367,29 +371,33 @@ def unprivileged_user(name: str) -> pwd.struct_passwd:
     return account
 
 
-def machine_capabilities(machine: str) -> Capabilities:
-    """What QEMU offers on ``machine``: microvm has no PCI bus, so no device hot-plug."""
-    hotplug = machine != "microvm"
-    return Capabilities(virtio_fs=True, vsock=True, virtio_serial=True, hotplug_net=hotplug,
-                        hotplug_blk=hotplug)  # fmt: skip
-
-
 class QemuHypervisor:
-    """Starts QEMU guests; see the module docstring."""
+    """Starts QEMU guests of one architecture; see the module docstring."""
 
     capabilities = machine_capabilities("pc")
 
-    def __init__(self, binary: str = "qemu-system-x86_64") -> None:
+    def __init__(self, binary: str = "qemu-system-x86_64", arch: str = arches.AMD64) -> None:
         self.binary = binary
+        self.arch = arch
+
+    @classmethod
+    def for_config(cls, config: RunvmConfig) -> QemuHypervisor:
+        """The QEMU of ``config``'s guests (``hypervisor.arch``, ``auto``: the host's)."""
+        arch = arches.resolve(config.hypervisor.arch).name
+        return cls(binary_name(config.hypervisor.path, arch), arch)
 
     def resolve_binary(self) -> str:
         found = shutil.which(self.binary)
         if not found:
-            raise HypervisorError(f"QEMU binary {self.binary!r} not found: install qemu-system-x86")
+            raise HypervisorError(f"QEMU binary {self.binary!r} for {self.arch} guests not "
+                                  f"found: install {target(self.arch).package}")  # fmt: skip
         return found
 
     async def launch(self, spec: VMSpec) -> QemuVM:
         """Start QEMU for ``spec`` and connect QMP (see the module docstring)."""
+        if spec.arch != self.arch:
+            raise HypervisorError(f"an {spec.arch} VM cannot start with the QEMU of {self.arch} "
+                                  f"guests ({self.binary})")  # fmt: skip
         argv = build_argv(spec, self.resolve_binary())
         for path in (spec.kernel, spec.initrd):
             if not path.is_file():
