@@ -14,7 +14,7 @@ from runvm.agent import checkpoint as guest
 from runvm.errors import ConfigError
 from runvm.runtime import checkpoint
 
-MADE = checkpoint.Made("6.1.192", "3.17.1-2", "x86_64")
+MADE = checkpoint.Made("6.1.192", "3.17.1-2", "amd64")
 
 
 def made(tmp_path: Path) -> Path:
@@ -53,7 +53,7 @@ def test_damaged_checkpoints_are_refused_with_the_reason(tmp_path: Path, damage,
     ("runvm", "0.0.1", "made by runvm '0.0.1'"),
     ("kernel_release", "5.10", "made by guest kernel '5.10'"),
     ("criu", "4.0", "made by CRIU '4.0'"),
-    ("arch", "aarch64", "made by guest architecture 'aarch64'"),
+    ("arch", "arm64", "made by guest architecture 'arm64'"),
     ("format", 99, "not of a format"),
     ("files", {"../x": {"size": 1, "sha256": "a"}}, "bad file name"),
     ("files", {"inventory.img": {"size": -1, "sha256": "a"}}, "malformed"),

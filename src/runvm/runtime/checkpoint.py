@@ -168,7 +168,7 @@ def made_by(image: ImageInfo | None, what: str) -> Made:
             f"{what}: needs CRIU from a built guest image's tools; rebuild it "
             "with `runvm image build` (an explicit image.kernel/initrd has none)"
         )
-    return Made(image.kernel_release, image.packages.get("criu", ""), os.uname().machine)
+    return Made(image.kernel_release, image.packages.get("criu", ""), image.arch)
 
 
 @contextlib.asynccontextmanager
