@@ -28,8 +28,9 @@ def entries(env: dict[str, str], name: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in r.stdout.splitlines()]
 
 
-def said(found: list[dict[str, str]], source: str, text: str) -> bool:
-    return any(e["source"] == source and text in e["msg"] for e in found)
+def said(found: list[dict[str, str]], source: str, *texts: str) -> bool:
+    """A line of ``source`` that says every one of ``texts``."""
+    return any(e["source"] == source and all(t in e["msg"] for t in texts) for e in found)
 
 
 def in_time_order(found: list[dict[str, str]]) -> bool:
@@ -49,7 +50,7 @@ def test_logs_of_a_cli_container_until_it_is_deleted(
     assert in_time_order(found), found
     assert said(found, "agent", f"container {cid} created")  # the guest's side
     assert said(found, "agent", "exited (status 3)")
-    assert said(found, "monitor", f"pod {cid}: VM up")  # the host's side
+    assert said(found, "monitor", f"pod {cid}: ", " VM up (pid ")  # the host's side
     assert said(found, "monitor", f"container {cid} exited (status 3)")
     assert said(found, "virtiofsd", "virtio_session_mount")
     text = cli("logs", cid).stdout.splitlines()  # the same as text (the VM may still stop)
@@ -68,7 +69,7 @@ def test_logs_of_a_containerd_pod(containerd: Any, tmp_path: Path) -> None:
     try:
         found = entries(containerd.env, name)
         assert in_time_order(found), found
-        assert said(found, "shim", f"pod {name}: VM up")
+        assert said(found, "shim", f"pod {name}: ", " VM up (pid ")
         assert said(found, "agent", f"container {name} created")
         assert said(found, "agent", f"container {name} started")
     finally:
