@@ -13,6 +13,7 @@ helper's output) into such lines, rotating at a cap (one older file kept);
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging.handlers
 import os
@@ -42,6 +43,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's contents, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def make_dirs(path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runvm import files
 from runvm.errors import ImageError
 from runvm.image import builder as image_build
 from runvm.image import current, debs, manifest
@@ -217,6 +218,6 @@ def test_packages_of_another_architecture(monkeypatch: pytest.MonkeyPatch) -> No
 def test_cached_deb_must_match_sha(tmp_path: Path) -> None:
     deb = tmp_path / "x_1_amd64.deb"
     deb.write_bytes(b"deb")
-    good = DebPackage("x", "1", "amd64", debs.sha256_file(deb))
+    good = DebPackage("x", "1", "amd64", files.sha256_file(deb))
     assert debs.cached(good, tmp_path) == deb
     assert debs.cached(dataclasses.replace(good, sha256="0" * 64), tmp_path) is None

@@ -117,13 +117,7 @@ async def spawn_with_io(
             proc.stdout = OutputStream(os.dup(master))
             proc.stdin = InputStream(os.dup(master))
         else:
-            in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            child_ends = [in_r, out_w, err_w]
-            proc.stdout, proc.stderr = OutputStream(out_r), OutputStream(err_r)
-            if in_w >= 0:
-                proc.stdin = InputStream(in_w)
+            child_ends = proc.pipes(stdin)
             await crun.run_crun(reaper, args, log, stdio=child_ends)
     except BaseException:
         proc.close()

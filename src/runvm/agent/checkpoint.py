@@ -21,20 +21,17 @@ commands (exec, kill, pause, update) work as for a container crun made.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from runvm.agent import crun
 from runvm.agent.proc import Proc
 from runvm.agent.reaper import Reaper
-from runvm.agent.stdio import InputStream, OutputStream
 
 RECORD = "container.json"
 MAX_RECORD = 1 << 20
@@ -85,30 +82,9 @@ def criu_env(tools: Path) -> dict[str, str]:
 
 
 def _tail(log: Path) -> str:
-    try:
-        with log.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - MAX_LOG))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
+    lines = crun.tail_lines(log)
     errors = [ln for ln in lines if "Error" in ln] or lines
     return "; ".join(ln.strip() for ln in errors[-3:])
-
-
-async def _run(reaper: Reaper, argv: Sequence[str], env: dict[str, str],
-               fds: dict[int, int] | None = None) -> int:  # fmt: skip
-    """Run ``argv`` to its end with /dev/null as stdio and ``fds`` (target -> source) passed."""
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, devnull, i) for i in range(3)]
-    actions += [(os.POSIX_SPAWN_DUP2, src, dst) for dst, src in (fds or {}).items()]
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    try:
-        pid = os.posix_spawn(argv[0], list(argv), env, file_actions=actions)
-        reaper.watch(pid, done.set_result)
-    finally:
-        os.close(devnull)
-    return await done
 
 
 def _flags(options: Any) -> list[str]:
@@ -140,7 +116,7 @@ async def dump(reaper: Reaper, cid: str, pid: int, root: Path, cgroup: Path,
         argv += ["--external", f"mnt[{m['mountpoint']}]:{m['cookie']}"]
     if options.leave_running:
         argv.append("--leave-running")
-    if await _run(reaper, argv, criu_env(tools)) != 0:
+    if await reaper.run(argv, criu_env(tools)) != 0:
         raise CriuError(f"checkpoint of {cid}: CRIU's dump failed: {_tail(work / 'dump.log')}")
 
 
@@ -220,13 +196,7 @@ async def restore(reaper: Reaper, cid: str, proc: Proc, root: Path, cgroup: Path
         make_mountpoints(root, spec)
     except ValueError as exc:
         raise CriuError(f"restore of {cid}: the checkpoint cannot be used: {exc}") from exc
-    in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    proc.stdout, proc.stderr = OutputStream(out_r), OutputStream(err_r)
-    if in_w >= 0:
-        proc.stdin = InputStream(in_w)
-    ends, inherit = {3: in_r, 4: out_w, 5: err_w}, []
+    ends, inherit = {3 + i: end for i, end in enumerate(proc.pipes(stdin))}, []
     for fd, old in enumerate(record["stdio"]):
         if _PIPE.fullmatch(old):  # the old pipe's place goes to the new one
             inherit += ["--inherit-fd", f"fd[{3 + fd}]:{old}"]
@@ -240,7 +210,7 @@ async def restore(reaper: Reaper, cid: str, proc: Proc, root: Path, cgroup: Path
     argv = [BUSYBOX, "sh", "-c", 'echo 0 > "$0" && exec "$@"', str(cgroup / "cgroup.procs"),
             *criu]  # fmt: skip
     try:
-        status = await _run(reaper, argv, criu_env(tools), ends)
+        status = await reaper.run(argv, criu_env(tools), ends)
     finally:
         for fd in ends.values():
             os.close(fd)

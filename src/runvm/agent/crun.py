@@ -61,16 +61,20 @@ def explain(message: str, executable: str) -> str:
     return message
 
 
-def _log_message(log: Path) -> str:
+def tail_lines(log: Path) -> list[str]:
+    """The lines of the last :data:`MAX_LOG` bytes of a log ([] if it cannot be read)."""
     try:
         with log.open("rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - MAX_LOG))
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            return f.read().decode("utf-8", "replace").splitlines()
     except OSError:
-        return ""
+        return []
+
+
+def _log_message(log: Path) -> str:
     messages = []
-    for line in lines:
+    for line in tail_lines(log):
         try:
             entry = json.loads(line)
             messages.append(str(entry.get("msg", line)))
@@ -83,20 +87,9 @@ async def run_crun(
     reaper: Reaper, args: Sequence[str], log: Path, stdio: Sequence[int] | None = None
 ) -> None:
     """Run crun to completion; see the module docstring."""
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    fds = list(stdio) if stdio else [devnull, devnull, devnull]
     argv = [CRUN, "--root", CRUN_ROOT, "--log", f"file:{log}", "--log-format", "json", *args]
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-    try:
-        pid = os.posix_spawn(
-            _executable, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
-        )  # fmt: skip
-        reaper.watch(pid, done.set_result)
-    finally:
-        os.close(devnull)
-    status = await done
+    fds = dict(enumerate(stdio)) if stdio else None
+    status = await reaper.run(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, fds, _executable)
     if status != 0:
         message = _log_message(log) or f"crun {args[0]} exited {status}"
         raise CrunError(message)

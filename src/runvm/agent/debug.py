@@ -12,7 +12,6 @@ through the calls a container's execs use (:meth:`get` finds it). At most
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -98,24 +97,14 @@ class DebugShells:
                 (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]  # fmt: skip
 
     def _pipes(self, proc: Proc, stdin: bool) -> Actions:
-        in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        proc.stdout, proc.stderr = OutputStream(out_r), OutputStream(err_r)
-        if in_w >= 0:
-            proc.stdin = InputStream(in_w)
-        return [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 2)]  # fmt: skip
+        return [(os.POSIX_SPAWN_DUP2, end, i) for i, end in enumerate(proc.pipes(stdin))]
 
     async def _install_applets(self) -> None:
         """Link busybox's applets into a directory of their own, once."""
         if self._applets:
             return
         APPLETS.mkdir(parents=True, exist_ok=True)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        pid = os.posix_spawn(BUSYBOX, [BUSYBOX, "--install", "-s", str(APPLETS)], {})
-        self.reaper.watch(pid, done.set_result)
-        if await done != 0:
+        if await self.reaper.run([BUSYBOX, "--install", "-s", str(APPLETS)], {}) != 0:
             raise OSError(f"{BUSYBOX} --install failed")
         self._applets = True
 

@@ -35,6 +35,18 @@ class Proc:
         self.exited_at_ns = time.time_ns()
         self.exited.set()
 
+    def pipes(self, stdin: bool) -> list[int]:
+        """Pipes for the process's stdio: their parent ends become its streams; returns the
+        child's ends (stdin, /dev/null unless ``stdin``; stdout; stderr), for the caller to
+        hand over and then close."""
+        in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.stdout, self.stderr = OutputStream(out_r), OutputStream(err_r)
+        if in_w >= 0:
+            self.stdin = InputStream(in_w)
+        return [in_r, out_w, err_w]
+
     def close(self) -> None:
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 ExitCallback = Callable[[int], None]
 
@@ -37,6 +38,28 @@ class Reaper:
             callback(self._early.pop(pid))
         else:
             self._watch[pid] = callback
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        fds: Mapping[int, int] | None = None,
+        executable: str = "",
+    ) -> int:
+        """Run ``argv`` (``executable``, if given, instead of ``argv[0]``'s file) to its end;
+        its stdio is /dev/null except the ``fds`` it is given (its fd -> ours). Returns its
+        exit status (128+N for signal N)."""
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, devnull, i) for i in range(3)]
+        actions += [(os.POSIX_SPAWN_DUP2, ours, theirs) for theirs, ours in (fds or {}).items()]
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            pid = os.posix_spawn(executable or argv[0], list(argv), dict(env),
+                                 file_actions=actions)  # fmt: skip
+            self.watch(pid, done.set_result)
+        finally:
+            os.close(devnull)
+        return await done
 
     def reap(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from pathlib import Path
 import runvm
 from runvm import arch as arches
 from runvm.errors import ImageError
+from runvm.files import sha256_file
 from runvm.image import (
     cpio,
     debs,
@@ -263,7 +264,7 @@ def _build(
         python_version=python_version,
         packages={pkg.name: pkg.version for pkg in (*source.packages, *others)},
         sha256=final.name,
-        initrd_sha256=debs.sha256_file(out / "initrd.img"),
+        initrd_sha256=sha256_file(out / "initrd.img"),
         sizes=sizes,
         modules=tuple(modules),
         tools=str(final / "tools"),

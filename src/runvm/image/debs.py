@@ -8,13 +8,13 @@ it (``dpkg --add-architecture arm64 && apt-get update``, as scripts/install does
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runvm import files
 from runvm.errors import ImageError
 
 
@@ -117,18 +117,10 @@ def metapackage_target(name: str, arch: str = "") -> str:
     return first
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cached(pkg: DebPackage, debs_dir: Path) -> Path | None:
     """The downloaded .deb of exactly ``pkg``, if the cache holds an intact one."""
     path = debs_dir / pkg.filename
-    if path.is_file() and sha256_file(path) == pkg.sha256:
+    if path.is_file() and files.sha256_file(path) == pkg.sha256:
         return path
     return None
 
@@ -150,7 +142,7 @@ def download(pkgs: Sequence[DebPackage], debs_dir: Path) -> dict[str, Path]:
             got = Path(tmp, pkg.filename)
             if not got.is_file():
                 raise ImageError(f"apt-get download {pkg.name}={pkg.version} wrote no {got.name}")
-            actual = sha256_file(got)
+            actual = files.sha256_file(got)
             if actual != pkg.sha256:
                 raise ImageError(
                     f"{got.name}: sha256 {actual} does not match the index ({pkg.sha256}); "

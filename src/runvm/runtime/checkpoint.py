@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -67,20 +66,15 @@ class Made:
     arch: str
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _inventory(images: Path) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for entry in sorted(os.scandir(images), key=lambda e: e.name):
         if entry.name == META or not entry.is_file(follow_symlinks=False):
             continue
-        found[entry.name] = {"size": entry.stat().st_size, "sha256": _digest(Path(entry.path))}
+        found[entry.name] = {
+            "size": entry.stat().st_size,
+            "sha256": files.sha256_file(Path(entry.path)),
+        }
     return found
 
 
@@ -155,7 +149,7 @@ def check(images: Path, made: Made) -> dict[str, Any]:
         if st.st_size != size:
             raise ConfigError(f"{where}: {name} is {st.st_size} bytes, the checkpoint wrote "
                               f"{size}: truncated or changed")  # fmt: skip
-        if _digest(path) != digest:
+        if files.sha256_file(path) != digest:
             raise ConfigError(f"{where}: {name} does not match its checksum: changed since "
                               "the checkpoint")  # fmt: skip
     return meta

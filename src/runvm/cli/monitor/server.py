@@ -66,14 +66,7 @@ log = logging.getLogger(__name__)
 # The agent API for this container, re-served to the CLI's own helpers (`runvm exec` stands
 # in for an exec process and speaks the process calls; ps, update, events ask the rest).
 PROXIED: dict[str, type[Message]] = {
-    "ExecProcess": pb.ExecProcessRequest,
-    "SignalProcess": pb.SignalProcessRequest,
-    "WaitProcess": pb.WaitProcessRequest,
-    "WriteStdin": pb.WriteStreamRequest,
-    "ReadStdout": pb.ReadStreamRequest,
-    "ReadStderr": pb.ReadStreamRequest,
-    "CloseStdin": pb.CloseStdinRequest,
-    "TtyWinResize": pb.TtyWinResizeRequest,
+    **debug.METHODS,  # an exec's calls
     "ListProcesses": pb.ListProcessesRequest,
     "StatsContainer": pb.StatsContainerRequest,
 }
