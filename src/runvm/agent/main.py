@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from runvm.agent import channel, faults, service, sysinit
+from runvm.agent import channel, faults, network, service, sysinit
 from runvm.agent.reaper import Reaper
 from runvm.ttrpc import Server
 
@@ -32,6 +32,8 @@ async def serve(params: dict[str, str]) -> None:
     background = []  # referenced for as long as the agent serves
     if params.get("test_faults") == "1":
         background.append(asyncio.ensure_future(faults.watch()))
+    if params.get("preload") == "network":  # a template's or the cache's VM: pods with NICs
+        network.preload()  # come later, on its clones or its takers
     if params.get("channel") == "vsock":
         state.serving_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         await channel.serve_vsock(server)

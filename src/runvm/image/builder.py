@@ -306,9 +306,8 @@ def _install_python(
     if spec.entry_module in names:  # import it first, as /init does
         names.remove(spec.entry_module)
         names.insert(0, spec.entry_module)
-    closure = pyprune.closure(
-        python, [*names, *spec.stdlib_modules], [agent_dir], spec.excluded_modules, runner
-    )
+    modules = [*names, *spec.stdlib_modules, *spec.lazy_modules]
+    closure = pyprune.closure(python, modules, [agent_dir], spec.excluded_modules, runner)
     pyprune.keep(closure, staging, root, agent_dir)
     report("compile bytecode")
     compiled = pyprune.compile_tree(python, root, runner)

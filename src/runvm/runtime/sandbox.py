@@ -300,6 +300,8 @@ class Sandbox:
     ) -> VMSpec:
         hv_cfg = self.config.hypervisor
         params = [f"runvm.channel={channel.kind}", *options.extra_kernel_params]
+        if options.pooled:  # its taker may have NICs: the netlink library comes ready
+            params.append("runvm.preload=network")
         if hv_cfg.kernel_params:
             params += hv_cfg.kernel_params.split()
         files = origin.files

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "virtio-serial"  # a vsock guest cid would be the same in every clone
 META = "template.json"
 RUN_DIR_PREFIX = "template-"  # + the maker's pid: a template VM's sockets, under the state root
-PARAMS = ("runvm.channel=virtio-serial",)
+# Its clones' pods may have NICs: the agent imports its netlink library before it is saved.
+PARAMS = ("runvm.channel=virtio-serial", "runvm.preload=network")
 
 
 @dataclass(frozen=True)
