@@ -14,7 +14,7 @@ part of QEMU's PSS that is its translation cache (the anonymous executable mappi
 KVM guest does not have.
 
 Usage (root, after scripts/install):
-    python3 bench/footprint.py [--count 20] [--settle 60] [--configs cold,templated+dax,...]
+    python3 bench/footprint.py [--count 20] [--settle 60] [--machine q35] [--configs cold,...]
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=cfg.HypervisorConfig().memory_mib)
     parser.add_argument("--tcg-tb-size", type=int, default=cfg.HypervisorConfig().tcg_tb_size_mib,
                         help="TCG translation cache (MiB)")  # fmt: skip
+    parser.add_argument("--machine", default=cfg.HypervisorConfig().machine, help="pc, q35, ...")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--ksm", choices=("both", "off", "on"), default="both")
     args = parser.parse_args()
@@ -127,7 +128,7 @@ def main() -> None:
     state.mkdir()
     common = (f'[runtime]\nstate_root = "{state}"\ncache_dir = "{state}/cache"\n'
               f"[hypervisor]\nmemory_mib = {args.memory}\n"
-              f"tcg_tb_size_mib = {args.tcg_tb_size}\n")  # fmt: skip
+              f'tcg_tb_size_mib = {args.tcg_tb_size}\nmachine = "{args.machine}"\n')  # fmt: skip
     confs: dict[str, Path] = {}
     for name in chosen:
         text = common
