@@ -8,8 +8,10 @@ socket (what changed is not parsed: a change means "scan again").
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
+from collections.abc import Awaitable, Callable
 
 TAP_SUFFIX = "_rv"  # runvm's taps and macvtaps: <name><ifindex of the pod interface>_rv
 LOOPBACK = "lo"
@@ -24,6 +26,7 @@ RTMGRP_IPV6_ROUTE = 0x400
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
           | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)  # fmt: skip
 MAX_READ = 1 << 16
+BURST = 0.3  # seconds to let a burst of changes settle before one scan
 
 
 def candidates() -> list[str]:
@@ -61,3 +64,25 @@ class LinkEvents:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def follow(events: LinkEvents, scan: Callable[[], Awaitable[None]]) -> None:
+    """Await ``scan`` once after each burst of changes ``events`` reports, until cancelled;
+    ``events`` is closed when this returns. ``scan`` handles its own errors."""
+    changed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        if events.drain():
+            changed.set()
+
+    loop.add_reader(events.fileno(), readable)
+    try:
+        while True:
+            await changed.wait()
+            await asyncio.sleep(BURST)
+            changed.clear()
+            await scan()
+    finally:
+        loop.remove_reader(events.fileno())
+        events.close()

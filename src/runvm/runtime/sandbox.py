@@ -370,26 +370,13 @@ class Sandbox:
         assert self.network is not None
         with self.network.inside():
             events = links.LinkEvents()
-        changed = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        await links.follow(events, self._sync_network_logged)
 
-        def readable() -> None:
-            if events.drain():
-                changed.set()
-
-        loop.add_reader(events.fileno(), readable)
+    async def _sync_network_logged(self) -> None:
         try:
-            while True:
-                await changed.wait()
-                await asyncio.sleep(0.3)  # one sync for a burst of changes
-                changed.clear()
-                try:
-                    await self.sync_network()
-                except (RunvmError, OSError) as exc:
-                    log.warning("sandbox %s: network change not applied: %s", self.id, exc)
-        finally:
-            loop.remove_reader(events.fileno())
-            events.close()
+            await self.sync_network()
+        except (RunvmError, OSError) as exc:
+            log.warning("sandbox %s: network change not applied: %s", self.id, exc)
 
     async def _watch_helpers(self) -> None:
         """A helper that dies, or an agent link that breaks (EOF, garbage, an answer to no
