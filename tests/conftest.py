@@ -292,6 +292,12 @@ def _foreign(pid: int, args: str, state_root: Path, tmp_path: Path) -> bool:
     return config is not None and not config.startswith(str(tmp_path))
 
 
+def own_processes(state_root: Path, tmp_path: Path) -> dict[int, str]:
+    """pid -> command line of this test's QEMU, virtiofsd, shim and monitor processes; those
+    of any other runvm on the machine are left out."""
+    return {p: a for p, a in _procs().items() if not _foreign(p, a, state_root, tmp_path)}
+
+
 @pytest.fixture
 def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     """Fail the test if it leaves processes, mounts, sockets or state behind."""
@@ -300,8 +306,7 @@ def leak_check(tmp_path: Path, state_root: Path) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while True:
-        new = {p: a for p, a in _procs().items()
-               if p not in before and not _foreign(p, a, state_root, tmp_path)}  # fmt: skip
+        new = {p: a for p, a in own_processes(state_root, tmp_path).items() if p not in before}
         if not new or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_config
+from conftest import add_config, own_processes
 
 from runvm.image.ociarchive import busybox_archive
 
@@ -33,12 +32,12 @@ ROUNDS = int(os.environ.get("RUNVM_LOAD_ROUNDS", "5"))
 DEADLINE = 60 + 12 * PODS  # seconds for one operation while PODS VMs boot on 2 cores
 
 
-def shims() -> dict[int, tuple[int, int]]:
-    """pid -> (open descriptors, RSS KiB) of every runvm shim process."""
-    out = subprocess.run(["pgrep", "-f", "containerd-shim-runvm-v2"], capture_output=True,
-                         text=True).stdout.split()  # fmt: skip
+def shims(state_root: Path, tmp_path: Path) -> dict[int, tuple[int, int]]:
+    """pid -> (open descriptors, RSS KiB) of this test's runvm shim processes."""
     found = {}
-    for pid in map(int, out):
+    for pid, args in own_processes(state_root, tmp_path).items():
+        if "containerd-shim-runvm-v2" not in args:
+            continue
         try:
             fds = len(os.listdir(f"/proc/{pid}/fd"))
             status = Path(f"/proc/{pid}/status").read_text()
@@ -77,12 +76,10 @@ def down(containerd: Any, name: str) -> str:
     return f"{name}: container delete: {r.stderr.decode()[-500:]}" if r.returncode else ""
 
 
-def leftovers(state_root: Path) -> list[str]:
+def leftovers(state_root: Path, tmp_path: Path) -> list[str]:
+    """This test's sandbox directories and helper processes still there."""
     found = [str(p) for p in (state_root / "sandboxes").glob("*")]
-    for pattern in ("qemu-system", "virtiofsd", "containerd-shim-runvm-v2"):
-        pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-        found += [f"{pattern} {pid}" for pid in pids.split()]
-    return found
+    return found + [f"{pid}: {args}" for pid, args in own_processes(state_root, tmp_path).items()]
 
 
 def test_pods_under_load_templated(
@@ -111,7 +108,7 @@ def load(containerd: Any, tmp_path: Path, state_root: Path, rounds: int, pods: i
             started = time.monotonic()
             problems = [p for p in pool.map(lambda n: up(containerd, n), names) if p]
             ready = time.monotonic() - started
-            seen = shims()
+            seen = shims(state_root, tmp_path)
             problems += [p for p in pool.map(lambda n: down(containerd, n), names) if p]
             if problems:
                 log = (containerd.base / "containerd.log").read_text(errors="replace")
@@ -126,9 +123,10 @@ def load(containerd: Any, tmp_path: Path, state_root: Path, rounds: int, pods: i
                   f"shim mean {fds:.1f} fds, {rss / 1024:.1f} MiB RSS, "
                   f"all down in {time.monotonic() - started - ready:.0f} s")  # fmt: skip
             deadline = time.monotonic() + 30
-            while leftovers(state_root) and time.monotonic() < deadline:
+            while leftovers(state_root, tmp_path) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert not leftovers(state_root), f"round {round_}: {leftovers(state_root)}"
+            left = leftovers(state_root, tmp_path)
+            assert not left, f"round {round_}: {left}"
     first_fds, first_rss = samples[0]
     for fds, rss in samples[1:]:
         assert fds <= first_fds + 1, samples
