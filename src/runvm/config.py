@@ -150,6 +150,10 @@ class ShimConfig:
     # or one serving every pod of a containerd namespace ("namespace": the shim's memory is
     # paid once instead of per pod; a shim that dies takes all of them).
     scope: ShimScope = "pod"
+    # A shim that no Create reaches within this many seconds of its start exits, leaving
+    # nothing behind: containerd sends Create at once, so a shim still unclaimed then was
+    # started by something that went away (or gave it an address nobody serves).
+    unclaimed_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,7 @@ _RANGES = {
     ("hypervisor", "console_log_max_kib"): (4, 1 << 20),
     ("agent", "timeout"): (1, 3600),
     ("cache", "size"): (1, 1024),
+    ("shim", "unclaimed_timeout"): (1, 86400),
 }
 
 

@@ -6,12 +6,15 @@ Every test drives a private containerd (own config, root, state and sockets) tha
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_config, own_processes
 
+from runvm.image.busybox import make_bundle
 from runvm.image.ociarchive import busybox_archive
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_ready", "leak_check")]
@@ -368,3 +371,29 @@ def test_log_uris_file_and_binary(containerd: Any, image: str, tmp_path: Path) -
     assert Path(f"{prefix}.out").read_text() == "to-binary\n"
     assert Path(f"{prefix}.err").read_text() == "err-binary\n"
     assert Path(f"{prefix}.env").read_text() == "l2 default\n"
+
+
+def test_a_shim_nobody_claims_exits_and_leaves_nothing(
+    tmp_path: Path, cli_env: dict[str, str], state_root: Path
+) -> None:
+    """A shim whose starter never sends Create (here it names a containerd nobody serves)
+    ends after ``shim.unclaimed_timeout``: its process, socket, lock and record are gone."""
+    add_config(Path(cli_env["RUNVM_CONFIG"]), "[shim]\nunclaimed_timeout = 2\n")
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, ["true"])
+    env = {**cli_env, "TTRPC_ADDRESS": str(tmp_path / "nobody.sock.ttrpc")}
+    shim = ["containerd-shim-runvm-v2", "-namespace", "unclaimed", "-publish-binary",
+            "/bin/true", "-address", str(tmp_path / "nobody.sock"), "-id", "lonely"]  # fmt: skip
+    started = subprocess.run([*shim, "start"], cwd=bundle, env=env, input=b"",
+                             capture_output=True, timeout=60)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    socket = Path(started.stdout.decode().strip().removeprefix("unix://"))
+    assert socket.exists()
+    shims = [p for p, a in own_processes(state_root, tmp_path).items() if "shim-runvm" in a]
+    assert shims, "no shim serves the socket start printed"
+    deadline = time.monotonic() + 30
+    while own_processes(state_root, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not own_processes(state_root, tmp_path), "the unclaimed shim still runs"
+    left = sorted(str(p) for p in state_root.rglob("*") if not p.is_dir())
+    assert not left, f"left behind: {left}"

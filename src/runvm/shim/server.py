@@ -4,7 +4,8 @@ Recipe: leave containerd's pipes (stdio to /dev/null), move into a mount namespa
 (container rootfs and shares mounted here vanish with the shim, even after SIGKILL), log to
 the bundle's ``log`` FIFO and the pod's log file, serve the Task service on the socket, keep
 the pod record current for ``delete``, and say "ready". It ends on ``Shutdown`` with no task
-left (it stops accepting connections before the reply), or on SIGTERM/SIGINT: every task and
+left (it stops accepting connections before the reply), on SIGTERM/SIGINT, or when no Create
+began within ``shim.unclaimed_timeout`` of its start (its starter went away): every task and
 the VM are stopped, then the socket, lock, record and host cgroup are removed, and last the
 pid file whose lock it held all along (:mod:`runvm.shim.owner`). With
 ``shim.scope = "namespace"`` the same holds for every pod of the namespace, each with its own
@@ -157,7 +158,9 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     listener = await asyncio.start_unix_server(
         server.serve_connection, sock=socket.socket(fileno=args.listen_fd)
     )
-    server.register(wire.TASK_SERVICE, _stop_accepting_on_exit(handlers, done, listener))
+    handlers = _stop_accepting_on_exit(handlers, done, listener)
+    claimed = asyncio.Event()
+    server.register(wire.TASK_SERVICE, _claim_on_create(handlers, claimed))
 
     async def figures(budget: float) -> list[PodFigures]:  # for the metrics daemon
         pods = [s.pod for s in services()]
@@ -171,11 +174,15 @@ async def _serve(args: ServeArgs, ready: ReadyPipe) -> int:
     ready.ok()
     trace.mark("shim serving")
     log.info("serving %s on %s", what, layout.address)
+    unclaimed = asyncio.ensure_future(
+        _end_if_unclaimed(claimed, done, args.config.shim.unclaimed_timeout)
+    )
     try:
         await done.wait()
         listener.close()
         await server.drain(REPLY_WAIT)  # the Shutdown reply goes out
     finally:
+        unclaimed.cancel()
         listener.close()
         # containerd waits for the connection to close after Shutdown; the VM's teardown
         # need not hold it (the owner lock, held until this process is gone, still guards)
@@ -211,3 +218,23 @@ def _stop_accepting_on_exit(
         return reply
 
     return {**handlers, "Shutdown": shutdown}
+
+
+def _claim_on_create(handlers: dict[str, Handler], claimed: asyncio.Event) -> dict[str, Handler]:
+    """``handlers`` with a ``Create`` that marks the shim ``claimed`` as it begins."""
+    inner = handlers["Create"]
+
+    async def create(payload: bytes, ctx: CallContext) -> bytes:
+        claimed.set()
+        return await inner(payload, ctx)
+
+    return {**handlers, "Create": create}
+
+
+async def _end_if_unclaimed(claimed: asyncio.Event, done: asyncio.Event, timeout: float) -> None:
+    """End the shim (``done``) if no Create began within ``timeout`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(claimed.wait(), timeout)
+        return
+    log.warning("no Create within %.0f s of the shim's start: nobody uses it; it exits", timeout)
+    done.set()
